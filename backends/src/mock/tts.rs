@@ -1,0 +1,384 @@
+//! The mock text-to-speech voice: a quiet, voiced hum as long as the text would take to say,
+//! streamed in chunks with configured delays.
+//!
+//! The audio is a pure function of the text and the absolute sample index (a 120–180 Hz
+//! fundamental chosen by a hash of the text, a few harmonics, a ~4 Hz syllable-like envelope and
+//! 10 ms fades at the ends), so the same text always gives byte-identical audio however it is
+//! chunked, and it is never digital silence (a VAD or an echo test sees a voice).
+
+use std::f64::consts::TAU;
+use std::time::Duration;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use serde::Deserialize;
+use voxd_core::SampleRate;
+
+use super::{check_probability, fnv1a64, inject_failure, FNV_OFFSET, PROVIDER_NAME};
+use crate::{BuildError, ProviderError, Tts};
+
+/// Relative weights of the fundamental and its harmonics.
+const HARMONICS: [f64; 4] = [1.0, 0.5, 0.3, 0.15];
+/// The syllable rate of the envelope, in Hz.
+const SYLLABLE_HZ: f64 = 4.0;
+/// Length of the fade-in and fade-out, in milliseconds.
+const FADE_MS: u64 = 10;
+/// The shortest audio for non-empty text, in milliseconds.
+const MIN_AUDIO_MS: u64 = 100;
+
+/// Configuration of the mock TTS (`[tts.mock]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockTtsConfig {
+    /// Delay before the first chunk, in milliseconds. Default 50.
+    pub first_audio_ms: u64,
+    /// Speaking rate: the audio lasts `chars / chars_per_second` seconds (at least 100 ms).
+    /// Default 14.0.
+    pub chars_per_second: f64,
+    /// Length of each chunk, in milliseconds (the last one may be shorter). Default 200.
+    pub chunk_ms: u64,
+    /// Each later chunk arrives `chunk_ms * realtime_factor` after the previous one, i.e. the
+    /// voice synthesizes ten times faster than real time by default. Default 0.1.
+    pub realtime_factor: f64,
+    /// Peak amplitude of the hum (1 to 32767). Default 3000.
+    pub amplitude: u16,
+    /// Probability (0 to 1) that a synthesis fails instead of yielding its first chunk. Default 0.
+    pub failure_rate: f64,
+}
+
+impl Default for MockTtsConfig {
+    fn default() -> Self {
+        MockTtsConfig {
+            first_audio_ms: 50,
+            chars_per_second: 14.0,
+            chunk_ms: 200,
+            realtime_factor: 0.1,
+            amplitude: 3000,
+            failure_rate: 0.0,
+        }
+    }
+}
+
+/// The mock TTS. Build it with `MockTts::new`.
+#[derive(Debug, Clone)]
+pub struct MockTts {
+    first_audio: Duration,
+    /// The delay between later chunks.
+    interval: Duration,
+    chars_per_second: f64,
+    chunk_ms: u64,
+    amplitude: f64,
+    failure_rate: f64,
+}
+
+impl MockTts {
+    /// Builds the mock TTS.
+    ///
+    /// # Errors
+    /// `BuildError::Invalid` when `chars_per_second` is not positive, `chunk_ms` is 0,
+    /// `realtime_factor` is negative or not finite, `amplitude` is 0 or above 32767, or
+    /// `failure_rate` is not a probability.
+    pub fn new(config: MockTtsConfig) -> Result<MockTts, BuildError> {
+        let invalid = |field: &str, message: &str| BuildError::Invalid {
+            key: format!("tts.mock.{field}"),
+            message: message.to_owned(),
+        };
+        if !(config.chars_per_second.is_finite() && config.chars_per_second > 0.0) {
+            return Err(invalid("chars_per_second", "expected a positive number"));
+        }
+        if config.chunk_ms == 0 {
+            return Err(invalid("chunk_ms", "expected at least 1 ms"));
+        }
+        if !(config.realtime_factor.is_finite() && config.realtime_factor >= 0.0) {
+            return Err(invalid("realtime_factor", "expected a number >= 0"));
+        }
+        if config.amplitude == 0 || config.amplitude > i16::MAX as u16 {
+            return Err(invalid("amplitude", "expected 1 to 32767"));
+        }
+        check_probability("tts.mock.failure_rate", config.failure_rate)?;
+        Ok(MockTts {
+            first_audio: Duration::from_millis(config.first_audio_ms),
+            interval: Duration::from_secs_f64(
+                config.chunk_ms as f64 * config.realtime_factor / 1000.0,
+            ),
+            chars_per_second: config.chars_per_second,
+            chunk_ms: config.chunk_ms,
+            amplitude: f64::from(config.amplitude),
+            failure_rate: config.failure_rate,
+        })
+    }
+
+    /// The number of samples `text` lasts at `rate`: `chars / chars_per_second` seconds, rounded,
+    /// at least 100 ms; 0 for blank text.
+    pub fn length_in_samples(&self, text: &str, rate: SampleRate) -> u64 {
+        let chars = text.trim().chars().count();
+        if chars == 0 {
+            return 0;
+        }
+        let samples = (chars as f64 / self.chars_per_second * f64::from(rate.hz())).round() as u64;
+        samples.max(rate.samples_in_ms(MIN_AUDIO_MS))
+    }
+
+    fn voice(&self, text: &str, rate: SampleRate) -> Voice {
+        let text = text.trim();
+        let hash = fnv1a64(FNV_OFFSET, text.as_bytes());
+        let total = self.length_in_samples(text, rate);
+        Voice {
+            rate: f64::from(rate.hz()),
+            total,
+            fade: (rate.samples_in_ms(FADE_MS).min(total / 2)).max(1) as f64,
+            f0: 120.0 + (hash % 61) as f64,
+            envelope_phase: ((hash >> 8) % 1000) as f64 / 1000.0 * TAU,
+            amplitude: self.amplitude,
+        }
+    }
+}
+
+/// The synthesized sound for one text.
+#[derive(Debug, Clone, Copy)]
+struct Voice {
+    rate: f64,
+    total: u64,
+    /// Fade length in samples.
+    fade: f64,
+    /// Fundamental frequency in Hz.
+    f0: f64,
+    envelope_phase: f64,
+    amplitude: f64,
+}
+
+impl Voice {
+    /// Sample `i` of the utterance; depends on nothing but `self` and `i`.
+    fn sample(&self, i: u64) -> i16 {
+        let t = i as f64 / self.rate;
+        let norm: f64 = HARMONICS.iter().sum();
+        let wave: f64 = HARMONICS
+            .iter()
+            .zip(1u32..)
+            .map(|(weight, k)| weight * (TAU * self.f0 * f64::from(k) * t).sin())
+            .sum::<f64>()
+            / norm;
+        // Between 30% and 100% of the amplitude, like syllables.
+        let envelope = 0.65 + 0.35 * (TAU * SYLLABLE_HZ * t + self.envelope_phase).sin();
+        let fade = ((i + 1) as f64 / self.fade)
+            .min((self.total - i) as f64 / self.fade)
+            .min(1.0);
+        (self.amplitude * envelope * fade * wave).round() as i16
+    }
+
+    /// Samples `start..end`.
+    fn chunk(&self, start: u64, end: u64) -> Vec<i16> {
+        (start..end).map(|i| self.sample(i)).collect()
+    }
+}
+
+/// Where a synthesis stream is.
+struct Synthesis {
+    voice: Voice,
+    next: u64,
+    chunk: u64,
+    delay: Duration,
+    interval: Duration,
+    fail: bool,
+}
+
+impl Tts for MockTts {
+    fn name(&self) -> &str {
+        PROVIDER_NAME
+    }
+
+    fn synthesize(
+        &self,
+        text: String,
+        rate: SampleRate,
+    ) -> BoxStream<'static, Result<Vec<i16>, ProviderError>> {
+        if rate.hz() == 0 {
+            let err = ProviderError::InvalidRequest {
+                provider: PROVIDER_NAME.to_owned(),
+                message: "the sample rate must be above 0 Hz".to_owned(),
+            };
+            return stream::iter([Err(err)]).boxed();
+        }
+        let voice = self.voice(&text, rate);
+        let state = Synthesis {
+            voice,
+            next: 0,
+            chunk: rate.samples_in_ms(self.chunk_ms).max(1),
+            delay: self.first_audio,
+            interval: self.interval,
+            fail: voice.total > 0 && inject_failure(self.failure_rate),
+        };
+        // No task: each chunk is generated when the consumer polls for it, so dropping the
+        // stream stops the synthesis at once.
+        stream::unfold(Some(state), |state| async move {
+            let mut s = state?;
+            if s.next >= s.voice.total {
+                return None;
+            }
+            if !s.delay.is_zero() {
+                tokio::time::sleep(s.delay).await;
+            }
+            if s.fail {
+                let err = ProviderError::Failed {
+                    provider: PROVIDER_NAME.to_owned(),
+                    message: "injected failure".to_owned(),
+                };
+                return Some((Err(err), None));
+            }
+            let end = (s.next + s.chunk).min(s.voice.total);
+            let samples = s.voice.chunk(s.next, end);
+            s.next = end;
+            s.delay = s.interval;
+            Some((Ok(samples), Some(s)))
+        })
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    const RATE: SampleRate = SampleRate::INTERNAL;
+
+    fn tts(config: MockTtsConfig) -> MockTts {
+        MockTts::new(config).expect("valid config")
+    }
+
+    async fn chunks(tts: &MockTts, text: &str, rate: SampleRate) -> Vec<Vec<i16>> {
+        tts.synthesize(text.to_owned(), rate)
+            .map(|c| c.expect("no failure"))
+            .collect()
+            .await
+    }
+
+    async fn audio(tts: &MockTts, text: &str, rate: SampleRate) -> Vec<i16> {
+        chunks(tts, text, rate).await.concat()
+    }
+
+    fn rms(samples: &[i16]) -> f64 {
+        let sum: f64 = samples.iter().map(|&s| f64::from(s).powi(2)).sum();
+        (sum / samples.len() as f64).sqrt()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn length_is_proportional_to_the_text() {
+        let voice = tts(MockTtsConfig::default());
+        // 14 characters at 14 characters per second: one second.
+        assert_eq!(audio(&voice, "Hello, friend.", RATE).await.len(), 16_000);
+        assert_eq!(
+            audio(&voice, "Hello, friend. Hello, friend.", RATE)
+                .await
+                .len(),
+            32_000 + 1_143
+        );
+        assert_eq!(
+            audio(&voice, "  Hello, friend.\n", SampleRate(24_000))
+                .await
+                .len(),
+            24_000
+        );
+        // Short text still lasts 100 ms; blank text is no audio at all.
+        assert_eq!(audio(&voice, "Hi", RATE).await.len(), 2_286);
+        assert_eq!(audio(&voice, "A", RATE).await.len(), 1_600);
+        assert!(chunks(&voice, "  ", RATE).await.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunks_are_chunk_ms_long_and_timed() {
+        let voice = tts(MockTtsConfig::default());
+        let start = Instant::now();
+        let mut stream = voice.synthesize("Hello, friend.".into(), RATE);
+        let first = stream.next().await.expect("a chunk").expect("no failure");
+        assert_eq!(first.len(), 3_200);
+        let first_at = start.elapsed();
+        assert!(first_at >= Duration::from_millis(50), "{first_at:?}");
+        assert!(first_at < Duration::from_millis(60), "{first_at:?}");
+        let mut sizes = vec![first.len()];
+        while let Some(chunk) = stream.next().await {
+            sizes.push(chunk.expect("no failure").len());
+        }
+        assert_eq!(sizes, [3_200; 5]);
+        // Four more chunks, 20 ms apart.
+        assert!(start.elapsed() - first_at >= Duration::from_millis(80));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn same_text_gives_identical_audio_that_is_not_silence() {
+        let voice = tts(MockTtsConfig::default());
+        let text = "The quick brown fox jumps over the lazy dog.";
+        let a = audio(&voice, text, RATE).await;
+        let b = audio(&voice, text, RATE).await;
+        assert_eq!(a, b);
+        let level = rms(&a);
+        assert!(level > 500.0, "rms {level}");
+        assert!(a.iter().all(|s| s.unsigned_abs() <= 3000));
+        // Different text, different voice.
+        assert_ne!(
+            audio(&voice, "The quick brown fox jumps over the lazy cat.", RATE).await,
+            a
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunk_boundaries_do_not_change_the_audio() {
+        let text = "Tomorrow looks cloudy with a chance of rain in the afternoon.";
+        let coarse = tts(MockTtsConfig::default());
+        let fine = tts(MockTtsConfig {
+            chunk_ms: 7,
+            ..MockTtsConfig::default()
+        });
+        let coarse_chunks = chunks(&coarse, text, RATE).await;
+        let fine_chunks = chunks(&fine, text, RATE).await;
+        assert!(fine_chunks.len() > coarse_chunks.len());
+        assert_eq!(coarse_chunks.concat(), fine_chunks.concat());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_stream_stops_it() {
+        let voice = tts(MockTtsConfig::default());
+        let mut stream = voice.synthesize("A fairly long sentence to speak.".into(), RATE);
+        stream.next().await.expect("a chunk").expect("no failure");
+        drop(stream);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_replaces_the_first_chunk() {
+        let voice = tts(MockTtsConfig {
+            failure_rate: 1.0,
+            ..MockTtsConfig::default()
+        });
+        let items: Vec<_> = voice.synthesize("Hello.".into(), RATE).collect().await;
+        assert_eq!(items.len(), 1);
+        assert!(matches!(items[0], Err(ProviderError::Failed { .. })));
+    }
+
+    #[test]
+    fn invalid_config_is_a_build_error() {
+        let bad = [
+            MockTtsConfig {
+                chars_per_second: 0.0,
+                ..MockTtsConfig::default()
+            },
+            MockTtsConfig {
+                chunk_ms: 0,
+                ..MockTtsConfig::default()
+            },
+            MockTtsConfig {
+                amplitude: 40_000,
+                ..MockTtsConfig::default()
+            },
+            MockTtsConfig {
+                realtime_factor: -1.0,
+                ..MockTtsConfig::default()
+            },
+        ];
+        for config in bad {
+            assert!(MockTts::new(config.clone()).is_err(), "{config:?}");
+        }
+        let parsed: MockTtsConfig = toml::from_str("chunk_ms = 20").expect("partial config");
+        assert_eq!(parsed.chunk_ms, 20);
+        assert_eq!(parsed.amplitude, 3000);
+        assert!(toml::from_str::<MockTtsConfig>("chunk = 20").is_err());
+    }
+}

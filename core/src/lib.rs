@@ -1,0 +1,21 @@
+//! voxd's sans-IO core: the per-connection turn-taking state machine and everything it needs to
+//! decide (voice-activity detection policy, sentence splitting, conversation history, audio types).
+//!
+//! Nothing here performs IO, spawns a task or reads a clock: time is always an input (`Time`), and
+//! every effect (an event to send, audio to send, a provider call to start or cancel, the next wake-up)
+//! is an output the caller drains. That is what lets the tests play minutes of dialogue in
+//! milliseconds, deterministically. Cargo enforces it: this crate depends on neither tokio nor axum.
+
+pub mod history;
+pub mod resample;
+pub mod session;
+pub mod splitter;
+pub mod types;
+pub mod vad;
+
+pub use history::{ChatMessage, ToolCall};
+pub use session::{
+    Event, Output, ProviderEvent, ProviderFailure, ResponseStatus, Session, SessionConfig, Stage,
+    Timings,
+};
+pub use types::{SampleRate, Time, TurnId};

@@ -1,0 +1,823 @@
+//! The state machine on a simulated clock.
+//!
+//! `Sim` plays the owner's part: it drains outputs, answers provider calls with scripted providers
+//! whose delays mirror the mock providers' defaults (ASR 50 ms; LLM first token 100 ms, then 10 ms a
+//! token; TTS first audio 50 ms, then chunks 10× faster than real time; tools 300 ms), honours
+//! `CancelTurn`, and wakes the session at its `poll_timeout`. Every step checks the invariants.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::*;
+
+const ASR_MS: u64 = 50;
+const LLM_FIRST_MS: u64 = 100;
+const TOKEN_MS: u64 = 10;
+const TTS_FIRST_MS: u64 = 50;
+const TTS_CHUNK_MS: u64 = 100;
+const TOOL_MS: u64 = 300;
+const CHARS_PER_SECOND: f64 = 14.0;
+
+const WEATHER: &str = "It's sunny and warm today. There's a light breeze. Perfect for a walk.";
+const STORY: &str = "Once upon a time there was a lighthouse. Its keeper loved the sea. \
+    Every night he lit the lamp. Ships passed safely by. One night a storm came. \
+    The waves rose high. The lamp kept burning. At dawn the sea was calm again.";
+
+/// What the scripted ASR hears: the classic duration rules of a voice-bot load test.
+fn transcript_for(samples: usize) -> &'static str {
+    let ms = samples as u64 / 16;
+    match ms {
+        0..=499 => "mhm",
+        500..=1749 => "what about tomorrow",
+        1750..=2499 => "what's the weather like today",
+        _ => "can you check my account balance",
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Sent {
+    at: Time,
+    output: Output,
+}
+
+struct Sim {
+    s: Session,
+    now: Time,
+    seq: u64,
+    scheduled: BTreeMap<(Time, u64), (TurnId, ProviderEvent)>,
+    log: Vec<Sent>,
+    cancelled: HashSet<TurnId>,
+    /// Overrides of the scripted ASR's answer, consumed in order.
+    asr_answers: Vec<&'static str>,
+    asr_ms: u64,
+    tool_ms: u64,
+    llm_fails: bool,
+    // Invariant state.
+    paused: HashSet<TurnId>,
+    interrupted: HashSet<TurnId>,
+    done: HashMap<TurnId, usize>,
+    started: HashSet<TurnId>,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self::with(SessionConfig {
+            vad: None,
+            ..SessionConfig::default()
+        })
+    }
+
+    fn with(cfg: SessionConfig) -> Self {
+        Sim {
+            s: Session::new(cfg),
+            now: Time::ZERO,
+            seq: 0,
+            scheduled: BTreeMap::new(),
+            log: Vec::new(),
+            cancelled: HashSet::new(),
+            asr_answers: Vec::new(),
+            asr_ms: ASR_MS,
+            tool_ms: TOOL_MS,
+            llm_fails: false,
+            paused: HashSet::new(),
+            interrupted: HashSet::new(),
+            done: HashMap::new(),
+            started: HashSet::new(),
+        }
+    }
+
+    fn schedule(&mut self, at: Time, turn: TurnId, e: ProviderEvent) {
+        self.seq += 1;
+        self.scheduled.insert((at, self.seq), (turn, e));
+    }
+
+    /// Drains outputs, checking invariants and starting scripted provider calls.
+    fn drain(&mut self) {
+        while let Some(o) = self.s.poll_output() {
+            let now = self.now;
+            match &o {
+                Output::Audio { turn, pcm } => {
+                    assert!(!self.paused.contains(turn), "audio while paused: {turn}");
+                    assert!(!self.interrupted.contains(turn), "audio after interrupted");
+                    assert!(!self.done.contains_key(turn), "audio after response_done");
+                    assert_eq!(pcm.len() % 2, 0);
+                }
+                Output::Event(Event::PlaybackPaused { turn }) => {
+                    assert!(self.paused.insert(*turn), "paused twice");
+                }
+                Output::Event(Event::PlaybackResumed { turn }) => {
+                    assert!(self.paused.remove(turn), "resumed while not paused");
+                }
+                Output::Event(Event::Interrupted { turn, .. }) => {
+                    self.interrupted.insert(*turn);
+                    self.paused.remove(turn);
+                }
+                Output::Event(Event::ResponseDone { turn, .. }) => {
+                    *self.done.entry(*turn).or_default() += 1;
+                    assert_eq!(self.done[turn], 1, "two response_done for {turn}");
+                    assert!(!self.paused.contains(turn), "done while paused");
+                }
+                Output::StartAsr { turn, audio } => {
+                    let text = if self.asr_answers.is_empty() {
+                        transcript_for(audio.len())
+                    } else {
+                        self.asr_answers.remove(0)
+                    };
+                    self.schedule(
+                        now + Duration::from_millis(self.asr_ms),
+                        *turn,
+                        ProviderEvent::Transcript(Ok(text.to_owned())),
+                    );
+                }
+                Output::StartLlm { turn, messages } => {
+                    self.started.insert(*turn);
+                    self.script_llm(*turn, messages);
+                }
+                Output::StartTts { turn, seq, text } => {
+                    self.script_tts(*turn, *seq, text);
+                }
+                Output::StartTool { turn, call } => {
+                    let at = now + Duration::from_millis(self.tool_ms);
+                    let result = format!("{{\"balance\":\"1,234.56\",\"tool\":\"{}\"}}", call.name);
+                    self.schedule(
+                        at,
+                        *turn,
+                        ProviderEvent::ToolResult {
+                            call_id: call.id.clone(),
+                            result: Ok(result),
+                        },
+                    );
+                }
+                Output::CancelTurn(turn) => {
+                    self.cancelled.insert(*turn);
+                    self.scheduled.retain(|_, (t, _)| t != turn);
+                }
+                Output::Event(_) => {}
+            }
+            self.log.push(Sent { at: now, output: o });
+        }
+    }
+
+    fn script_llm(&mut self, turn: TurnId, messages: &[ChatMessage]) {
+        let start = self.now + Duration::from_millis(LLM_FIRST_MS);
+        if self.llm_fails {
+            let failure = ProviderFailure {
+                provider: "scripted".into(),
+                message: "boom".into(),
+            };
+            self.schedule(start, turn, ProviderEvent::LlmFailed(failure));
+            return;
+        }
+        let reply = match messages.last() {
+            Some(ChatMessage::Tool { .. }) => "Your balance is 1,234.56 dollars. Anything else?",
+            Some(ChatMessage::User(u)) if u.contains("balance") => {
+                let call = ToolCall {
+                    id: format!("call_{turn}"),
+                    name: "check_balance".into(),
+                    arguments: "{}".into(),
+                };
+                self.schedule(start, turn, ProviderEvent::LlmToolCall(call));
+                self.schedule(start, turn, ProviderEvent::LlmDone);
+                return;
+            }
+            Some(ChatMessage::User(u)) if u.contains("story") => STORY,
+            Some(ChatMessage::User(u)) if u.contains("tomorrow") => "Tomorrow it rains.",
+            _ => WEATHER,
+        };
+        let mut at = start;
+        for (i, word) in reply.split_inclusive(' ').enumerate() {
+            if i > 0 {
+                at = at + Duration::from_millis(TOKEN_MS);
+            }
+            self.schedule(at, turn, ProviderEvent::LlmToken(word.to_owned()));
+        }
+        self.schedule(at, turn, ProviderEvent::LlmDone);
+    }
+
+    fn script_tts(&mut self, turn: TurnId, seq: u32, text: &str) {
+        let total = (text.len() as f64 / CHARS_PER_SECOND * 16000.0) as usize;
+        let chunk = 1600;
+        let mut at = self.now + Duration::from_millis(TTS_FIRST_MS);
+        let mut i = 0;
+        while i < total {
+            let n = chunk.min(total - i);
+            // Distinct, deterministic samples: (seq, index) encoded.
+            let samples = (i..i + n)
+                .map(|k| ((seq as usize * 7919 + k) % 30000) as i16 + 1)
+                .collect();
+            self.schedule(at, turn, ProviderEvent::TtsAudio { seq, samples });
+            at = at + Duration::from_millis(TTS_CHUNK_MS / 10);
+            i += n;
+        }
+        self.schedule(at, turn, ProviderEvent::TtsDone { seq });
+    }
+
+    /// Runs the clock to `until`, delivering provider events and timeouts in time order.
+    fn run_until(&mut self, until: Time) {
+        loop {
+            self.drain();
+            let next_provider = self.scheduled.keys().next().map(|k| k.0);
+            let next_timeout = self.s.poll_timeout();
+            let next = match (next_provider, next_timeout) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            if next > until {
+                break;
+            }
+            assert!(
+                next >= self.now,
+                "time went backwards: {next:?} < {:?}",
+                self.now
+            );
+            self.now = next;
+            if next_provider == Some(next) {
+                let key = *self.scheduled.keys().next().unwrap();
+                let (turn, e) = self.scheduled.remove(&key).unwrap();
+                self.s.handle_provider(next, turn, e);
+            } else {
+                self.s.handle_timeout(next);
+            }
+        }
+        self.now = self.now.max(until);
+        self.drain();
+    }
+
+    fn run_ms(&mut self, d: u64) {
+        self.run_until(self.now + Duration::from_millis(d));
+    }
+
+    /// Runs until nothing is left to happen (bounded).
+    fn settle(&mut self) {
+        self.run_ms(120_000);
+    }
+
+    /// Streams `d` ms of audio in 20 ms frames at real time.
+    fn audio(&mut self, d: u64, sample: i16) {
+        let frame = vec![sample; 320];
+        for _ in 0..d / 20 {
+            self.run_ms(20);
+            self.s.handle_audio(self.now, &frame);
+            self.drain();
+        }
+    }
+
+    fn speech_start(&mut self) {
+        self.s.handle_speech_start(self.now);
+        self.drain();
+    }
+
+    fn speech_end(&mut self) {
+        self.s.handle_speech_end(self.now);
+        self.drain();
+    }
+
+    /// A whole user utterance with client signals over silence.
+    fn say(&mut self, d: u64) {
+        self.speech_start();
+        self.audio(d, 0);
+        self.speech_end();
+    }
+
+    fn text(&mut self, t: &str) {
+        self.s.handle_text(self.now, t);
+        self.drain();
+    }
+
+    fn events(&self) -> Vec<&Event> {
+        self.log
+            .iter()
+            .filter_map(|s| match &s.output {
+                Output::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn audio_of(&self, turn: TurnId) -> Vec<u8> {
+        self.log
+            .iter()
+            .filter_map(|s| match &s.output {
+                Output::Audio { turn: t, pcm } if *t == turn => Some(pcm.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn first_at(&self, pred: impl Fn(&Output) -> bool) -> Option<Time> {
+        self.log.iter().find(|s| pred(&s.output)).map(|s| s.at)
+    }
+
+    fn done_of(&self, turn: TurnId) -> (ResponseStatus, Timings, Option<&'static str>) {
+        self.events()
+            .into_iter()
+            .find_map(|e| match e {
+                Event::ResponseDone {
+                    turn: t,
+                    status,
+                    timings,
+                    reason,
+                    ..
+                } if *t == turn => Some((*status, *timings, *reason)),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no response_done for {turn}: {:#?}", self.events()))
+    }
+
+    fn has(&self, pred: impl Fn(&Event) -> bool) -> bool {
+        self.events().into_iter().any(pred)
+    }
+
+    /// Every response the LLM was asked for ended exactly once.
+    fn assert_all_done(&self) {
+        for t in &self.started {
+            assert_eq!(self.done.get(t), Some(&1), "turn {t} has no response_done");
+        }
+    }
+}
+
+fn expected_samples(text: &str) -> usize {
+    let mut s = crate::splitter::SentenceSplitter::default();
+    let mut sentences = Vec::new();
+    s.push(text, |x| sentences.push(x));
+    sentences.extend(s.finish());
+    sentences
+        .iter()
+        .map(|t| (t.len() as f64 / CHARS_PER_SECOND * 16000.0) as usize)
+        .sum()
+}
+
+#[test]
+fn simple_query_completes_with_all_its_audio() {
+    let mut sim = Sim::new();
+    sim.say(2000);
+    sim.settle();
+    let t1 = TurnId(1);
+    assert!(sim.has(
+        |e| matches!(e, Event::Transcript { text, .. } if text == "what's the weather like today")
+    ));
+    let (status, timings, _) = sim.done_of(t1);
+    assert_eq!(status, ResponseStatus::Completed);
+    assert_eq!(sim.audio_of(t1).len(), expected_samples(WEATHER) * 2);
+    // The pipeline minimum with these delays: ASR 50 + first token 100 + 4 tokens to the first
+    // sentence end (". " needs the next token) + TTS 50.
+    let ttft = timings.first_audio_sent.unwrap() - timings.speech_end.unwrap();
+    assert_eq!(ttft, Duration::from_millis(50 + 100 + 4 * 10 + 50));
+    // response_done comes when the last sample has been heard, not when it was sent.
+    let audio_ms = expected_samples(WEATHER) as u64 / 16;
+    let done = timings.done.unwrap() - timings.first_audio_sent.unwrap();
+    assert!(
+        done >= Duration::from_millis(audio_ms) && done <= Duration::from_millis(audio_ms + 30),
+        "done {done:?} after first audio; audio is {audio_ms} ms"
+    );
+    assert_eq!(
+        sim.s.history(),
+        &[
+            ChatMessage::User("what's the weather like today".into()),
+            ChatMessage::Assistant {
+                text: WEATHER.into(),
+                tool_calls: vec![]
+            }
+        ]
+    );
+    sim.assert_all_done();
+}
+
+#[test]
+fn audio_is_paced_at_real_time_plus_the_lead() {
+    let mut sim = Sim::new();
+    sim.text("tell me the weather");
+    sim.settle();
+    let t1 = TurnId(1);
+    let first = sim.first_at(|o| matches!(o, Output::Audio { .. })).unwrap();
+    let mut sent = 0u64;
+    for s in &sim.log {
+        if let Output::Audio { turn, pcm } = &s.output {
+            assert_eq!(*turn, t1);
+            // Nothing is sent more than the lead (200 ms = 3200 samples) ahead of the clock.
+            let clock = SampleRate(16_000).samples_in(s.at - first);
+            assert!(sent <= clock + 3200, "sent {sent} at clock {clock}");
+            sent += pcm.len() as u64 / 2;
+        }
+    }
+    // The lead is used in full once TTS has delivered enough.
+    let mut sent = 0u64;
+    let mut max_ahead = 0u64;
+    for s in &sim.log {
+        if let Output::Audio { pcm, .. } = &s.output {
+            sent += pcm.len() as u64 / 2;
+            let clock = SampleRate(16_000).samples_in(s.at - first);
+            max_ahead = max_ahead.max(sent.saturating_sub(clock));
+        }
+    }
+    assert_eq!(max_ahead, 3200);
+}
+
+#[test]
+fn tool_call_runs_the_tool_and_speaks_the_answer() {
+    let mut sim = Sim::new();
+    sim.say(3000);
+    sim.settle();
+    let t1 = TurnId(1);
+    assert!(sim.has(|e| matches!(e, Event::ToolCall { call, .. } if call.name == "check_balance")));
+    assert!(sim.has(|e| matches!(e, Event::ToolResult { elapsed, .. } if *elapsed == Duration::from_millis(TOOL_MS))));
+    assert_eq!(sim.done_of(t1).0, ResponseStatus::Completed);
+    let h = sim.s.history();
+    assert!(matches!(&h[1], ChatMessage::Assistant { tool_calls, .. } if tool_calls.len() == 1));
+    assert!(matches!(&h[2], ChatMessage::Tool { content, .. } if content.contains("1,234.56")));
+    assert!(
+        matches!(&h[3], ChatMessage::Assistant { text, .. } if text.starts_with("Your balance"))
+    );
+    // No filler: the tool answered within the filler delay.
+    assert!(!sim
+        .has(|e| matches!(e, Event::ResponseText { text, .. } if text.starts_with("One moment"))));
+}
+
+#[test]
+fn a_slow_tool_gets_a_filler_that_is_heard_but_not_in_history() {
+    let mut sim = Sim::new();
+    sim.tool_ms = 2500;
+    sim.say(3000);
+    sim.settle();
+    let texts: Vec<_> = sim
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ResponseText { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts[0], "One moment while I check that.");
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    let last = sim.s.history().last().unwrap();
+    assert!(matches!(last, ChatMessage::Assistant { text, .. } if !text.contains("One moment")));
+}
+
+#[test]
+fn real_interruption_cancels_the_turn_and_keeps_only_what_was_heard() {
+    let mut sim = Sim::new();
+    sim.text("tell me a story");
+    sim.run_ms(1500);
+    let t1 = TurnId(1);
+    let first = sim.first_at(|o| matches!(o, Output::Audio { .. })).unwrap();
+    assert!(first < sim.now);
+    sim.speech_start();
+    let paused_at = sim.now;
+    let audio_before = sim.audio_of(t1).len();
+    sim.audio(1500, 0);
+    sim.speech_end();
+    sim.settle();
+
+    // Interrupted once the speech reached min_interruption (500 ms of audio).
+    let interrupted_at = sim
+        .first_at(|o| matches!(o, Output::Event(Event::Interrupted { .. })))
+        .unwrap();
+    assert_eq!(interrupted_at - paused_at, Duration::from_millis(500));
+    assert_eq!(
+        sim.audio_of(t1).len(),
+        audio_before,
+        "no audio after the pause"
+    );
+    assert!(sim.cancelled.contains(&t1));
+    let (played_ms, heard) = sim
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Interrupted {
+                played_ms,
+                heard_text,
+                ..
+            } => Some((*played_ms, heard_text.clone())),
+            _ => None,
+        })
+        .unwrap();
+    let expected_played = (paused_at - first).as_secs_f64() * 1000.0;
+    assert!(
+        (played_ms - expected_played).abs() < 0.1,
+        "{played_ms} vs {expected_played}"
+    );
+    assert!(STORY.starts_with(&heard), "{heard:?}");
+    assert!(!heard.is_empty() && heard.len() < STORY.len());
+    // History keeps only what was heard; the next turn answers the new speech.
+    assert_eq!(
+        sim.s.history()[1],
+        ChatMessage::Assistant {
+            text: heard.clone(),
+            tool_calls: vec![]
+        }
+    );
+    assert_eq!(sim.done_of(t1).0, ResponseStatus::Interrupted);
+    assert_eq!(sim.done_of(TurnId(2)).0, ResponseStatus::Completed);
+    sim.assert_all_done();
+}
+
+#[test]
+fn false_alarm_resumes_and_the_bytes_equal_an_uninterrupted_response() {
+    let mut reference = Sim::new();
+    reference.text("tell me a story");
+    reference.settle();
+    let full = reference.audio_of(TurnId(1));
+
+    let mut sim = Sim::new();
+    sim.text("tell me a story");
+    sim.run_ms(1200);
+    sim.say(300); // "mhm"
+    sim.settle();
+    assert!(sim.has(|e| matches!(e, Event::PlaybackPaused { turn } if *turn == TurnId(1))));
+    assert!(sim.has(|e| matches!(e, Event::PlaybackResumed { turn } if *turn == TurnId(1))));
+    assert!(sim.has(
+        |e| matches!(e, Event::Transcript { turn, text, .. } if *turn == TurnId(2) && text == "mhm")
+    ));
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    assert_eq!(
+        sim.audio_of(TurnId(1)),
+        full,
+        "byte-identical after a false alarm"
+    );
+    assert!(
+        !sim.done.contains_key(&TurnId(2)),
+        "a false alarm starts no response"
+    );
+    // The pause lasted speech (300 ms) + ASR (50 ms): the response ends that much later.
+    let end = |s: &Sim| s.done_of(TurnId(1)).1.done.unwrap();
+    let shift = end(&sim) - end(&reference);
+    assert!(
+        shift >= Duration::from_millis(340) && shift <= Duration::from_millis(370),
+        "{shift:?}"
+    );
+}
+
+#[test]
+fn two_false_alarms_in_a_row() {
+    let mut sim = Sim::new();
+    sim.text("tell me a story");
+    sim.run_ms(1000);
+    sim.say(200);
+    sim.run_ms(500);
+    sim.say(200);
+    sim.settle();
+    let resumed = sim
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::PlaybackResumed { .. }))
+        .count();
+    assert_eq!(resumed, 2);
+    let mut reference = Sim::new();
+    reference.text("tell me a story");
+    reference.settle();
+    assert_eq!(sim.audio_of(TurnId(1)), reference.audio_of(TurnId(1)));
+    sim.assert_all_done();
+}
+
+#[test]
+fn real_words_in_a_short_barge_in_interrupt() {
+    let mut sim = Sim::new();
+    sim.text("tell me a story");
+    sim.run_ms(1000);
+    sim.asr_answers.push("stop");
+    sim.say(300);
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Interrupted);
+    // The interruption is decided by the transcript, 50 ms after the speech ended.
+    let resp = sim.done_of(TurnId(2));
+    assert_eq!(resp.0, ResponseStatus::Completed);
+    sim.assert_all_done();
+}
+
+#[test]
+fn barge_in_timeout_without_speech_end_is_a_false_alarm() {
+    let mut sim = Sim::new();
+    sim.text("tell me a story");
+    sim.run_ms(1000);
+    sim.speech_start(); // and then nothing: no audio, no speech_end
+    let paused_at = sim.now;
+    sim.run_ms(2500);
+    let resumed_at = sim
+        .first_at(|o| matches!(o, Output::Event(Event::PlaybackResumed { .. })))
+        .unwrap();
+    assert_eq!(resumed_at - paused_at, Duration::from_millis(2000));
+    sim.speech_end(); // a late speech_end is ignored
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    assert!(!sim.done.contains_key(&TurnId(2)));
+}
+
+#[test]
+fn interruption_during_the_pause_of_a_false_alarm() {
+    let mut sim = Sim::new();
+    sim.text("tell me a story");
+    sim.run_ms(1000);
+    // A short sound; while its transcript is pending, the user speaks for real.
+    sim.say(200);
+    sim.speech_start();
+    sim.audio(600, 0);
+    sim.speech_end();
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Interrupted);
+    // Both fragments form one utterance (turn 3); fragment 2's transcription was cancelled.
+    assert!(sim.cancelled.contains(&TurnId(2)));
+    assert_eq!(sim.done_of(TurnId(3)).0, ResponseStatus::Completed);
+    assert!(!sim.has(|e| matches!(e, Event::PlaybackResumed { .. })));
+    sim.assert_all_done();
+}
+
+#[test]
+fn speech_start_while_the_first_sentence_is_still_in_tts() {
+    let mut sim = Sim::new();
+    sim.text("tell me the weather");
+    // First sentence complete at 100 + 4*10 ms; its TTS answers 50 ms later.
+    sim.run_ms(150);
+    assert!(sim
+        .log
+        .iter()
+        .any(|s| matches!(s.output, Output::StartTts { .. })));
+    assert!(!sim
+        .log
+        .iter()
+        .any(|s| matches!(s.output, Output::Audio { .. })));
+    sim.say(300); // a false alarm while nothing has played yet
+    sim.settle();
+    // Nothing was playing, so there was nothing to pause or resume.
+    assert!(!sim.has(|e| matches!(e, Event::PlaybackPaused { .. })));
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    // No audio went out while the user was speaking.
+    let first = sim.first_at(|o| matches!(o, Output::Audio { .. })).unwrap();
+    assert!(first >= Time::from_millis(150 + 300 + 50));
+}
+
+#[test]
+fn speech_while_thinking_cancels_and_the_next_reply_answers_both() {
+    let mut sim = Sim::new();
+    sim.say(2000); // weather
+    sim.run_ms(120); // transcript in, LLM running, no audio yet
+    assert_eq!(sim.s.current_response(), Some(TurnId(1)));
+    sim.say(1000); // "what about tomorrow", long enough to interrupt
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Interrupted);
+    assert!(sim.audio_of(TurnId(1)).is_empty());
+    assert_eq!(
+        sim.s.history()[0],
+        ChatMessage::User("what's the weather like today what about tomorrow".into())
+    );
+    assert_eq!(sim.done_of(TurnId(2)).0, ResponseStatus::Completed);
+    sim.assert_all_done();
+}
+
+#[test]
+fn speech_while_transcribing_carries_the_audio_into_the_next_turn() {
+    let mut sim = Sim::new();
+    sim.asr_ms = 1000;
+    sim.say(1000);
+    sim.run_ms(20); // ASR of turn 1 still running
+    sim.say(1000);
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Interrupted);
+    // Turn 2 was transcribed from both utterances: 2 s of audio → the weather question.
+    assert!(sim.has(|e| matches!(e, Event::Transcript { turn, text, .. } if *turn == TurnId(2) && text == "what's the weather like today")));
+    sim.assert_all_done();
+}
+
+#[test]
+fn barge_in_during_a_tool_call_cancels_the_tool() {
+    let mut sim = Sim::new();
+    sim.tool_ms = 5000;
+    sim.say(3000);
+    sim.run_ms(1500); // the filler is playing, the tool still running
+    assert!(sim.has(|e| matches!(e, Event::AudioStart { .. })));
+    sim.say(800);
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Interrupted);
+    assert!(
+        !sim.has(|e| matches!(e, Event::ToolResult { turn, .. } if *turn == TurnId(1))),
+        "the tool was cancelled"
+    );
+    // Neither the unanswered tool call nor the filler is in history.
+    assert!(sim
+        .s
+        .history()
+        .iter()
+        .all(|m| !matches!(m, ChatMessage::Tool { call_id, .. } if call_id == "call_1")));
+    assert!(sim
+        .s
+        .history()
+        .iter()
+        .all(|m| !matches!(m, ChatMessage::Assistant { text, .. } if text.contains("One moment"))));
+    sim.assert_all_done();
+}
+
+#[test]
+fn late_events_of_a_cancelled_turn_are_dropped() {
+    let mut sim = Sim::new();
+    sim.text("tell me a story");
+    sim.run_ms(800);
+    sim.text("stop");
+    let before = sim.log.len();
+    // A provider that ignored the cancellation delivers late.
+    sim.s.handle_provider(
+        sim.now,
+        TurnId(1),
+        ProviderEvent::TtsAudio {
+            seq: 1,
+            samples: vec![1; 3200],
+        },
+    );
+    sim.s
+        .handle_provider(sim.now, TurnId(1), ProviderEvent::LlmToken("late ".into()));
+    sim.drain();
+    assert!(sim.log[before..]
+        .iter()
+        .all(|s| !matches!(&s.output, Output::Audio { turn, .. } | Output::Event(Event::ResponseText { turn, .. }) if *turn == TurnId(1))));
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Interrupted);
+    sim.assert_all_done();
+}
+
+#[test]
+fn provider_failure_fails_the_turn_and_the_session_goes_on() {
+    let mut sim = Sim::new();
+    sim.llm_fails = true;
+    sim.text("hello");
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Failed);
+    assert!(sim.has(|e| matches!(
+        e,
+        Event::ProviderError {
+            stage: Stage::Llm,
+            ..
+        }
+    )));
+    sim.llm_fails = false;
+    sim.text("hello again");
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(2)).0, ResponseStatus::Completed);
+}
+
+#[test]
+fn an_empty_transcript_ends_the_turn_without_a_reply() {
+    let mut sim = Sim::new();
+    sim.asr_answers.push("");
+    sim.say(800);
+    sim.settle();
+    let (status, _, reason) = sim.done_of(TurnId(1));
+    assert_eq!(
+        (status, reason),
+        (ResponseStatus::Completed, Some("no_speech"))
+    );
+    assert!(sim.s.history().is_empty());
+}
+
+#[test]
+fn server_vad_drives_turns_over_voiced_audio() {
+    let mut sim = Sim::with(SessionConfig::default());
+    sim.audio(300, 0);
+    // A loud buzz the VAD classifies as speech, then silence past the hangover.
+    let voiced: Vec<i16> = (0..320 * 100)
+        .map(|i| {
+            let t = i as f64 / 16000.0;
+            let s: f64 = (1..=8)
+                .map(|h| (2.0 * std::f64::consts::PI * 150.0 * h as f64 * t).sin() / h as f64)
+                .sum();
+            (s * 6000.0) as i16
+        })
+        .collect();
+    for frame in voiced.chunks(320) {
+        sim.run_ms(20);
+        sim.s.handle_audio(sim.now, frame);
+        sim.drain();
+    }
+    assert!(sim.s.user_speaking());
+    sim.audio(700, 0);
+    assert!(!sim.s.user_speaking());
+    sim.settle();
+    let duration = sim
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::SpeechStopped { duration, .. } => Some(*duration),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        duration >= Duration::from_millis(1900) && duration <= Duration::from_millis(2200),
+        "{duration:?}"
+    );
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+}
+
+#[test]
+fn history_stays_bounded() {
+    let mut sim = Sim::with(SessionConfig {
+        vad: None,
+        max_history_messages: 6,
+        ..SessionConfig::default()
+    });
+    for _ in 0..10 {
+        sim.text("tomorrow?");
+        sim.settle();
+    }
+    assert!(sim.s.history().len() <= 6);
+    assert!(matches!(sim.s.history()[0], ChatMessage::User(_)));
+}
