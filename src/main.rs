@@ -1,1 +1,167 @@
-fn main() {}
+//! The `voxd` command: `serve` and `check-config`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+use voxd::app::{serve, AppState};
+use voxd::config::Config;
+
+/// voxd: a streaming voice-bot orchestration server.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve /ws and the HTTP endpoints.
+    Serve {
+        /// The config file. Default: ./config.toml if it exists, else the built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides server.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Concurrent sessions admitted (overrides server.max_sessions).
+        #[arg(long)]
+        max_sessions: Option<usize>,
+        /// Log format; the level comes from RUST_LOG (default info).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate a config file and exit: 0 when valid, 1 with a message naming the bad key.
+    CheckConfig {
+        /// The file. Default: ./config.toml.
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => {
+            let path = file.unwrap_or_else(|| PathBuf::from("config.toml"));
+            match Config::load(&path).and_then(|c| {
+                voxd::providers::Providers::build(&c)
+                    .map(|_| ())
+                    .map_err(|e| voxd::config::ConfigError::Invalid {
+                        key: "providers".into(),
+                        message: e.to_string(),
+                    })
+            }) {
+                Ok(()) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve {
+            config,
+            listen,
+            max_sessions,
+            log_format,
+        } => {
+            init_logging(log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run_server(config, listen, max_sessions)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run_server(
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    max_sessions: Option<usize>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut config = match config {
+        Some(path) => Config::load(&path)?,
+        None if Path::new("config.toml").exists() => Config::load(Path::new("config.toml"))?,
+        None => Config::defaults(),
+    };
+    if let Some(addr) = listen {
+        config.file.server.listen = addr;
+    }
+    if let Some(n) = max_sessions {
+        anyhow::ensure!(n > 0, "--max-sessions must be at least 1");
+        config.file.server.max_sessions = n;
+    }
+    let addr = config.file.server.listen;
+    let state = AppState::new(config).context("cannot build the configured providers")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    println!("voxd listening on http://{local}");
+    tracing::info!(
+        startup_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "accepting connections"
+    );
+    serve(listener, state, shutdown_signal(), Duration::from_secs(5)).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,191 @@
+//! The HTTP application: the `/ws` upgrade with admission control, health probes, and serving with
+//! graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+use voxd_core::SampleRate;
+
+use crate::config::{Config, SUPPORTED_RATES};
+use crate::providers::Providers;
+use crate::sessions::{Refusal, SessionManager};
+
+/// What every request handler and session shares.
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Config,
+    /// The providers.
+    pub providers: Providers,
+    /// The session registry.
+    pub sessions: Arc<SessionManager>,
+    /// Tracks every session task, so shutdown can wait for them (axum does not).
+    pub tracker: TaskTracker,
+}
+
+impl AppState {
+    /// State for `config`, with its providers built.
+    ///
+    /// # Errors
+    /// When a provider cannot be built from its configuration.
+    pub fn new(config: Config) -> Result<Arc<AppState>, voxd_backends::BuildError> {
+        let providers = Providers::build(&config)?;
+        Ok(Arc::new(AppState {
+            sessions: SessionManager::new(config.file.server.max_sessions),
+            config,
+            providers,
+            tracker: TaskTracker::new(),
+        }))
+    }
+}
+
+/// The router: `/ws`, `/health/live`, `/health/ready`, `/health/startup`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ws", get(ws_upgrade))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/health/startup", get(startup))
+        .with_state(state)
+}
+
+/// A JSON error response: `{"error": {"code", "message"}}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+fn unavailable(state: &AppState, refusal: Refusal) -> Response {
+    let (code, message) = match refusal {
+        Refusal::Full => (
+            "at_capacity",
+            format!(
+                "voxd is at its limit of {} concurrent sessions; retry later",
+                state.sessions.max()
+            ),
+        ),
+        Refusal::Draining => ("shutting_down", "voxd is shutting down".to_owned()),
+    };
+    let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, code, &message);
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(state.config.file.server.retry_after_s),
+    );
+    resp
+}
+
+async fn ws_upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let rate = match params.get("sample_rate") {
+        None => SampleRate::INTERNAL,
+        Some(v) => match v.parse::<u32>() {
+            Ok(hz) if SUPPORTED_RATES.contains(&hz) => SampleRate(hz),
+            _ => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_sample_rate",
+                    &format!("sample_rate={v:?} is not supported; use 8000, 16000, 24000 or 48000"),
+                )
+            }
+        },
+    };
+    let cancel = CancellationToken::new();
+    let permit = match state.sessions.try_admit(cancel.clone()) {
+        Ok(p) => p,
+        Err(refusal) => return unavailable(&state, refusal),
+    };
+    let max = state.config.file.server.max_message_bytes;
+    let tracker = state.tracker.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            tracker.track_future(crate::connection::run(socket, state, permit, rate, cancel))
+        })
+}
+
+async fn live() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let s = &state.sessions;
+    let body = json!({
+        "active_sessions": s.active(),
+        "max_sessions": s.max(),
+        "draining": s.is_draining(),
+    });
+    let (status, label) = if s.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if s.is_full() {
+        (StatusCode::SERVICE_UNAVAILABLE, "full")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    let mut body = body;
+    body["status"] = json!(label);
+    (status, Json(body)).into_response()
+}
+
+/// Providers are built before the listener binds, so a server that answers has started.
+async fn startup() -> Response {
+    Json(json!({"status": "started"})).into_response()
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then closes every session (1001) and
+/// waits up to `grace` for their tasks.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let app = router(Arc::clone(&state));
+    let stop = CancellationToken::new();
+    let stop_signal = stop.clone();
+    let sessions = Arc::clone(&state.sessions);
+    let signal = async move {
+        shutdown.await;
+        info!("shutting down: refusing new sessions and closing live ones");
+        sessions.drain();
+        stop_signal.cancel();
+    };
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal)
+    .await?;
+    state.tracker.close();
+    if tokio::time::timeout(grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        info!(
+            remaining = state.tracker.len(),
+            "sessions still closing at the deadline"
+        );
+    }
+    Ok(())
+}

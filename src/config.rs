@@ -1,0 +1,510 @@
+//! Configuration: the `config.toml` schema, its defaults, and validation into a typed `Config`.
+//!
+//! The file is parsed once at start-up (and by `voxd check-config`) into serde structs that reject
+//! unknown keys, then validated: every error names the key at fault and says what is expected.
+//! Every section and key is optional; a missing one takes the default documented in README.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use voxd_backends::mock::{MockAsrConfig, MockLlmConfig, MockTtsConfig};
+use voxd_backends::tools::{default_mock_tools, MockToolConfig};
+use voxd_core::vad::{Aggressiveness, VadConfig};
+use voxd_core::{SampleRate, SessionConfig};
+
+/// Sample rates a client may stream at (`?sample_rate=`) and voxd may answer at.
+pub const SUPPORTED_RATES: [u32; 4] = [8000, 16000, 24000, 48000];
+
+/// A configuration problem. `Display` names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (an unknown key, a wrong type).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The path.
+        path: PathBuf,
+        /// The parser's message, with line, column and key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: `{key}` {message}")]
+    Invalid {
+        /// The key at fault, e.g. `vad.frame_ms`.
+        key: String,
+        /// What is expected.
+        message: String,
+    },
+}
+
+/// The file's schema: every section optional.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// `[server]`
+    pub server: ServerSection,
+    /// `[audio]`
+    pub audio: AudioSection,
+    /// `[vad]`
+    pub vad: VadSection,
+    /// `[turn]`
+    pub turn: TurnSection,
+    /// `[asr]`
+    pub asr: AsrSection,
+    /// `[llm]`
+    pub llm: LlmSection,
+    /// `[tts]`
+    pub tts: TtsSection,
+    /// `[tools.NAME]`: the tool registry. Default: `check_balance` and `send_email`.
+    pub tools: Option<BTreeMap<String, MockToolConfig>>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Concurrent sessions admitted; more are refused with 503.
+    pub max_sessions: usize,
+    /// `Retry-After` seconds sent with a 503.
+    pub retry_after_s: u32,
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            max_sessions: 1000,
+            retry_after_s: 1,
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[audio]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioSection {
+    /// Rate of the response audio: 8000, 16000, 24000 or 48000.
+    pub output_sample_rate: u32,
+    /// Length of each binary audio frame sent, in ms.
+    pub output_frame_ms: u32,
+    /// How far audio is sent ahead of real time, in ms.
+    pub playback_lead_ms: u64,
+    /// Utterances longer than this are ended, in ms.
+    pub max_utterance_ms: u64,
+    /// Synthesized audio buffered ahead before the next sentence's TTS waits, in ms.
+    pub max_tts_backlog_ms: u64,
+}
+
+impl Default for AudioSection {
+    fn default() -> Self {
+        AudioSection {
+            output_sample_rate: 16000,
+            output_frame_ms: 20,
+            playback_lead_ms: 200,
+            max_utterance_ms: 60_000,
+            max_tts_backlog_ms: 3000,
+        }
+    }
+}
+
+/// webrtc-vad's modes, as written in config.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VadMode {
+    /// Mode 0.
+    Quality,
+    /// Mode 1.
+    LowBitrate,
+    /// Mode 2.
+    Aggressive,
+    /// Mode 3.
+    VeryAggressive,
+}
+
+/// `[vad]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VadSection {
+    /// Run server VAD (until a client sends its own `speech_start`/`speech_end`).
+    pub enabled: bool,
+    /// webrtc-vad's aggressiveness.
+    pub mode: VadMode,
+    /// Frame length: 10, 20 or 30 ms.
+    pub frame_ms: u32,
+    /// Voiced audio needed to start speech, in ms.
+    pub onset_ms: u32,
+    /// Silence that ends speech, in ms.
+    pub hangover_ms: u32,
+    /// Audio before the onset kept in the utterance, in ms.
+    pub preroll_ms: u64,
+    /// Frames quieter than this RMS level (dBFS) are never speech.
+    pub min_level_dbfs: f32,
+}
+
+impl Default for VadSection {
+    fn default() -> Self {
+        VadSection {
+            enabled: true,
+            mode: VadMode::Aggressive,
+            frame_ms: 20,
+            onset_ms: 60,
+            hangover_ms: 500,
+            preroll_ms: 300,
+            min_level_dbfs: -55.0,
+        }
+    }
+}
+
+/// `[turn]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnSection {
+    /// User speech during a response that lasts this long interrupts it, in ms.
+    pub min_interruption_ms: u64,
+    /// A barge-in candidate with nothing after it for this long is a false alarm, in ms.
+    pub false_interruption_timeout_ms: u64,
+    /// Words that alone are a backchannel, not an interruption.
+    pub backchannels: Vec<String>,
+    /// A tool running longer than this gets a spoken filler, in ms.
+    pub tool_filler_delay_ms: u64,
+    /// The filler phrase.
+    pub filler_phrase: String,
+    /// Tool rounds per response before it fails.
+    pub max_tool_rounds: u32,
+    /// Conversation history bound, in messages.
+    pub max_history_messages: usize,
+    /// Clauses this long (characters) are spoken before their sentence ends.
+    pub min_clause_chars: usize,
+}
+
+impl Default for TurnSection {
+    fn default() -> Self {
+        let core = SessionConfig::default();
+        TurnSection {
+            min_interruption_ms: 500,
+            false_interruption_timeout_ms: 2000,
+            backchannels: core.backchannels,
+            tool_filler_delay_ms: 1000,
+            filler_phrase: core.filler_phrase,
+            max_tool_rounds: core.max_tool_rounds,
+            max_history_messages: core.max_history_messages,
+            min_clause_chars: core.min_clause_chars,
+        }
+    }
+}
+
+/// Which ASR provider serves a stage.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AsrProvider {
+    /// `backends::mock::MockAsr`.
+    #[default]
+    Mock,
+}
+
+/// `[asr]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsrSection {
+    /// The provider.
+    pub provider: AsrProvider,
+    /// `[asr.mock]`
+    pub mock: MockAsrConfig,
+}
+
+/// Which LLM provider serves a stage.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmProvider {
+    /// `backends::mock::MockLlm`.
+    #[default]
+    Mock,
+}
+
+/// `[llm]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmSection {
+    /// The provider.
+    pub provider: LlmProvider,
+    /// The system prompt, first in every request.
+    pub system_prompt: String,
+    /// `[llm.mock]`
+    pub mock: MockLlmConfig,
+}
+
+impl Default for LlmSection {
+    fn default() -> Self {
+        LlmSection {
+            provider: LlmProvider::Mock,
+            system_prompt: SessionConfig::default().system_prompt,
+            mock: MockLlmConfig::default(),
+        }
+    }
+}
+
+/// Which TTS provider serves a stage.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TtsProvider {
+    /// `backends::mock::MockTts`.
+    #[default]
+    Mock,
+}
+
+/// `[tts]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TtsSection {
+    /// The provider.
+    pub provider: TtsProvider,
+    /// `[tts.mock]`
+    pub mock: MockTtsConfig,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file as parsed.
+    pub file: FileConfig,
+    /// Folder that relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
+    /// The tool registry's configuration.
+    pub tools: BTreeMap<String, MockToolConfig>,
+    /// The per-session state machine's settings.
+    pub session: SessionConfig,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    ///
+    /// # Errors
+    /// A `ConfigError` naming the file and the key at fault.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::from_toml(&text, &base_dir).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against `base_dir`.
+    ///
+    /// # Errors
+    /// A `ConfigError` naming the key at fault.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Config::from_file(file, base_dir)
+    }
+
+    /// The built-in defaults (what an empty file means).
+    pub fn defaults() -> Config {
+        Config::from_file(FileConfig::default(), Path::new("."))
+            .expect("the built-in defaults are valid")
+    }
+
+    /// Validates a parsed file.
+    ///
+    /// # Errors
+    /// A `ConfigError::Invalid` naming the key at fault.
+    pub fn from_file(file: FileConfig, base_dir: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            message,
+        };
+        let s = &file.server;
+        if s.max_sessions == 0 {
+            return Err(invalid("server.max_sessions", "must be at least 1".into()));
+        }
+        if s.max_message_bytes < 1024 {
+            return Err(invalid(
+                "server.max_message_bytes",
+                "must be at least 1024".into(),
+            ));
+        }
+        let a = &file.audio;
+        if !SUPPORTED_RATES.contains(&a.output_sample_rate) {
+            return Err(invalid(
+                "audio.output_sample_rate",
+                format!(
+                    "is {}; expected one of 8000, 16000, 24000, 48000",
+                    a.output_sample_rate
+                ),
+            ));
+        }
+        if !(10..=200).contains(&a.output_frame_ms) {
+            return Err(invalid(
+                "audio.output_frame_ms",
+                format!("is {}; expected 10 to 200", a.output_frame_ms),
+            ));
+        }
+        if a.playback_lead_ms > 5000 {
+            return Err(invalid(
+                "audio.playback_lead_ms",
+                "must be at most 5000 (a large lead delays barge-in)".into(),
+            ));
+        }
+        if a.max_utterance_ms < 1000 {
+            return Err(invalid(
+                "audio.max_utterance_ms",
+                "must be at least 1000".into(),
+            ));
+        }
+        let v = &file.vad;
+        if !matches!(v.frame_ms, 10 | 20 | 30) {
+            return Err(invalid(
+                "vad.frame_ms",
+                format!("is {}; webrtc-vad takes 10, 20 or 30", v.frame_ms),
+            ));
+        }
+        if v.hangover_ms < v.frame_ms {
+            return Err(invalid(
+                "vad.hangover_ms",
+                format!("must be at least one frame ({} ms)", v.frame_ms),
+            ));
+        }
+        if !(-100.0..=0.0).contains(&v.min_level_dbfs) {
+            return Err(invalid(
+                "vad.min_level_dbfs",
+                format!(
+                    "is {}; expected -100 to 0 (dB relative to full scale)",
+                    v.min_level_dbfs
+                ),
+            ));
+        }
+        let t = &file.turn;
+        if t.min_interruption_ms == 0 {
+            return Err(invalid(
+                "turn.min_interruption_ms",
+                "must be above 0".into(),
+            ));
+        }
+        if t.false_interruption_timeout_ms < t.min_interruption_ms {
+            return Err(invalid(
+                "turn.false_interruption_timeout_ms",
+                "must be at least turn.min_interruption_ms".into(),
+            ));
+        }
+        if t.max_history_messages < 2 {
+            return Err(invalid(
+                "turn.max_history_messages",
+                "must be at least 2".into(),
+            ));
+        }
+        if t.filler_phrase.trim().is_empty() {
+            return Err(invalid("turn.filler_phrase", "must not be empty".into()));
+        }
+        let tools = file.tools.clone().unwrap_or_else(default_mock_tools);
+        let aggressiveness = match v.mode {
+            VadMode::Quality => Aggressiveness::Quality,
+            VadMode::LowBitrate => Aggressiveness::LowBitrate,
+            VadMode::Aggressive => Aggressiveness::Aggressive,
+            VadMode::VeryAggressive => Aggressiveness::VeryAggressive,
+        };
+        let session = SessionConfig {
+            output_rate: SampleRate(a.output_sample_rate),
+            output_frame_ms: a.output_frame_ms,
+            playback_lead: Duration::from_millis(a.playback_lead_ms),
+            vad: v.enabled.then_some(VadConfig {
+                aggressiveness,
+                frame_ms: v.frame_ms,
+                onset_ms: v.onset_ms,
+                hangover_ms: v.hangover_ms,
+                min_level_dbfs: v.min_level_dbfs,
+            }),
+            preroll: Duration::from_millis(v.preroll_ms),
+            max_utterance: Duration::from_millis(a.max_utterance_ms),
+            min_interruption: Duration::from_millis(t.min_interruption_ms),
+            false_interruption_timeout: Duration::from_millis(t.false_interruption_timeout_ms),
+            backchannels: t
+                .backchannels
+                .iter()
+                .map(|b| b.trim().to_lowercase())
+                .filter(|b| !b.is_empty())
+                .collect(),
+            tool_filler_delay: Duration::from_millis(t.tool_filler_delay_ms),
+            filler_phrase: t.filler_phrase.clone(),
+            max_tool_rounds: t.max_tool_rounds,
+            system_prompt: file.llm.system_prompt.clone(),
+            max_history_messages: t.max_history_messages,
+            max_tts_backlog: Duration::from_millis(a.max_tts_backlog_ms),
+            min_clause_chars: t.min_clause_chars,
+        };
+        Ok(Config {
+            file,
+            base_dir: base_dir.to_owned(),
+            tools,
+            session,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, Path::new("."))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let c = Config::from_toml("", Path::new(".")).unwrap();
+        assert_eq!(c.file.server.max_sessions, 1000);
+        assert_eq!(c.session.playback_lead, Duration::from_millis(200));
+        assert!(c.tools.contains_key("check_balance"));
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        Config::load(&path).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err("[vad]\nhangover = 3\n");
+        assert!(e.contains("hangover"), "{e}");
+        assert!(e.contains("hangover_ms"), "lists what is expected: {e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        assert!(err("[vad]\nframe_ms = 25\n").contains("vad.frame_ms"));
+        assert!(err("[audio]\noutput_sample_rate = 44100\n").contains("audio.output_sample_rate"));
+        assert!(err("[asr]\nprovider = \"whisper\"\n").contains("whisper"));
+        assert!(err("[server]\nmax_sessions = \"many\"\n").contains("max_sessions"));
+    }
+}

@@ -1,0 +1,387 @@
+//! The IO driver of one WebSocket session: a single task that owns the session's state machine.
+//!
+//! It `select!`s over the socket, the provider events of the session's calls, the state machine's
+//! next wake-up and shutdown. After each, it feeds the core and drains its outputs (the drain rule in
+//! `voxd_core::session`): events and audio go to the socket, provider calls are spawned, turns are
+//! cancelled. Nothing else owns session state.
+//!
+//! Tasks: each provider call runs in its own task in the session's `JoinSet`, under the
+//! cancellation token of its turn. `CancelTurn` cancels the token, which drops the call's future or
+//! stream at once (a dropped stream stops the provider's work). When the socket closes, the
+//! `JoinSet` is dropped and aborts whatever is left: no task of a session outlives it.
+//!
+//! Backpressure: provider events travel on a bounded channel (`EVENT_QUEUE`); a provider that
+//! produces faster than the session consumes waits on `send`. Writes to the socket are awaited in
+//! this task, so a client that reads slowly slows its own session only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+use voxd_backends::{LlmEvent, LlmRequest, ProviderError};
+use voxd_core::resample::StreamResampler;
+use voxd_core::{
+    Event, Output, ProviderEvent, ProviderFailure, SampleRate, Session, Time, ToolCall, TurnId,
+};
+
+use crate::app::AppState;
+use crate::protocol::{self, ClientMessage, ServerMessage, PROTOCOL_VERSION};
+use crate::sessions::Permit;
+
+/// Provider events queued per session before providers wait. Bounded: a stalled session cannot
+/// make its providers buffer without limit; they block on `send` instead.
+const EVENT_QUEUE: usize = 64;
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// Runs one session until its socket closes or the server shuts down.
+pub async fn run(
+    socket: WebSocket,
+    app: Arc<AppState>,
+    permit: Permit,
+    input_rate: SampleRate,
+    cancel: CancellationToken,
+) {
+    let id = permit.id();
+    let span = info_span!("session", session_id = %id);
+    async move {
+        info!(input_rate = input_rate.hz(), "session started");
+        let mut driver = Driver::new(app, input_rate, cancel);
+        let reason = driver.run(socket, &id.to_string()).await;
+        info!(reason, "session ended");
+        drop(permit);
+    }
+    .instrument(span)
+    .await;
+}
+
+struct Driver {
+    app: Arc<AppState>,
+    core: Session,
+    started: Instant,
+    resampler: Option<StreamResampler>,
+    /// Reused buffers for one binary frame's samples, before and after resampling.
+    samples: Vec<i16>,
+    resampled: Vec<i16>,
+    events_tx: mpsc::Sender<(TurnId, ProviderEvent)>,
+    events_rx: mpsc::Receiver<(TurnId, ProviderEvent)>,
+    tasks: JoinSet<()>,
+    turns: HashMap<TurnId, CancellationToken>,
+    cancel: CancellationToken,
+}
+
+impl Driver {
+    fn new(app: Arc<AppState>, input_rate: SampleRate, cancel: CancellationToken) -> Self {
+        let resampler = (input_rate != SampleRate::INTERNAL).then(|| {
+            StreamResampler::new(input_rate, SampleRate::INTERNAL)
+                .expect("the handler admits only supported input rates")
+        });
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        Driver {
+            core: Session::new(app.config.session.clone()),
+            app,
+            started: Instant::now(),
+            resampler,
+            samples: Vec::with_capacity(4800),
+            resampled: Vec::with_capacity(1600),
+            events_tx,
+            events_rx,
+            tasks: JoinSet::new(),
+            turns: HashMap::new(),
+            cancel,
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time::from_duration(self.started.elapsed())
+    }
+
+    /// The session's loop; returns why it ended.
+    async fn run(&mut self, socket: WebSocket, session_id: &str) -> &'static str {
+        let (mut tx, mut rx) = socket.split();
+        let ready = ServerMessage::Ready {
+            session_id,
+            protocol: PROTOCOL_VERSION,
+            input_sample_rate: self
+                .resampler
+                .as_ref()
+                .map_or(SampleRate::INTERNAL, StreamResampler::from_rate)
+                .hz(),
+            output_sample_rate: self.app.config.session.output_rate.hz(),
+            server_vad: self.app.config.session.vad.is_some(),
+            encoding: "pcm_s16le",
+        };
+        if tx.send(text(ready.to_json())).await.is_err() {
+            return "client gone before ready";
+        }
+        let far = Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+        let sleep = tokio::time::sleep_until(far);
+        tokio::pin!(sleep);
+        let mut armed: Option<Time> = None;
+        let reason = loop {
+            let deadline = self.core.poll_timeout();
+            if deadline != armed {
+                armed = deadline;
+                let at = deadline.map_or(far, |t| self.started + t.since_start());
+                sleep.as_mut().reset(at);
+            }
+            let mut replies: Vec<String> = Vec::new();
+            tokio::select! {
+                msg = rx.next() => match msg {
+                    None => break "client closed",
+                    Some(Err(e)) => {
+                        debug!(error = %e, "socket error");
+                        break "socket error";
+                    }
+                    Some(Ok(Message::Close(_))) => break "client closed",
+                    Some(Ok(Message::Text(t))) => self.on_text(t.as_str(), &mut replies),
+                    Some(Ok(Message::Binary(b))) => self.on_audio(&b, &mut replies),
+                    Some(Ok(_)) => {} // ping/pong frames are answered by the WebSocket layer
+                },
+                Some((turn, event)) = self.events_rx.recv() => {
+                    let now = self.now();
+                    self.core.handle_provider(now, turn, event);
+                }
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                () = self.cancel.cancelled() => {
+                    let _ = tx
+                        .send(Message::Close(Some(CloseFrame {
+                            code: 1001,
+                            reason: Utf8Bytes::from_static("server shutting down"),
+                        })))
+                        .await;
+                    break "server shutdown";
+                }
+            }
+            for r in replies {
+                if tx.feed(text(r)).await.is_err() {
+                    return "send failed";
+                }
+            }
+            if self.drain(&mut tx).await.is_err() {
+                break "send failed";
+            }
+        };
+        for token in self.turns.values() {
+            token.cancel();
+        }
+        self.tasks.abort_all();
+        reason
+    }
+
+    fn on_text(&mut self, frame: &str, replies: &mut Vec<String>) {
+        let now = self.now();
+        match protocol::parse_client(frame) {
+            Ok(ClientMessage::SpeechStart) => self.core.handle_speech_start(now),
+            Ok(ClientMessage::SpeechEnd) => self.core.handle_speech_end(now),
+            Ok(ClientMessage::Text(t)) => self.core.handle_text(now, &t),
+            Ok(ClientMessage::Ping(id)) => {
+                replies.push(ServerMessage::Pong { id: id.as_ref() }.to_json());
+            }
+            Err(e) => {
+                debug!(code = e.code, "client protocol error");
+                replies.push(error_json(e.code, &e.message));
+            }
+        }
+    }
+
+    fn on_audio(&mut self, frame: &[u8], replies: &mut Vec<String>) {
+        if let Err(e) = protocol::check_audio(frame.len()) {
+            replies.push(error_json(e.code, &e.message));
+            return;
+        }
+        self.samples.clear();
+        self.samples.extend(
+            frame
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]])),
+        );
+        let now = self.now();
+        match &mut self.resampler {
+            None => self.core.handle_audio(now, &self.samples),
+            Some(r) => {
+                self.resampled.clear();
+                r.process(&self.samples, &mut self.resampled);
+                self.core.handle_audio(now, &self.resampled);
+            }
+        }
+    }
+
+    /// Acts on every output of the core, in order, then flushes the socket.
+    async fn drain(&mut self, tx: &mut Sink) -> Result<(), axum::Error> {
+        let mut wrote = false;
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Event(e) => {
+                    match &e {
+                        Event::ResponseDone { turn, .. } => {
+                            self.turns.remove(turn);
+                        }
+                        Event::Transcript { turn, .. }
+                            if self.core.current_response() != Some(*turn) =>
+                        {
+                            // A judged barge-in's transcription is over.
+                            self.turns.remove(turn);
+                        }
+                        Event::ProviderError { stage, failure, .. } => {
+                            warn!(stage = stage.as_str(), provider = %failure.provider, error = %failure.message, "provider failed");
+                        }
+                        _ => {}
+                    }
+                    tx.feed(text(protocol::encode_event(&e))).await?;
+                    wrote = true;
+                }
+                Output::Audio { pcm, .. } => {
+                    tx.feed(Message::Binary(pcm)).await?;
+                    wrote = true;
+                }
+                Output::CancelTurn(turn) => {
+                    if let Some(token) = self.turns.remove(&turn) {
+                        token.cancel();
+                    }
+                }
+                Output::StartAsr { turn, audio } => {
+                    let asr = Arc::clone(&self.app.providers.asr);
+                    self.spawn(turn, move |events| async move {
+                        let result = asr.transcribe(audio).await.map(|t| t.text);
+                        let _ = events
+                            .send((turn, ProviderEvent::Transcript(result.map_err(failure))))
+                            .await;
+                    });
+                }
+                Output::StartLlm { turn, messages } => {
+                    let llm = Arc::clone(&self.app.providers.llm);
+                    let tools = self.app.providers.tool_specs.to_vec();
+                    self.spawn(turn, move |events| async move {
+                        let mut stream = llm.stream(LlmRequest { messages, tools });
+                        while let Some(item) = stream.next().await {
+                            let event = match item {
+                                Ok(LlmEvent::Token(t)) => ProviderEvent::LlmToken(t),
+                                Ok(LlmEvent::ToolCall(c)) => ProviderEvent::LlmToolCall(c),
+                                Err(e) => {
+                                    let _ = events
+                                        .send((turn, ProviderEvent::LlmFailed(failure(e))))
+                                        .await;
+                                    return;
+                                }
+                            };
+                            if events.send((turn, event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        let _ = events.send((turn, ProviderEvent::LlmDone)).await;
+                    });
+                }
+                Output::StartTts { turn, seq, text } => {
+                    let tts = Arc::clone(&self.app.providers.tts);
+                    let rate = self.app.config.session.output_rate;
+                    self.spawn(turn, move |events| async move {
+                        let mut stream = tts.synthesize(text, rate);
+                        while let Some(item) = stream.next().await {
+                            let event = match item {
+                                Ok(samples) => ProviderEvent::TtsAudio { seq, samples },
+                                Err(e) => ProviderEvent::TtsFailed {
+                                    seq,
+                                    failure: failure(e),
+                                },
+                            };
+                            let failed = matches!(event, ProviderEvent::TtsFailed { .. });
+                            if events.send((turn, event)).await.is_err() || failed {
+                                return;
+                            }
+                        }
+                        let _ = events.send((turn, ProviderEvent::TtsDone { seq })).await;
+                    });
+                }
+                Output::StartTool { turn, call } => {
+                    let tools = Arc::clone(&self.app.providers.tools);
+                    self.spawn(turn, move |events| async move {
+                        let ToolCall {
+                            id,
+                            name,
+                            arguments,
+                        } = call;
+                        let result = tools
+                            .call(&name, &arguments)
+                            .await
+                            .map(|v| v.to_string())
+                            .map_err(failure);
+                        let _ = events
+                            .send((
+                                turn,
+                                ProviderEvent::ToolResult {
+                                    call_id: id,
+                                    result,
+                                },
+                            ))
+                            .await;
+                    });
+                }
+            }
+        }
+        if wrote {
+            tx.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a provider call for `turn` in the session's task set, under the turn's token.
+    fn spawn<F, Fut>(&mut self, turn: TurnId, work: F)
+    where
+        F: FnOnce(mpsc::Sender<(TurnId, ProviderEvent)>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let token = self
+            .turns
+            .entry(turn)
+            .or_insert_with(|| self.cancel.child_token())
+            .clone();
+        let fut = work(self.events_tx.clone());
+        self.tasks.spawn(
+            async move {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = fut => {}
+                }
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+fn failure(e: ProviderError) -> ProviderFailure {
+    let provider = match &e {
+        ProviderError::Failed { provider, .. }
+        | ProviderError::Timeout { provider, .. }
+        | ProviderError::InvalidRequest { provider, .. } => provider.clone(),
+    };
+    ProviderFailure {
+        provider,
+        message: e.to_string(),
+    }
+}
+
+fn text(s: String) -> Message {
+    Message::Text(s.into())
+}
+
+fn error_json(code: &str, message: &str) -> String {
+    ServerMessage::Error {
+        code,
+        message,
+        fatal: false,
+        turn_id: None,
+    }
+    .to_json()
+}

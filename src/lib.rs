@@ -1,0 +1,13 @@
+//! voxd: a streaming voice-bot orchestration server.
+//!
+//! A voice front-end streams microphone audio over a WebSocket (`/ws`); voxd detects speech, runs
+//! the per-connection turn-taking state machine (`voxd_core`), pipes each utterance through the
+//! providers (`voxd_backends`: ASR → LLM → TTS) and streams the spoken answer back, paced at real
+//! time. This crate is the only one that knows HTTP, WebSockets and JSON framing.
+
+pub mod app;
+pub mod config;
+pub mod connection;
+pub mod protocol;
+pub mod providers;
+pub mod sessions;

@@ -1,0 +1,444 @@
+//! The /ws protocol, version 1: parsing client messages and encoding server messages.
+//!
+//! This is the only place that knows the JSON framing. Every client mistake maps to a
+//! `ProtocolError` with a stable `code` and a message that says what was expected; it never
+//! ends the session. See docs/protocol.md for the full specification.
+
+use serde::Serialize;
+use serde_json::Value;
+use voxd_core::{Event, Timings};
+
+/// The protocol version announced in `ready`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A message from the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// The client's VAD heard the user start.
+    SpeechStart,
+    /// The client's VAD heard the user stop.
+    SpeechEnd,
+    /// A user turn as text.
+    Text(String),
+    /// Answered by `pong` with the same id.
+    Ping(Option<Value>),
+}
+
+/// A client mistake, answered with a non-fatal `error` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    /// Stable, machine-readable code.
+    pub code: &'static str,
+    /// What was wrong and what is expected.
+    pub message: String,
+}
+
+impl ProtocolError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        ProtocolError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+const TYPES: &str = "speech_start, speech_end, text, ping";
+
+/// Parses a text frame.
+///
+/// # Errors
+/// `invalid_json`, `invalid_message` (not an object), `missing_type`, `unknown_type` or
+/// `invalid_field`, each with a message naming what was expected.
+pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ProtocolError::new(
+            "invalid_json",
+            format!("text frames must be JSON objects with a \"type\"; this one is not valid JSON ({e})"),
+        )
+    })?;
+    let Value::Object(map) = value else {
+        return Err(ProtocolError::new(
+            "invalid_message",
+            "text frames must be JSON objects with a \"type\"",
+        ));
+    };
+    let ty = match map.get("type") {
+        None => {
+            return Err(ProtocolError::new(
+                "missing_type",
+                format!("the message has no \"type\"; expected one of: {TYPES}"),
+            ))
+        }
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => {
+            return Err(ProtocolError::new(
+                "invalid_field",
+                format!("\"type\" must be a string, got {}", kind(other)),
+            ))
+        }
+    };
+    match ty {
+        "speech_start" => Ok(ClientMessage::SpeechStart),
+        "speech_end" => Ok(ClientMessage::SpeechEnd),
+        "ping" => Ok(ClientMessage::Ping(map.get("id").cloned())),
+        "text" => match map.get("text") {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(ClientMessage::Text(s.clone())),
+            Some(Value::String(_)) => Err(ProtocolError::new(
+                "invalid_field",
+                "\"text\" must not be empty",
+            )),
+            Some(other) => Err(ProtocolError::new(
+                "invalid_field",
+                format!("\"text\" must be a string, got {}", kind(other)),
+            )),
+            None => Err(ProtocolError::new(
+                "invalid_field",
+                "a \"text\" message needs a \"text\" field (a string)",
+            )),
+        },
+        other => Err(ProtocolError::new(
+            "unknown_type",
+            format!(
+                "unknown message type {:?}; expected one of: {TYPES}",
+                truncate(other, 64)
+            ),
+        )),
+    }
+}
+
+/// Checks a binary frame: PCM16LE, so an even number of bytes.
+///
+/// # Errors
+/// `invalid_audio` when the length is odd.
+pub fn check_audio(len: usize) -> Result<(), ProtocolError> {
+    if len % 2 == 1 {
+        return Err(ProtocolError::new(
+            "invalid_audio",
+            format!(
+                "binary frames carry 16-bit PCM samples (2 bytes each); this one has {len} bytes, \
+                 which is not a whole number of samples; the frame was dropped"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
+}
+
+/// Milliseconds, rounded to 0.1 ms.
+fn ms(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// The waterfall of a turn, in ms since the session started.
+#[derive(Debug, Serialize)]
+pub struct TimingsJson {
+    speech_end: Option<f64>,
+    asr_done: Option<f64>,
+    llm_first_token: Option<f64>,
+    tts_first_audio: Option<f64>,
+    first_audio_sent: Option<f64>,
+    done: Option<f64>,
+}
+
+impl From<&Timings> for TimingsJson {
+    fn from(t: &Timings) -> Self {
+        let f = |x: Option<voxd_core::Time>| x.map(|t| ms(t.as_millis_f64()));
+        TimingsJson {
+            speech_end: f(t.speech_end),
+            asr_done: f(t.asr_done),
+            llm_first_token: f(t.llm_first_token),
+            tts_first_audio: f(t.tts_first_audio),
+            first_audio_sent: f(t.first_audio_sent),
+            done: f(t.done),
+        }
+    }
+}
+
+/// A message to the client.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    /// First message after the upgrade.
+    Ready {
+        session_id: &'a str,
+        protocol: u32,
+        input_sample_rate: u32,
+        output_sample_rate: u32,
+        /// Whether server VAD runs (until the client sends its own speech signals).
+        server_vad: bool,
+        /// The audio encoding both ways.
+        encoding: &'static str,
+    },
+    SpeechStarted {
+        turn_id: u64,
+        at_ms: f64,
+    },
+    SpeechStopped {
+        turn_id: u64,
+        at_ms: f64,
+        duration_ms: f64,
+    },
+    Transcript {
+        turn_id: u64,
+        text: &'a str,
+        #[serde(rename = "final")]
+        is_final: bool,
+    },
+    ResponseText {
+        turn_id: u64,
+        text: &'a str,
+    },
+    ToolCall {
+        turn_id: u64,
+        call_id: &'a str,
+        name: &'a str,
+        arguments: Value,
+    },
+    ToolResult {
+        turn_id: u64,
+        call_id: &'a str,
+        result: Value,
+        elapsed_ms: f64,
+    },
+    AudioStart {
+        turn_id: u64,
+        sample_rate: u32,
+        ttft_ms: f64,
+    },
+    PlaybackPaused {
+        turn_id: u64,
+    },
+    PlaybackResumed {
+        turn_id: u64,
+    },
+    Interrupted {
+        turn_id: u64,
+        played_ms: f64,
+        heard_text: &'a str,
+    },
+    ResponseDone {
+        turn_id: u64,
+        status: &'static str,
+        ttft_ms: Option<f64>,
+        total_ms: Option<f64>,
+        audio_ms: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+        timings: TimingsJson,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+        fatal: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        turn_id: Option<u64>,
+    },
+    Pong {
+        id: Option<&'a Value>,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// The message as a JSON text frame.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+}
+
+/// Parses JSON text produced by a tool or the LLM, keeping it as a string if it is not JSON.
+fn json_or_string(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+/// Encodes a core event as the JSON text of its protocol message.
+pub fn encode_event(e: &Event) -> String {
+    let d = |x: std::time::Duration| ms(x.as_secs_f64() * 1000.0);
+    match e {
+        Event::SpeechStarted { turn, at } => ServerMessage::SpeechStarted {
+            turn_id: turn.0,
+            at_ms: ms(at.as_millis_f64()),
+        }
+        .to_json(),
+        Event::SpeechStopped { turn, at, duration } => ServerMessage::SpeechStopped {
+            turn_id: turn.0,
+            at_ms: ms(at.as_millis_f64()),
+            duration_ms: d(*duration),
+        }
+        .to_json(),
+        Event::Transcript {
+            turn,
+            text,
+            is_final,
+        } => ServerMessage::Transcript {
+            turn_id: turn.0,
+            text,
+            is_final: *is_final,
+        }
+        .to_json(),
+        Event::ResponseText { turn, text } => ServerMessage::ResponseText {
+            turn_id: turn.0,
+            text,
+        }
+        .to_json(),
+        Event::ToolCall { turn, call } => ServerMessage::ToolCall {
+            turn_id: turn.0,
+            call_id: &call.id,
+            name: &call.name,
+            arguments: json_or_string(&call.arguments),
+        }
+        .to_json(),
+        Event::ToolResult {
+            turn,
+            call_id,
+            result,
+            elapsed,
+        } => ServerMessage::ToolResult {
+            turn_id: turn.0,
+            call_id,
+            result: json_or_string(result),
+            elapsed_ms: d(*elapsed),
+        }
+        .to_json(),
+        Event::AudioStart {
+            turn,
+            sample_rate,
+            ttft,
+        } => ServerMessage::AudioStart {
+            turn_id: turn.0,
+            sample_rate: sample_rate.hz(),
+            ttft_ms: d(*ttft),
+        }
+        .to_json(),
+        Event::PlaybackPaused { turn } => {
+            ServerMessage::PlaybackPaused { turn_id: turn.0 }.to_json()
+        }
+        Event::PlaybackResumed { turn } => {
+            ServerMessage::PlaybackResumed { turn_id: turn.0 }.to_json()
+        }
+        Event::Interrupted {
+            turn,
+            played_ms,
+            heard_text,
+        } => ServerMessage::Interrupted {
+            turn_id: turn.0,
+            played_ms: ms(*played_ms),
+            heard_text,
+        }
+        .to_json(),
+        Event::ResponseDone {
+            turn,
+            status,
+            audio_ms,
+            timings,
+            reason,
+        } => {
+            let since_end = |t: Option<voxd_core::Time>| {
+                t.zip(timings.speech_end)
+                    .map(|(t, start)| d(t.saturating_since(start)))
+            };
+            ServerMessage::ResponseDone {
+                turn_id: turn.0,
+                status: status.as_str(),
+                ttft_ms: since_end(timings.first_audio_sent),
+                total_ms: since_end(timings.done),
+                audio_ms: ms(*audio_ms),
+                reason: *reason,
+                timings: timings.into(),
+            }
+            .to_json()
+        }
+        Event::ProviderError {
+            turn,
+            stage,
+            failure,
+        } => {
+            let code = format!("{}_failed", stage.as_str());
+            let message = format!(
+                "{} provider {:?}: {}",
+                stage.as_str(),
+                failure.provider,
+                failure.message
+            );
+            ServerMessage::Error {
+                code: &code,
+                message: &message,
+                fatal: false,
+                turn_id: Some(turn.0),
+            }
+            .to_json()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_client_message() {
+        assert_eq!(
+            parse_client(r#"{"type":"speech_start"}"#),
+            Ok(ClientMessage::SpeechStart)
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"speech_end","extra":1}"#),
+            Ok(ClientMessage::SpeechEnd)
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"text","text":"hi"}"#),
+            Ok(ClientMessage::Text("hi".into()))
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"ping","id":7}"#),
+            Ok(ClientMessage::Ping(Some(Value::from(7))))
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping(None))
+        );
+    }
+
+    #[test]
+    fn mistakes_have_stable_codes_and_helpful_messages() {
+        let code = |t: &str| parse_client(t).unwrap_err().code;
+        assert_eq!(code("{not json"), "invalid_json");
+        assert_eq!(code("[1,2]"), "invalid_message");
+        assert_eq!(code(r#"{"text":"hi"}"#), "missing_type");
+        assert_eq!(code(r#"{"type":5}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"dance"}"#), "unknown_type");
+        assert_eq!(code(r#"{"type":"text"}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"text","text":42}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"text","text":"  "}"#), "invalid_field");
+        let e = parse_client(r#"{"type":"dance"}"#).unwrap_err();
+        assert!(e.message.contains("speech_start"), "{}", e.message);
+        assert_eq!(check_audio(321).unwrap_err().code, "invalid_audio");
+        assert!(check_audio(320).is_ok());
+    }
+
+    #[test]
+    fn events_encode_with_the_protocol_names() {
+        let e = Event::Transcript {
+            turn: voxd_core::TurnId(3),
+            text: "hi".into(),
+            is_final: true,
+        };
+        let v: Value = serde_json::from_str(&encode_event(&e)).unwrap();
+        assert_eq!(v["type"], "transcript");
+        assert_eq!(v["turn_id"], 3);
+        assert_eq!(v["final"], true);
+    }
+}

@@ -1,0 +1,200 @@
+//! The session registry: admission up to `max_sessions`, and the list of live sessions.
+//!
+//! Admission is a compare-and-swap on one counter, so two upgrades racing for the last slot cannot
+//! both win. A `Permit` is the session's place: dropping it (when the session's task ends, however
+//! it ends) frees the slot and removes the session from the registry.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A session's id: a random UUID, sent in `ready` and carried by every log line of the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionId(pub Uuid);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What the registry knows of a live session.
+#[derive(Debug)]
+pub struct SessionEntry {
+    /// When it was admitted.
+    pub started: Instant,
+    /// Cancelling it closes the session.
+    pub cancel: CancellationToken,
+}
+
+/// Why a session was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_sessions` are live.
+    Full,
+    /// The server is shutting down.
+    Draining,
+}
+
+/// The registry of live sessions.
+#[derive(Debug)]
+pub struct SessionManager {
+    sessions: DashMap<SessionId, SessionEntry>,
+    active: AtomicUsize,
+    max: usize,
+    draining: AtomicBool,
+    total: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl SessionManager {
+    /// A registry admitting at most `max` sessions at once.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(SessionManager {
+            sessions: DashMap::new(),
+            active: AtomicUsize::new(0),
+            max,
+            draining: AtomicBool::new(false),
+            total: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Admits a session, or says why not.
+    ///
+    /// # Errors
+    /// `Refusal::Full` at capacity, `Refusal::Draining` during shutdown.
+    pub fn try_admit(self: &Arc<Self>, cancel: CancellationToken) -> Result<Permit, Refusal> {
+        if self.is_draining() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Draining);
+        }
+        let admitted = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Full);
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let id = SessionId(Uuid::new_v4());
+        self.sessions.insert(
+            id,
+            SessionEntry {
+                started: Instant::now(),
+                cancel,
+            },
+        );
+        Ok(Permit {
+            id,
+            manager: Arc::clone(self),
+        })
+    }
+
+    /// Sessions live now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Sessions in the registry (equals `active` except while a session is being admitted or
+    /// released).
+    pub fn registered(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Sessions admitted since start.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Sessions refused since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The admission limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Whether the limit is reached.
+    pub fn is_full(&self) -> bool {
+        self.active() >= self.max
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Refuses new sessions from now on and asks every live session to close.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        for entry in &self.sessions {
+            entry.cancel.cancel();
+        }
+    }
+}
+
+/// A live session's place in the registry; dropping it releases the place.
+#[derive(Debug)]
+pub struct Permit {
+    id: SessionId,
+    manager: Arc<SessionManager>,
+}
+
+impl Permit {
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.manager.sessions.remove(&self.id);
+        self.manager.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_up_to_the_limit_and_releases_on_drop() {
+        let m = SessionManager::new(2);
+        let a = m.try_admit(CancellationToken::new()).unwrap();
+        let _b = m.try_admit(CancellationToken::new()).unwrap();
+        assert_eq!(
+            m.try_admit(CancellationToken::new()).unwrap_err(),
+            Refusal::Full
+        );
+        assert_eq!(m.refused(), 1);
+        drop(a);
+        assert_eq!(m.active(), 1);
+        assert_eq!(m.registered(), 1);
+        let _c = m.try_admit(CancellationToken::new()).unwrap();
+        assert_eq!(m.total(), 3);
+    }
+
+    #[test]
+    fn draining_refuses_and_cancels_live_sessions() {
+        let m = SessionManager::new(10);
+        let token = CancellationToken::new();
+        let _a = m.try_admit(token.clone()).unwrap();
+        m.drain();
+        assert!(token.is_cancelled());
+        assert_eq!(
+            m.try_admit(CancellationToken::new()).unwrap_err(),
+            Refusal::Draining
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! Test harness: a real voxd on 127.0.0.1:0 and a WebSocket client speaking the /ws protocol.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use voxd::app::{serve, AppState};
+use voxd::config::Config;
+
+/// Delays shrunk so the suite stays fast; audio is still paced at real time, so replies are
+/// spoken at 50 characters a second to keep them short.
+pub const TEST_CONFIG: &str = r#"
+[asr.mock]
+latency_ms = 10
+fixtures = "fixtures/transcripts.toml"
+
+[llm.mock]
+first_token_ms = 20
+token_interval_ms = 2
+
+[tts.mock]
+first_audio_ms = 10
+chars_per_second = 50.0
+"#;
+
+/// A guard against a hung test, never a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with("").await
+    }
+
+    /// Starts voxd with `TEST_CONFIG` plus `extra` TOML (sections must not repeat TEST_CONFIG's).
+    pub async fn start_with(extra: &str) -> TestServer {
+        let text = format!("{TEST_CONFIG}\n{extra}");
+        let config = Config::from_toml(&text, Path::new(env!("CARGO_MANIFEST_DIR")))
+            .expect("test config is valid");
+        Self::start_config(config).await
+    }
+
+    pub async fn start_config(config: Config) -> TestServer {
+        let state = AppState::new(config).expect("providers build");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            listener,
+            Arc::clone(&state),
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(5),
+        ));
+        let task = tokio::spawn(async move {
+            task.await.unwrap().unwrap();
+        });
+        TestServer {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{}", self.addr, query)
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(&self.ws_url("")).await
+    }
+
+    /// Stops the server and waits until it has closed every session.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(PATIENCE, t).await.unwrap().unwrap();
+        }
+    }
+
+    /// A plain HTTP GET over a real socket: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: voxd\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status = text[9..12].parse().unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
+    }
+}
+
+/// What the server sent: a JSON event or a binary audio frame.
+#[derive(Debug, Clone)]
+pub enum Item {
+    Event(Value),
+    Audio(Vec<u8>),
+}
+
+impl Item {
+    pub fn is(&self, ty: &str) -> bool {
+        matches!(self, Item::Event(v) if v["type"] == ty)
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub ready: Value,
+    /// Everything received so far, in order.
+    pub log: Vec<Item>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let mut c = Client {
+            ws,
+            ready: Value::Null,
+            log: Vec::new(),
+        };
+        let first = c.next().await;
+        let Item::Event(ready) = first else {
+            panic!("first message is not ready: {first:?}")
+        };
+        assert_eq!(ready["type"], "ready");
+        c.ready = ready;
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw_text(&mut self, t: &str) {
+        self.ws
+            .send(Message::Text(t.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_bytes(&mut self, b: Vec<u8>) {
+        self.ws.send(Message::Binary(b.into())).await.unwrap();
+    }
+
+    /// Streams `samples` in 20 ms frames (of 16 kHz audio unless `rate` says otherwise), as fast as
+    /// the socket takes them: the server measures speech in audio time.
+    pub async fn send_audio(&mut self, samples: &[i16], rate: u32) {
+        for chunk in samples.chunks(rate as usize / 50) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+            self.ws.feed(Message::Binary(bytes.into())).await.unwrap();
+        }
+        self.ws.flush().await.unwrap();
+    }
+
+    pub async fn send_silence(&mut self, ms: usize) {
+        self.send_audio(&vec![0i16; ms * 16], 16000).await;
+    }
+
+    /// One utterance with client signals over silence.
+    pub async fn say(&mut self, ms: usize) {
+        self.send(json!({"type": "speech_start"})).await;
+        self.send_silence(ms).await;
+        self.send(json!({"type": "speech_end"})).await;
+    }
+
+    /// The next item (recorded in `log`).
+    pub async fn next(&mut self) -> Item {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("the server kept silent too long")
+                .expect("the server closed the socket")
+                .expect("socket error");
+            let item = match msg {
+                Message::Text(t) => Item::Event(serde_json::from_str(t.as_str()).unwrap()),
+                Message::Binary(b) => Item::Audio(b.to_vec()),
+                _ => continue,
+            };
+            self.log.push(item.clone());
+            return item;
+        }
+    }
+
+    /// Reads until an event of type `ty` arrives and returns it.
+    pub async fn until(&mut self, ty: &str) -> Value {
+        loop {
+            if let Item::Event(v) = self.next().await {
+                if v["type"] == ty {
+                    return v;
+                }
+            }
+        }
+    }
+
+    /// Reads until at least `bytes` of audio have arrived since the log index `from`.
+    pub async fn until_audio(&mut self, from: usize, bytes: usize) {
+        while audio_bytes(&self.log[from..]) < bytes {
+            self.next().await;
+        }
+    }
+
+    /// The events of type `ty` received so far.
+    pub fn events(&self, ty: &str) -> Vec<&Value> {
+        self.log
+            .iter()
+            .filter_map(|i| match i {
+                Item::Event(v) if v["type"] == ty => Some(v),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+pub fn audio_bytes(items: &[Item]) -> usize {
+    items
+        .iter()
+        .map(|i| match i {
+            Item::Audio(a) => a.len(),
+            Item::Event(_) => 0,
+        })
+        .sum()
+}
+
+pub fn audio_concat(items: &[Item]) -> Vec<u8> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Audio(a) => Some(a.clone()),
+            Item::Event(_) => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// A committed speech fixture (16 kHz mono PCM16).
+pub fn fixture(name: &str) -> Vec<i16> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    let mut r = hound::WavReader::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(r.spec().sample_rate, 16000);
+    r.samples::<i16>().map(Result::unwrap).collect()
+}

@@ -1,0 +1,306 @@
+//! The four scenarios of a classic voice-bot load test over a real socket, with client signals
+//! over silence and with server VAD over the committed speech fixtures.
+
+mod common;
+
+use common::{audio_bytes, audio_concat, fixture, Item, TestServer};
+use serde_json::{json, Value};
+
+/// Items of `log` from the first event of type `ty` (inclusive).
+fn from_event<'a>(log: &'a [Item], ty: &str) -> &'a [Item] {
+    let i = log
+        .iter()
+        .position(|i| i.is(ty))
+        .unwrap_or_else(|| panic!("no {ty}"));
+    &log[i..]
+}
+
+/// Items of `log` strictly between the first `a` and the next `b` after it.
+fn between<'a>(log: &'a [Item], a: &str, b: &str) -> &'a [Item] {
+    let start = log
+        .iter()
+        .position(|i| i.is(a))
+        .unwrap_or_else(|| panic!("no {a}"));
+    let end = log[start..]
+        .iter()
+        .position(|i| i.is(b))
+        .map_or(log.len(), |p| start + p);
+    &log[start + 1..end]
+}
+
+fn assert_response_done(v: &Value, status: &str) {
+    assert_eq!(v["status"], status, "{v}");
+    for key in ["speech_end", "done"] {
+        assert!(v["timings"][key].is_number(), "timings.{key} in {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_query_with_client_signals() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    assert_eq!(c.ready["protocol"], 1);
+    assert_eq!(c.ready["input_sample_rate"], 16000);
+    assert_eq!(c.ready["output_sample_rate"], 16000);
+    c.say(2000).await;
+    let t = c.until("transcript").await;
+    assert_eq!(t["text"], "what's the weather like today");
+    assert_eq!(t["final"], true);
+    let start = c.until("audio_start").await;
+    assert_eq!(start["sample_rate"], 16000);
+    assert!(start["ttft_ms"].as_f64().unwrap() > 0.0);
+    let done = c.until("response_done").await;
+    assert_response_done(&done, "completed");
+    for key in [
+        "asr_done",
+        "llm_first_token",
+        "tts_first_audio",
+        "first_audio_sent",
+    ] {
+        assert!(done["timings"][key].is_number(), "{key}");
+    }
+    // Every byte announced was sent, after audio_start, and the audio is not silence.
+    let audio = audio_concat(from_event(&c.log, "audio_start"));
+    assert_eq!(audio_bytes(&c.log), audio.len());
+    let ms = done["audio_ms"].as_f64().unwrap();
+    assert!(
+        (audio.len() as f64 / 32.0 - ms).abs() < 0.1,
+        "{} bytes vs {ms} ms",
+        audio.len()
+    );
+    assert!(audio.iter().any(|b| *b != 0));
+    assert!(!c.events("response_text").is_empty());
+    c.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_call_with_client_signals() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    c.say(3000).await;
+    assert_eq!(
+        c.until("transcript").await["text"],
+        "can you check my account balance"
+    );
+    let call = c.until("tool_call").await;
+    assert_eq!(call["name"], "check_balance");
+    assert!(call["arguments"].is_object());
+    let result = c.until("tool_result").await;
+    assert_eq!(result["call_id"], call["call_id"]);
+    assert_eq!(result["result"]["balance"], "1,234.56");
+    assert!(result["elapsed_ms"].as_f64().unwrap() >= 300.0);
+    let done = c.until("response_done").await;
+    assert_response_done(&done, "completed");
+    let spoken: String = c
+        .events("response_text")
+        .iter()
+        .map(|v| v["text"].as_str().unwrap())
+        .collect();
+    assert!(spoken.contains("1,234.56"), "{spoken}");
+    server.stop().await;
+}
+
+/// Barge-in 0.3–0.8 s into the answer, 1.5 s of speech: interrupted, no stale audio, new answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_interruption_with_client_signals() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "text", "text": "tell me a long story"}))
+        .await;
+    c.until("audio_start").await;
+    let from = c.log.len();
+    c.until_audio(from, 16000).await; // half a second of the answer has arrived
+    c.send(json!({"type": "speech_start"})).await;
+    c.send_silence(1500).await;
+    c.send(json!({"type": "speech_end"})).await;
+    let interrupted = c.until("interrupted").await;
+    assert_eq!(interrupted["turn_id"], 1);
+    let played = interrupted["played_ms"].as_f64().unwrap();
+    assert!(played > 0.0, "{interrupted}");
+    let heard = interrupted["heard_text"].as_str().unwrap();
+    assert!(heard.starts_with("Once upon a"), "{heard}");
+    let done1 = c.until("response_done").await;
+    assert_eq!(done1["turn_id"], 1);
+    assert_response_done(&done1, "interrupted");
+    let transcript = c.until("transcript").await;
+    assert_eq!(transcript["text"], "what about tomorrow");
+    let done2 = c.until("response_done").await;
+    assert_response_done(&done2, "completed");
+    assert_eq!(done2["turn_id"], transcript["turn_id"]);
+    // No stale audio: nothing between playback_paused and the new turn's audio_start.
+    let gap = between(&c.log, "playback_paused", "audio_start");
+    assert_eq!(audio_bytes(gap), 0, "audio leaked after playback_paused");
+    // played_ms is the playback clock: at most what was sent, at least what was sent minus the lead.
+    let sent_ms = audio_bytes(&c.log[..c.log.iter().position(|i| i.is("playback_paused")).unwrap()])
+        as f64
+        / 32.0;
+    assert!(
+        played <= sent_ms + 0.1 && played >= sent_ms - 200.0 - 25.0,
+        "played {played} sent {sent_ms}"
+    );
+    server.stop().await;
+}
+
+async fn weather_audio_alone(server: &TestServer) -> Vec<u8> {
+    let mut c = server.connect().await;
+    c.send(json!({"type": "text", "text": "what's the weather like today"}))
+        .await;
+    c.until("response_done").await;
+    audio_concat(&c.log)
+}
+
+/// speech_start, 300 ms, speech_end while the bot speaks: it resumes, and the client receives
+/// exactly the bytes it would have without the false alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn false_alarm_with_client_signals() {
+    let server = TestServer::start().await;
+    let reference = weather_audio_alone(&server).await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "text", "text": "what's the weather like today"}))
+        .await;
+    c.until("audio_start").await;
+    let from = c.log.len();
+    c.until_audio(from, 16000).await;
+    c.say(300).await;
+    c.until("playback_paused").await;
+    let t = c.until("transcript").await;
+    assert_eq!(t["text"], "mhm");
+    c.until("playback_resumed").await;
+    let done = c.until("response_done").await;
+    assert_response_done(&done, "completed");
+    assert!(c.events("interrupted").is_empty());
+    assert_eq!(
+        audio_bytes(between(&c.log, "playback_paused", "playback_resumed")),
+        0
+    );
+    assert_eq!(
+        audio_concat(&c.log),
+        reference,
+        "byte-identical to the uninterrupted answer"
+    );
+    server.stop().await;
+}
+
+/// Streams a fixture followed by enough silence for the VAD's hangover.
+async fn speak(c: &mut common::Client, name: &str) {
+    let mut audio = fixture(name);
+    audio.extend(std::iter::repeat_n(0, 16 * 800));
+    c.send_audio(&audio, 16000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_query_with_server_vad() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    assert_eq!(c.ready["server_vad"], true);
+    speak(&mut c, "weather.wav").await;
+    let started = c.until("speech_started").await;
+    let stopped = c.until("speech_stopped").await;
+    assert_eq!(started["turn_id"], stopped["turn_id"]);
+    let d = stopped["duration_ms"].as_f64().unwrap();
+    assert!((1500.0..2300.0).contains(&d), "speech lasted {d} ms");
+    assert_eq!(
+        c.until("transcript").await["text"],
+        "what's the weather like today"
+    );
+    assert_response_done(&c.until("response_done").await, "completed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_call_with_server_vad() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    speak(&mut c, "balance.wav").await;
+    assert_eq!(
+        c.until("transcript").await["text"],
+        "can you check my account balance please"
+    );
+    assert_eq!(c.until("tool_call").await["name"], "check_balance");
+    c.until("tool_result").await;
+    assert_response_done(&c.until("response_done").await, "completed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_interruption_with_server_vad() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    speak(&mut c, "story.wav").await;
+    c.until("audio_start").await;
+    let from = c.log.len();
+    c.until_audio(from, 16000).await;
+    speak(&mut c, "interrupt.wav").await;
+    c.until("playback_paused").await;
+    let interrupted = c.until("interrupted").await;
+    assert_eq!(interrupted["turn_id"], 1);
+    assert_response_done(&c.until("response_done").await, "interrupted");
+    let t = c.until("transcript").await;
+    assert_eq!(t["text"], "actually what about tomorrow instead");
+    let done = c.until("response_done").await;
+    assert_response_done(&done, "completed");
+    assert_eq!(
+        audio_bytes(between(&c.log, "playback_paused", "audio_start")),
+        0
+    );
+    let spoken: String = c
+        .events("response_text")
+        .iter()
+        .filter(|v| v["turn_id"] == t["turn_id"])
+        .map(|v| v["text"].as_str().unwrap())
+        .collect();
+    assert!(spoken.starts_with("Tomorrow"), "{spoken}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn false_alarm_with_server_vad() {
+    let server = TestServer::start().await;
+    let reference = weather_audio_alone(&server).await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "text", "text": "what's the weather like today"}))
+        .await;
+    c.until("audio_start").await;
+    let from = c.log.len();
+    c.until_audio(from, 16000).await;
+    speak(&mut c, "mhm.wav").await;
+    c.until("playback_paused").await;
+    assert_eq!(c.until("transcript").await["text"], "mhm");
+    c.until("playback_resumed").await;
+    assert_response_done(&c.until("response_done").await, "completed");
+    assert!(c.events("interrupted").is_empty());
+    assert_eq!(
+        audio_concat(&c.log),
+        reference,
+        "byte-identical to the uninterrupted answer"
+    );
+    server.stop().await;
+}
+
+/// A client at 48 kHz: voxd resamples its input and still hears the speech.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_at_48khz_is_resampled() {
+    let server = TestServer::start().await;
+    let mut c = common::Client::connect(&server.ws_url("?sample_rate=48000")).await;
+    assert_eq!(c.ready["input_sample_rate"], 48000);
+    let mut audio = fixture("balance.wav");
+    audio.extend(std::iter::repeat_n(0, 16 * 800));
+    let up = voxd_core::resample::resample_all(
+        voxd_core::SampleRate(16000),
+        voxd_core::SampleRate(48000),
+        &audio,
+    )
+    .unwrap();
+    c.send_audio(&up, 48000).await;
+    let stopped = c.until("speech_stopped").await;
+    let d = stopped["duration_ms"].as_f64().unwrap();
+    assert!((2400.0..3000.0).contains(&d), "speech lasted {d} ms");
+    // Not bit-exact any more, so the mock ASR maps it by duration: 2.5 s or more → the balance.
+    assert_eq!(
+        c.until("transcript").await["text"],
+        "can you check my account balance"
+    );
+    assert_response_done(&c.until("response_done").await, "completed");
+    server.stop().await;
+}
