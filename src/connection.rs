@@ -164,12 +164,13 @@ impl Driver {
                     break "server shutdown";
                 }
             }
+            let replied = !replies.is_empty();
             for r in replies {
                 if tx.feed(text(r)).await.is_err() {
                     return "send failed";
                 }
             }
-            if self.drain(&mut tx).await.is_err() {
+            if self.drain(&mut tx, replied).await.is_err() {
                 break "send failed";
             }
         };
@@ -218,9 +219,9 @@ impl Driver {
         }
     }
 
-    /// Acts on every output of the core, in order, then flushes the socket.
-    async fn drain(&mut self, tx: &mut Sink) -> Result<(), axum::Error> {
-        let mut wrote = false;
+    /// Acts on every output of the core, in order, then flushes the socket if anything was
+    /// written (`wrote`: something was queued before the call).
+    async fn drain(&mut self, tx: &mut Sink, mut wrote: bool) -> Result<(), axum::Error> {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Event(e) => {

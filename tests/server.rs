@@ -1,0 +1,236 @@
+//! The server around the conversation: protocol mistakes, admission control, health probes,
+//! session lifecycle and shutdown, over real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, TestServer, PATIENCE};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mistakes_get_non_fatal_errors_and_the_session_goes_on() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    let cases: [(&str, &str); 7] = [
+        ("{not json", "invalid_json"),
+        ("[1, 2, 3]", "invalid_message"),
+        (r#"{"text": "hi"}"#, "missing_type"),
+        (r#"{"type": 42}"#, "invalid_field"),
+        (r#"{"type": "dance"}"#, "unknown_type"),
+        (r#"{"type": "text", "text": 5}"#, "invalid_field"),
+        (r#"{"type": "text"}"#, "invalid_field"),
+    ];
+    for (frame, code) in cases {
+        c.send_raw_text(frame).await;
+        let e = c.until("error").await;
+        assert_eq!(e["code"], code, "{frame}");
+        assert_eq!(e["fatal"], false);
+        assert!(
+            e["message"].as_str().unwrap().len() > 20,
+            "a helpful message: {e}"
+        );
+    }
+    c.send_bytes(vec![1, 2, 3]).await;
+    let e = c.until("error").await;
+    assert_eq!(e["code"], "invalid_audio");
+    assert!(e["message"].as_str().unwrap().contains("3 bytes"), "{e}");
+    // Still alive: ping, then a whole turn.
+    c.send(json!({"type": "ping", "id": "abc"})).await;
+    assert_eq!(c.until("pong").await["id"], "abc");
+    c.send(json!({"type": "text", "text": "what about tomorrow"}))
+        .await;
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_sample_rate_is_refused_before_the_upgrade() {
+    let server = TestServer::start().await;
+    let err = tokio_tungstenite::connect_async(server.ws_url("?sample_rate=44100"))
+        .await
+        .unwrap_err();
+    let tungstenite::Error::Http(resp) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(resp.status(), 400);
+    let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "invalid_sample_rate");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_max_sessions_upgrades_get_503_and_admitted_sessions_are_unaffected() {
+    let server = TestServer::start_with("[server]\nmax_sessions = 2\nretry_after_s = 3\n").await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    let err = tokio_tungstenite::connect_async(server.ws_url(""))
+        .await
+        .unwrap_err();
+    let tungstenite::Error::Http(resp) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "3");
+    let (status, body) = server.get("/health/ready").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("\"full\""), "{body}");
+    assert_eq!(server.state.sessions.refused(), 1);
+    // The admitted sessions carry on.
+    for c in [&mut a, &mut b] {
+        c.send(json!({"type": "text", "text": "what about tomorrow"}))
+            .await;
+        assert_eq!(c.until("response_done").await["status"], "completed");
+    }
+    // A freed slot admits again.
+    a.close().await;
+    wait_for(|| server.state.sessions.active() == 1).await;
+    let c = server.connect().await;
+    assert_eq!(c.ready["type"], "ready");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes() {
+    let server = TestServer::start().await;
+    assert_eq!(server.get("/health/live").await.0, 200);
+    assert_eq!(server.get("/health/startup").await.0, 200);
+    let (status, body) = server.get("/health/ready").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["max_sessions"], 1000);
+    server.stop().await;
+}
+
+/// Polls a condition (bounded): for state that settles asynchronously after a socket closes.
+#[track_caller]
+fn wait_for(cond: impl Fn() -> bool) -> impl std::future::Future<Output = ()> {
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition at {caller} never held"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Open and close 1000 sessions (some mid-turn, with provider calls running): the registry and
+/// the runtime's task count go back to where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_of_a_session_ends_when_its_socket_closes() {
+    let server = TestServer::start().await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    // One session first, so that whatever the stack spawns once, lazily, is in the baseline.
+    server.connect().await.close().await;
+    wait_for(|| server.state.sessions.active() == 0).await;
+    let baseline = metrics.num_alive_tasks();
+    let mut clients = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let mut c = server.connect().await;
+        if i % 20 == 0 {
+            // Mid-turn: LLM, TTS and pacing running when the socket goes.
+            c.send(json!({"type": "text", "text": "tell me a long story"}))
+                .await;
+        }
+        clients.push(c);
+    }
+    assert_eq!(server.state.sessions.active(), 1000);
+    assert_eq!(server.state.sessions.registered(), 1000);
+    for c in clients.iter_mut().step_by(20) {
+        c.until("audio_start").await;
+    }
+    assert!(metrics.num_alive_tasks() > baseline + 1000);
+    for (i, c) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            c.close().await; // a clean close handshake
+        } else {
+            drop(c); // the TCP connection just goes away
+        }
+    }
+    wait_for(|| server.state.sessions.active() == 0).await;
+    assert_eq!(server.state.sessions.registered(), 0);
+    wait_for(|| {
+        eprintln!(
+            "alive {} baseline {baseline} active {}",
+            metrics.num_alive_tasks(),
+            server.state.sessions.active()
+        );
+        metrics.num_alive_tasks() <= baseline
+    })
+    .await;
+    assert_eq!(server.state.sessions.total(), 1001);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_live_sessions_with_going_away() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "ping"})).await;
+    c.until("pong").await;
+    let (stopped, ()) = tokio::join!(server.stop(), async {
+        loop {
+            match tokio::time::timeout(PATIENCE, c.ws.next()).await.unwrap() {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(u16::from(frame.code), 1001);
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    });
+    let () = stopped;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_turn_while_speaking_interrupts_and_answers() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "text", "text": "tell me a long story"}))
+        .await;
+    c.until("audio_start").await;
+    let from = c.log.len();
+    c.until_audio(from, 32000).await; // a second has been heard
+    c.send(json!({"type": "text", "text": "stop"})).await;
+    let i = c.until("interrupted").await;
+    assert_eq!(i["turn_id"], 1);
+    assert_eq!(c.until("response_done").await["status"], "interrupted");
+    let done = c.until("response_done").await;
+    assert_eq!(done["turn_id"], 2);
+    assert_eq!(done["status"], "completed");
+    let spoken: String = c
+        .events("response_text")
+        .iter()
+        .filter(|v| v["turn_id"] == 2)
+        .map(|v| v["text"].as_str().unwrap())
+        .collect();
+    assert!(spoken.contains("stopped"), "{spoken}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_rate_follows_config() {
+    let server = TestServer::start_with("[audio]\noutput_sample_rate = 24000\n").await;
+    let mut c: Client = server.connect().await;
+    assert_eq!(c.ready["output_sample_rate"], 24000);
+    c.send(json!({"type": "text", "text": "what about tomorrow"}))
+        .await;
+    let start = c.until("audio_start").await;
+    assert_eq!(start["sample_rate"], 24000);
+    let done = c.until("response_done").await;
+    let bytes = common::audio_bytes(&c.log) as f64;
+    let ms = done["audio_ms"].as_f64().unwrap();
+    assert!(
+        (bytes / 48.0 - ms).abs() < 0.1,
+        "{bytes} bytes vs {ms} ms at 24 kHz"
+    );
+    server.stop().await;
+}
