@@ -134,9 +134,9 @@ fn read_wav(path: &Path) -> anyhow::Result<Input> {
         }
         hound::Error::IoError(io) => anyhow!("cannot read {shown}: {io}"),
         hound::Error::FormatError(why) => anyhow!("{shown} is not a WAV file ({why})"),
-        hound::Error::Unsupported => anyhow!(
-            "{shown}: unsupported WAV encoding (use 16-bit PCM or 32-bit float samples)"
-        ),
+        hound::Error::Unsupported => {
+            anyhow!("{shown}: unsupported WAV encoding (use 16-bit PCM or 32-bit float samples)")
+        }
         other => anyhow!("{shown}: {other}"),
     })?;
     let spec = reader.spec();
@@ -145,23 +145,26 @@ fn read_wav(path: &Path) -> anyhow::Result<Input> {
         bail!("{shown}: the WAV header says 0 channels");
     }
     let corrupt = |e: hound::Error| anyhow!("{shown}: truncated or corrupt audio data ({e})");
-    let mono = match (spec.sample_format, spec.bits_per_sample) {
-        (hound::SampleFormat::Int, bits @ 8..=32) => {
-            let scale = 1.0 / f64::from(1u32 << (bits - 1));
-            let samples = reader
-                .into_samples::<i32>()
-                .map(|s| s.map(|s| f64::from(s) * scale));
-            downmix(samples, channels).map_err(corrupt)?
-        }
-        (hound::SampleFormat::Float, 32) => {
-            let samples = reader.into_samples::<f32>().map(|s| s.map(f64::from));
-            downmix(samples, channels).map_err(corrupt)?
-        }
-        (format, bits) => bail!(
+    let mono =
+        match (spec.sample_format, spec.bits_per_sample) {
+            (hound::SampleFormat::Int, bits @ 8..=32) => {
+                let scale = 1.0 / f64::from(1u32 << (bits - 1));
+                let samples = reader
+                    .into_samples::<i32>()
+                    .map(|s| s.map(|s| f64::from(s) * scale));
+                downmix(samples, channels).map_err(corrupt)?
+            }
+            (hound::SampleFormat::Float, 32) => {
+                let samples = reader.into_samples::<f32>().map(|s| s.map(f64::from));
+                downmix(samples, channels).map_err(corrupt)?
+            }
+            (format, bits) => {
+                bail!(
             "{shown}: {bits}-bit {} samples are not supported (use 16-bit PCM or 32-bit float)",
             if format == hound::SampleFormat::Float { "float" } else { "integer" }
-        ),
-    };
+        )
+            }
+        };
     if mono.is_empty() {
         bail!("{shown} holds no audio");
     }
@@ -189,7 +192,13 @@ fn read_wav(path: &Path) -> anyhow::Result<Input> {
     }
     let to = SampleRate::INTERNAL;
     let samples = voxd_core::resample::resample_all(SampleRate(spec.sample_rate), to, &mono)
-        .map_err(|e| anyhow!("{shown}: cannot resample {} Hz to {} Hz: {e}", spec.sample_rate, to.hz()))?;
+        .map_err(|e| {
+            anyhow!(
+                "{shown}: cannot resample {} Hz to {} Hz: {e}",
+                spec.sample_rate,
+                to.hz()
+            )
+        })?;
     described.push_str(&format!(", resampled to {} Hz", to.hz()));
     Ok(Input {
         samples,
@@ -261,9 +270,11 @@ fn endpoint(server: &str, rate: Option<u32>) -> anyhow::Result<(String, String)>
 /// Turns a failed WebSocket handshake into a message that says what to do.
 fn connect_error(e: tungstenite::Error, url: &str, authority: &str) -> anyhow::Error {
     match e {
-        tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => anyhow!(
+        tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            anyhow!(
             "cannot connect to {url}: connection refused; is `voxd serve` running on {authority}?"
-        ),
+        )
+        }
         tungstenite::Error::Io(io) => anyhow!("cannot connect to {url}: {io}"),
         tungstenite::Error::Url(why) => anyhow!("cannot connect to {url}: {why}"),
         tungstenite::Error::Http(resp) => {
@@ -293,10 +304,12 @@ fn connect_error(e: tungstenite::Error, url: &str, authority: &str) -> anyhow::E
                 (StatusCode::SERVICE_UNAVAILABLE, _) => {
                     anyhow!("server at capacity (HTTP 503{retry}): {message}")
                 }
-                (StatusCode::NOT_FOUND, _) => anyhow!(
-                    "no WebSocket endpoint at {url} (HTTP 404); voxd serves it at /ws"
+                (StatusCode::NOT_FOUND, _) => {
+                    anyhow!("no WebSocket endpoint at {url} (HTTP 404); voxd serves it at /ws")
+                }
+                _ => anyhow!(
+                    "the server refused the WebSocket upgrade at {url}: HTTP {status}: {message}"
                 ),
-                _ => anyhow!("the server refused the WebSocket upgrade at {url}: HTTP {status}: {message}"),
             }
         }
         other => anyhow!("cannot connect to {url}: {other}"),
@@ -386,7 +399,8 @@ impl Outgoing {
             let end = (start + frame).min(total);
             steps.push_back(Step::Frame {
                 bytes: start * 2..end * 2,
-                note: (end == total).then(|| format!("{:.2} s of trailing silence sent", secs(silence))),
+                note: (end == total)
+                    .then(|| format!("{:.2} s of trailing silence sent", secs(silence))),
                 ends_speech: false,
             });
             start = end;
@@ -395,7 +409,11 @@ impl Outgoing {
     }
 
     /// Sends the next frame and the control messages around it (all of them if there is no frame).
-    async fn send_next<S>(&mut self, sink: &mut S, talk: &mut Talk) -> Result<(), tungstenite::Error>
+    async fn send_next<S>(
+        &mut self,
+        sink: &mut S,
+        talk: &mut Talk,
+    ) -> Result<(), tungstenite::Error>
     where
         S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
     {
@@ -526,7 +544,10 @@ impl Talk {
             self.line("<not JSON>", raw);
             return false;
         };
-        let ty = event.get("type").and_then(Value::as_str).unwrap_or("<no type>");
+        let ty = event
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("<no type>");
         self.line(ty, &fields(raw, ty, &event));
         let turn = event.get("turn_id").and_then(Value::as_u64);
         if matches!(ty, "speech_started" | "transcript") && self.turn.is_none() {
@@ -618,25 +639,38 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Some(input), _) => println!(
             "talk: {} -> {url}, {}, {}",
             input.described,
-            if args.client_vad { "client VAD" } else { "server VAD" },
-            if fast { "as fast as possible" } else { "paced at real time" },
+            if args.client_vad {
+                "client VAD"
+            } else {
+                "server VAD"
+            },
+            if fast {
+                "as fast as possible"
+            } else {
+                "paced at real time"
+            },
         ),
         (None, Some(text)) => println!("talk: text {text:?} -> {url}"),
         (None, None) => unreachable!("clap requires an input or --text"),
     }
 
-    let (ws, _) = match tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(&url)).await
-    {
-        Err(_) => bail!("cannot connect to {url}: no answer within {} s", args.timeout_s),
-        Ok(Err(e)) => return Err(connect_error(e, &url, &authority)),
-        Ok(Ok(ws)) => ws,
-    };
+    let (ws, _) =
+        match tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(&url)).await {
+            Err(_) => bail!(
+                "cannot connect to {url}: no answer within {} s",
+                args.timeout_s
+            ),
+            Ok(Err(e)) => return Err(connect_error(e, &url, &authority)),
+            Ok(Ok(ws)) => ws,
+        };
     let (mut sink, mut stream) = ws.split();
 
     // The first message is `ready`; it says the rates and whether the server's VAD runs.
     let ready = match tokio::time::timeout_at(deadline, stream.next()).await {
         Err(_) => bail!("the server sent no `ready` within {} s", args.timeout_s),
-        Ok(None | Some(Ok(Message::Close(_)))) => bail!("the server closed the connection before `ready`"),
+        Ok(None | Some(Ok(Message::Close(_)))) => {
+            bail!("the server closed the connection before `ready`")
+        }
         Ok(Some(Err(e))) => bail!("connection lost before `ready`: {e}"),
         Ok(Some(Ok(Message::Text(t)))) => t,
         Ok(Some(Ok(other))) => bail!("expected a `ready` event first, got {other:?}"),
@@ -648,7 +682,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("expected a `ready` event first, got {ready}");
     }
     if ready["encoding"] != "pcm_s16le" {
-        bail!("the server wants {} audio; this client speaks pcm_s16le only", ready["encoding"]);
+        bail!(
+            "the server wants {} audio; this client speaks pcm_s16le only",
+            ready["encoding"]
+        );
     }
     talk.output_rate = ready["output_sample_rate"]
         .as_u64()
@@ -727,7 +764,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let partial = saved
         .as_deref()
-        .map(|p| format!("; the {:.2} s of audio received are in {p}", talk.answer.len() as f64 / f64::from(talk.output_rate)))
+        .map(|p| {
+            format!(
+                "; the {:.2} s of audio received are in {p}",
+                talk.answer.len() as f64 / f64::from(talk.output_rate)
+            )
+        })
         .unwrap_or_default();
     let waiting_for = match talk.turn {
         Some(t) => format!("the response_done of turn {t}"),
@@ -736,7 +778,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     match outcome {
         Outcome::Done => {}
-        Outcome::TimedOut => bail!("timed out after {} s waiting for {waiting_for}{partial}", args.timeout_s),
+        Outcome::TimedOut => bail!(
+            "timed out after {} s waiting for {waiting_for}{partial}",
+            args.timeout_s
+        ),
         Outcome::Lost(why) => bail!("{why} while waiting for {waiting_for}{partial}"),
         Outcome::CtrlC => {
             eprintln!("interrupted while waiting for {waiting_for}{partial}");
@@ -744,7 +789,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let done = talk.done.take().expect("Outcome::Done carries response_done");
+    let done = talk
+        .done
+        .take()
+        .expect("Outcome::Done carries response_done");
     let status = done["status"].as_str().unwrap_or("?");
     let received_ms = talk.answer.len() as f64 * 1000.0 / f64::from(talk.output_rate);
     if let Some(audio_ms) = done["audio_ms"].as_f64() {
@@ -813,12 +861,16 @@ fn write_wav(path: &Path, rate: u32, samples: &[i16]) -> anyhow::Result<()> {
         sample_format: hound::SampleFormat::Int,
     };
     let shown = path.display();
-    let mut w = hound::WavWriter::create(path, spec).with_context(|| format!("cannot create {shown}"))?;
-    let mut w16 = w.get_i16_writer(u32::try_from(samples.len()).context("the answer is too long for a WAV")?);
+    let mut w =
+        hound::WavWriter::create(path, spec).with_context(|| format!("cannot create {shown}"))?;
+    let mut w16 =
+        w.get_i16_writer(u32::try_from(samples.len()).context("the answer is too long for a WAV")?);
     for &s in samples {
         w16.write_sample(s);
     }
-    w16.flush().with_context(|| format!("cannot write {shown}"))?;
-    w.finalize().with_context(|| format!("cannot write {shown}"))?;
+    w16.flush()
+        .with_context(|| format!("cannot write {shown}"))?;
+    w.finalize()
+        .with_context(|| format!("cannot write {shown}"))?;
     Ok(())
 }

@@ -264,6 +264,27 @@ impl Sim {
         }
     }
 
+    /// Streams `d` ms of a loud voiced buzz (speech to the VAD) in 20 ms frames at real time.
+    fn voice(&mut self, d: u64) {
+        for _ in 0..d / 20 {
+            let start = self.s.input_pos;
+            let frame: Vec<i16> = (start..start + 320)
+                .map(|i| {
+                    let t = i as f64 / 16000.0;
+                    let s: f64 = (1..=8)
+                        .map(|h| {
+                            (2.0 * std::f64::consts::PI * 150.0 * h as f64 * t).sin() / h as f64
+                        })
+                        .sum();
+                    (s * 6000.0) as i16
+                })
+                .collect();
+            self.run_ms(20);
+            self.s.handle_audio(self.now, &frame);
+            self.drain();
+        }
+    }
+
     fn speech_start(&mut self) {
         self.s.handle_speech_start(self.now);
         self.drain();
@@ -774,20 +795,7 @@ fn server_vad_drives_turns_over_voiced_audio() {
     let mut sim = Sim::with(SessionConfig::default());
     sim.audio(300, 0);
     // A loud buzz the VAD classifies as speech, then silence past the hangover.
-    let voiced: Vec<i16> = (0..320 * 100)
-        .map(|i| {
-            let t = i as f64 / 16000.0;
-            let s: f64 = (1..=8)
-                .map(|h| (2.0 * std::f64::consts::PI * 150.0 * h as f64 * t).sin() / h as f64)
-                .sum();
-            (s * 6000.0) as i16
-        })
-        .collect();
-    for frame in voiced.chunks(320) {
-        sim.run_ms(20);
-        sim.s.handle_audio(sim.now, frame);
-        sim.drain();
-    }
+    sim.voice(2000);
     assert!(sim.s.user_speaking());
     sim.audio(700, 0);
     assert!(!sim.s.user_speaking());
@@ -820,4 +828,78 @@ fn history_stays_bounded() {
     }
     assert!(sim.s.history().len() <= 6);
     assert!(matches!(sim.s.history()[0], ChatMessage::User(_)));
+}
+
+mod properties {
+    //! Random dialogues: whatever the user does and whenever, the invariants hold (`Sim::drain`
+    //! checks them on every output) and every response ends exactly once.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Action {
+        SpeechStart,
+        SpeechEnd,
+        Audio(u64),
+        Voice(u64),
+        Text(u8),
+        Wait(u64),
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            Just(Action::SpeechStart),
+            Just(Action::SpeechEnd),
+            (1u64..60).prop_map(|n| Action::Audio(n * 20)),
+            (1u64..60).prop_map(|n| Action::Voice(n * 20)),
+            (0u8..4).prop_map(Action::Text),
+            (1u64..3000).prop_map(Action::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn invariants_hold_for_any_dialogue(
+            actions in proptest::collection::vec(action(), 1..30),
+            slow_tools in any::<bool>(),
+            server_vad in any::<bool>(),
+        ) {
+            let mut sim = if server_vad { Sim::with(SessionConfig::default()) } else { Sim::new() };
+            if slow_tools {
+                sim.tool_ms = 1500;
+            }
+            for a in actions {
+                match a {
+                    Action::SpeechStart => sim.speech_start(),
+                    Action::SpeechEnd => sim.speech_end(),
+                    Action::Audio(ms) => sim.audio(ms, 0),
+                    Action::Voice(ms) => sim.voice(ms),
+                    Action::Text(i) => sim.text(["tell me a story", "balance", "tomorrow", "hi"][i as usize]),
+                    Action::Wait(ms) => sim.run_ms(ms),
+                }
+            }
+            sim.speech_end();
+            sim.audio(1000, 0); // past any VAD hangover
+            sim.settle();
+            sim.assert_all_done();
+            // Audio sent per turn never exceeds what TTS produced for it.
+            let mut produced: HashMap<TurnId, usize> = HashMap::new();
+            for s in &sim.log {
+                if let Output::StartTts { turn, text, .. } = &s.output {
+                    *produced.entry(*turn).or_default() +=
+                        (text.len() as f64 / CHARS_PER_SECOND * 16000.0) as usize * 2;
+                }
+            }
+            for (turn, bytes) in &produced {
+                prop_assert!(sim.audio_of(*turn).len() <= *bytes);
+            }
+            // Nothing is left running: no response, no provider call pending.
+            prop_assert_eq!(sim.s.current_response(), None);
+            prop_assert!(sim.scheduled.is_empty());
+        }
+    }
 }
