@@ -46,7 +46,8 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::io::{IsTerminal, Write};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,12 +56,15 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use clap::Parser;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval};
 use tokio_tungstenite::tungstenite::http::{StatusCode, Uri};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use voxd_core::SampleRate;
 
 /// Input rates the server accepts as they are (`?sample_rate=`).
@@ -199,7 +203,7 @@ fn read_wav(path: &Path) -> anyhow::Result<Input> {
                 to.hz()
             )
         })?;
-    described.push_str(&format!(", resampled to {} Hz", to.hz()));
+    let _ = write!(described, ", resampled to {} Hz", to.hz());
     Ok(Input {
         samples,
         rate: to.hz(),
@@ -409,14 +413,11 @@ impl Outgoing {
     }
 
     /// Sends the next frame and the control messages around it (all of them if there is no frame).
-    async fn send_next<S>(
+    async fn send_next(
         &mut self,
-        sink: &mut S,
+        sink: &mut SplitSink<Ws, Message>,
         talk: &mut Talk,
-    ) -> Result<(), tungstenite::Error>
-    where
-        S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
-    {
+    ) -> Result<(), tungstenite::Error> {
         let mut sent_frame = false;
         while let Some(step) = self.steps.front() {
             let ends_speech = match step {
@@ -477,6 +478,23 @@ struct Talk {
 }
 
 impl Talk {
+    fn new(t0: Instant) -> Talk {
+        Talk {
+            t0,
+            tty: std::io::stdout().is_terminal(),
+            output_rate: 0,
+            run: None,
+            answer: Vec::new(),
+            turn: None,
+            transcript: None,
+            end_sent: None,
+            first_audio: None,
+            done: None,
+            odd_frames: 0,
+        }
+    }
+
+    /// Milliseconds since `t0`.
     fn ms(&self) -> f64 {
         self.t0.elapsed().as_secs_f64() * 1000.0
     }
@@ -597,6 +615,12 @@ fn fields<'a>(raw: &'a str, ty: &str, event: &serde_json::Map<String, Value>) ->
     Cow::Owned(Value::Object(event).to_string())
 }
 
+/// What the user says: a recording or a line of text.
+enum Say {
+    Audio(Input),
+    Text(String),
+}
+
 /// How the exchange ended.
 enum Outcome {
     Done,
@@ -605,38 +629,21 @@ enum Outcome {
     CtrlC,
 }
 
-async fn pace(ticker: &mut Interval, fast: bool) {
-    if !fast {
-        ticker.tick().await;
-    }
-}
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let input = match &args.input {
-        Some(path) if args.text.is_none() => Some(read_wav(path)?),
-        _ => None,
+    let say = match (&args.input, &args.text) {
+        (_, Some(text)) => Say::Text(text.clone()),
+        (Some(path), None) => Say::Audio(read_wav(path)?),
+        (None, None) => unreachable!("clap requires an input or --text"),
     };
-    let (url, authority) = endpoint(&args.server, input.as_ref().map(|i| i.rate))?;
-    let timeout = Duration::from_secs(args.timeout_s);
-    let fast = args.fast;
-
-    let t0 = Instant::now();
-    let deadline = t0 + timeout;
-    let mut talk = Talk {
-        t0,
-        tty: std::io::stdout().is_terminal(),
-        output_rate: 0,
-        run: None,
-        answer: Vec::new(),
-        turn: None,
-        transcript: None,
-        end_sent: None,
-        first_audio: None,
-        done: None,
-        odd_frames: 0,
+    let rate = match &say {
+        Say::Audio(input) => Some(input.rate),
+        Say::Text(_) => None,
     };
-    match (&input, &args.text) {
-        (Some(input), _) => println!(
+    let (url, authority) = endpoint(&args.server, rate)?;
+    match &say {
+        Say::Audio(input) => println!(
             "talk: {} -> {url}, {}, {}",
             input.described,
             if args.client_vad {
@@ -644,109 +651,60 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 "server VAD"
             },
-            if fast {
+            if args.fast {
                 "as fast as possible"
             } else {
                 "paced at real time"
             },
         ),
-        (None, Some(text)) => println!("talk: text {text:?} -> {url}"),
-        (None, None) => unreachable!("clap requires an input or --text"),
+        Say::Text(text) => println!("talk: text {text:?} -> {url}"),
     }
 
-    let (ws, _) =
-        match tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(&url)).await {
-            Err(_) => bail!(
-                "cannot connect to {url}: no answer within {} s",
-                args.timeout_s
-            ),
-            Ok(Err(e)) => return Err(connect_error(e, &url, &authority)),
-            Ok(Ok(ws)) => ws,
-        };
-    let (mut sink, mut stream) = ws.split();
-
-    // The first message is `ready`; it says the rates and whether the server's VAD runs.
-    let ready = match tokio::time::timeout_at(deadline, stream.next()).await {
-        Err(_) => bail!("the server sent no `ready` within {} s", args.timeout_s),
-        Ok(None | Some(Ok(Message::Close(_)))) => {
-            bail!("the server closed the connection before `ready`")
-        }
-        Ok(Some(Err(e))) => bail!("connection lost before `ready`: {e}"),
-        Ok(Some(Ok(Message::Text(t)))) => t,
-        Ok(Some(Ok(other))) => bail!("expected a `ready` event first, got {other:?}"),
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(args.timeout_s);
+    let mut talk = Talk::new(t0);
+    let ws = match tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(&url)).await {
+        Err(_) => bail!(
+            "cannot connect to {url}: no answer within {} s",
+            args.timeout_s
+        ),
+        Ok(Err(e)) => return Err(connect_error(e, &url, &authority)),
+        Ok(Ok((ws, _))) => ws,
     };
-    talk.on_event(ready.as_str());
-    let ready: Value = serde_json::from_str(ready.as_str())
-        .with_context(|| format!("the first message is not JSON: {ready}"))?;
-    if ready["type"] != "ready" {
-        bail!("expected a `ready` event first, got {ready}");
-    }
-    if ready["encoding"] != "pcm_s16le" {
-        bail!(
-            "the server wants {} audio; this client speaks pcm_s16le only",
-            ready["encoding"]
-        );
-    }
-    talk.output_rate = ready["output_sample_rate"]
-        .as_u64()
-        .and_then(|r| u32::try_from(r).ok())
-        .filter(|r| *r > 0)
-        .ok_or_else(|| anyhow!("`ready` has no valid output_sample_rate: {ready}"))?;
-    let mut outgoing = match (&input, &args.text) {
-        (Some(input), _) => {
+    let (mut sink, mut stream) = ws.split();
+    let ready = read_ready(&mut stream, deadline, &mut talk).await?;
+    let mut outgoing = match &say {
+        Say::Audio(input) => {
             if ready["input_sample_rate"].as_u64() != Some(u64::from(input.rate)) {
                 eprintln!(
-                    "warning: asked for sample_rate={} but the server announced input_sample_rate {}",
+                    "warning: asked for sample_rate={} but the server announced \
+                     input_sample_rate {}",
                     input.rate, ready["input_sample_rate"]
                 );
             }
             let mut client_vad = args.client_vad;
             if !client_vad && ready["server_vad"] == false {
-                println!("note: the server runs no VAD; sending speech_start/speech_end (as --client-vad)");
+                talk.line(
+                    "note",
+                    "the server runs no VAD: sending speech_start/speech_end",
+                );
                 client_vad = true;
             }
             Outgoing::audio(input, client_vad)
         }
-        (None, Some(text)) => Outgoing::text(text),
-        (None, None) => unreachable!("clap requires an input or --text"),
+        Say::Text(text) => Outgoing::text(text),
     };
 
-    let mut ticker = tokio::time::interval(FRAME);
-    let expired = tokio::time::sleep_until(deadline);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(expired, ctrl_c);
-    let outcome = loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
-                    if talk.on_event(t.as_str()) {
-                        break Outcome::Done;
-                    }
-                }
-                Some(Ok(Message::Binary(b))) => talk.on_audio(&b),
-                Some(Ok(Message::Close(frame))) => {
-                    break Outcome::Lost(match frame {
-                        Some(CloseFrame { code, reason }) => {
-                            format!("the server closed the connection ({code}: {reason})")
-                        }
-                        None => "the server closed the connection".to_owned(),
-                    });
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break Outcome::Lost(format!("connection lost: {e}")),
-                None => break Outcome::Lost("the server closed the connection".to_owned()),
-            },
-            () = pace(&mut ticker, fast), if !outgoing.steps.is_empty() => {
-                if let Err(e) = outgoing.send_next(&mut sink, &mut talk).await {
-                    break Outcome::Lost(format!("cannot send: {e}"));
-                }
-            }
-            () = &mut expired => break Outcome::TimedOut,
-            _ = &mut ctrl_c => break Outcome::CtrlC,
-        }
-    };
+    let outcome = exchange(
+        &mut sink,
+        &mut stream,
+        &mut outgoing,
+        &mut talk,
+        deadline,
+        args.fast,
+    )
+    .await;
     talk.end_run();
-
     if !matches!(outcome, Outcome::Lost(_)) {
         close(&mut sink, &mut stream).await;
     }
@@ -762,22 +720,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             talk.odd_frames
         );
     }
+    let received_s = talk.answer.len() as f64 / f64::from(talk.output_rate);
     let partial = saved
         .as_deref()
-        .map(|p| {
-            format!(
-                "; the {:.2} s of audio received are in {p}",
-                talk.answer.len() as f64 / f64::from(talk.output_rate)
-            )
-        })
+        .map(|p| format!("; the {received_s:.2} s of audio received are in {p}"))
         .unwrap_or_default();
-    let waiting_for = match talk.turn {
-        Some(t) => format!("the response_done of turn {t}"),
-        None if input.is_some() => "a turn to start (the server heard no speech)".to_owned(),
-        None => "a turn to start".to_owned(),
+    let waiting_for = match (talk.turn, &say) {
+        (Some(t), _) => format!("the response_done of turn {t}"),
+        (None, Say::Audio(_)) => "a turn to start (the server heard no speech)".to_owned(),
+        (None, Say::Text(_)) => "a turn to start".to_owned(),
     };
     match outcome {
-        Outcome::Done => {}
+        Outcome::Done => Ok(summary(&talk, saved.as_deref())),
         Outcome::TimedOut => bail!(
             "timed out after {} s waiting for {waiting_for}{partial}",
             args.timeout_s
@@ -785,21 +739,115 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Outcome::Lost(why) => bail!("{why} while waiting for {waiting_for}{partial}"),
         Outcome::CtrlC => {
             eprintln!("interrupted while waiting for {waiting_for}{partial}");
-            return Ok(ExitCode::from(130));
+            Ok(ExitCode::from(130))
         }
     }
+}
 
+/// Reads and checks `ready`, the first message: it says the rates and whether the server's VAD
+/// runs.
+async fn read_ready(
+    stream: &mut SplitStream<Ws>,
+    deadline: Instant,
+    talk: &mut Talk,
+) -> anyhow::Result<Value> {
+    let raw = match tokio::time::timeout_at(deadline, stream.next()).await {
+        Err(_) => bail!("the server sent no `ready` in time"),
+        Ok(None | Some(Ok(Message::Close(_)))) => {
+            bail!("the server closed the connection before `ready`")
+        }
+        Ok(Some(Err(e))) => bail!("connection lost before `ready`: {e}"),
+        Ok(Some(Ok(Message::Text(t)))) => t,
+        Ok(Some(Ok(other))) => bail!("expected a `ready` event first, got {other:?}"),
+    };
+    talk.on_event(raw.as_str());
+    let ready: Value = serde_json::from_str(raw.as_str())
+        .with_context(|| format!("the first message is not JSON: {raw}"))?;
+    if ready["type"] != "ready" {
+        bail!("expected a `ready` event first, got {ready}");
+    }
+    if ready["encoding"] != "pcm_s16le" {
+        bail!(
+            "the server wants {} audio; this client speaks pcm_s16le only",
+            ready["encoding"]
+        );
+    }
+    talk.output_rate = ready["output_sample_rate"]
+        .as_u64()
+        .and_then(|r| u32::try_from(r).ok())
+        .filter(|r| *r > 0)
+        .ok_or_else(|| anyhow!("`ready` has no valid output_sample_rate: {ready}"))?;
+    Ok(ready)
+}
+
+/// Completes after one tick at real time, at once with `--fast`.
+async fn pace(ticker: &mut Interval, fast: bool) {
+    if !fast {
+        ticker.tick().await;
+    }
+}
+
+/// Sends the input and prints what comes back until our turn's `response_done`, the deadline, a
+/// lost connection or Ctrl-C.
+async fn exchange(
+    sink: &mut SplitSink<Ws, Message>,
+    stream: &mut SplitStream<Ws>,
+    outgoing: &mut Outgoing,
+    talk: &mut Talk,
+    deadline: Instant,
+    fast: bool,
+) -> Outcome {
+    // A microphone's clock: bursts to catch up if this task was held up, as a capture buffer
+    // would.
+    let mut ticker = tokio::time::interval(FRAME);
+    let expired = tokio::time::sleep_until(deadline);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(expired, ctrl_c);
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if talk.on_event(t.as_str()) {
+                        return Outcome::Done;
+                    }
+                }
+                Some(Ok(Message::Binary(b))) => talk.on_audio(&b),
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return Outcome::Lost(format!(
+                        "the server closed the connection ({code}: {reason})"
+                    ));
+                }
+                Some(Ok(Message::Close(None))) | None => {
+                    return Outcome::Lost("the server closed the connection".to_owned());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Outcome::Lost(format!("connection lost: {e}")),
+            },
+            () = pace(&mut ticker, fast), if !outgoing.steps.is_empty() => {
+                if let Err(e) = outgoing.send_next(sink, talk).await {
+                    return Outcome::Lost(format!("cannot send: {e}"));
+                }
+            }
+            () = &mut expired => return Outcome::TimedOut,
+            _ = &mut ctrl_c => return Outcome::CtrlC,
+        }
+    }
+}
+
+/// Prints the one-line summary of a finished turn; the exit code says whether it failed.
+fn summary(talk: &Talk, saved: Option<&str>) -> ExitCode {
     let done = talk
         .done
-        .take()
-        .expect("Outcome::Done carries response_done");
+        .as_ref()
+        .expect("a finished turn has its response_done");
     let status = done["status"].as_str().unwrap_or("?");
     let received_ms = talk.answer.len() as f64 * 1000.0 / f64::from(talk.output_rate);
     if let Some(audio_ms) = done["audio_ms"].as_f64() {
-        // One frame of slack: the server rounds to 0.1 ms.
-        if (audio_ms - received_ms).abs() > 20.0 {
+        // A frame of slack for rounding.
+        if (audio_ms - received_ms).abs() > FRAME.as_secs_f64() * 1000.0 {
             eprintln!(
-                "warning: response_done says audio_ms {audio_ms:.1}, but {received_ms:.1} ms of audio arrived"
+                "warning: response_done says audio_ms {audio_ms:.1}, but {received_ms:.1} ms \
+                 of audio arrived"
             );
         }
     }
@@ -817,26 +865,26 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_str()
         .map(|r| format!(" ({r})"))
         .unwrap_or_default();
+    let written = saved.map_or_else(
+        || "nothing written (no audio)".to_owned(),
+        |p| format!("{p} ({} Hz)", talk.output_rate),
+    );
     println!(
-        "turn {} {status}{reason} | transcript {:?} | TTFT server {server_ttft}, client {client_ttft} | {:.2} s of audio -> {}",
+        "turn {} {status}{reason} | transcript {:?} | TTFT server {server_ttft}, client \
+         {client_ttft} | {:.2} s of audio -> {written}",
         talk.turn.unwrap_or_default(),
         talk.transcript.as_deref().unwrap_or(""),
         received_ms / 1000.0,
-        saved.map_or_else(|| "nothing written (no audio)".to_owned(), |p| format!("{p} ({} Hz)", talk.output_rate)),
     );
-    Ok(if status == "failed" {
+    if status == "failed" {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 /// Closes the socket with a close handshake: our Close, then the server's, then the end.
-async fn close<S, R>(sink: &mut S, stream: &mut R)
-where
-    S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
-    R: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
-{
+async fn close(sink: &mut SplitSink<Ws, Message>, stream: &mut SplitStream<Ws>) {
     if let Err(e) = sink.send(Message::Close(None)).await {
         eprintln!("warning: cannot send the close frame: {e}");
         return;

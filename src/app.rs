@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -21,6 +22,7 @@ use tracing::info;
 use voxd_core::SampleRate;
 
 use crate::config::{Config, SUPPORTED_RATES};
+use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::sessions::{Refusal, SessionManager};
 
@@ -34,6 +36,8 @@ pub struct AppState {
     pub sessions: Arc<SessionManager>,
     /// Tracks every session task, so shutdown can wait for them (axum does not).
     pub tracker: TaskTracker,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
 }
 
 impl AppState {
@@ -48,18 +52,61 @@ impl AppState {
             config,
             providers,
             tracker: TaskTracker::new(),
+            metrics: Metrics::new(),
         }))
     }
 }
 
-/// The router: `/ws`, `/health/live`, `/health/ready`, `/health/startup`.
+/// The router: `/ws`, `/v1/transcribe`, `/metrics`, `/health/live`, `/health/ready`,
+/// `/health/startup`. Every route's requests are counted and timed.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    // The transcribe handler enforces `max_body_bytes` itself (with a JSON 413); this only lifts
+    // axum's 2 MB default for the multipart extractor to the same limit.
+    let body_limit = DefaultBodyLimit::max(state.config.transcribe.max_body_bytes);
+    let mut router = Router::new()
         .route("/ws", get(ws_upgrade))
+        .route(
+            "/v1/transcribe",
+            post(crate::transcribe::transcribe).layer(body_limit),
+        )
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .route("/health/startup", get(startup))
+        .route("/health/startup", get(startup));
+    if state.config.file.metrics.enabled {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            track_http,
+        ))
         .with_state(state)
+}
+
+/// Counts and times every request by route and status.
+async fn track_http(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// A JSON error response: `{"error": {"code", "message"}}`.
@@ -111,7 +158,10 @@ async fn ws_upgrade(
     let cancel = CancellationToken::new();
     let permit = match state.sessions.try_admit(cancel.clone()) {
         Ok(p) => p,
-        Err(refusal) => return unavailable(&state, refusal),
+        Err(refusal) => {
+            state.metrics.refused(refusal == Refusal::Draining);
+            return unavailable(&state, refusal);
+        }
     };
     let max = state.config.file.server.max_message_bytes;
     let tracker = state.tracker.clone();
@@ -162,14 +212,20 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let app = router(Arc::clone(&state));
-    let stop = CancellationToken::new();
-    let stop_signal = stop.clone();
+    // Histogram samples are buffered until drained: drain them even when nobody scrapes.
+    let upkeep_state = Arc::clone(&state);
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep_state.metrics.upkeep();
+        }
+    });
     let sessions = Arc::clone(&state.sessions);
     let signal = async move {
         shutdown.await;
         info!("shutting down: refusing new sessions and closing live ones");
         sessions.drain();
-        stop_signal.cancel();
     };
     axum::serve(
         listener,
@@ -177,6 +233,7 @@ pub async fn serve(
     )
     .with_graceful_shutdown(signal)
     .await?;
+    upkeep.abort();
     state.tracker.close();
     if tokio::time::timeout(grace, state.tracker.wait())
         .await

@@ -15,6 +15,8 @@ use voxd_backends::tools::{default_mock_tools, MockToolConfig};
 use voxd_core::vad::{Aggressiveness, VadConfig};
 use voxd_core::{SampleRate, SessionConfig};
 
+pub use crate::transcribe::TranscribeConfig;
+
 /// Sample rates a client may stream at (`?sample_rate=`) and voxd may answer at.
 pub const SUPPORTED_RATES: [u32; 4] = [8000, 16000, 24000, 48000];
 
@@ -66,8 +68,26 @@ pub struct FileConfig {
     pub llm: LlmSection,
     /// `[tts]`
     pub tts: TtsSection,
+    /// `[transcribe]`: `POST /v1/transcribe`.
+    pub transcribe: TranscribeConfig,
+    /// `[metrics]`
+    pub metrics: MetricsSection,
     /// `[tools.NAME]`: the tool registry. Default: `check_balance` and `send_email`.
     pub tools: Option<BTreeMap<String, MockToolConfig>>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { enabled: true }
+    }
 }
 
 /// `[server]`
@@ -289,6 +309,8 @@ pub struct Config {
     pub tools: BTreeMap<String, MockToolConfig>,
     /// The per-session state machine's settings.
     pub session: SessionConfig,
+    /// `POST /v1/transcribe` settings.
+    pub transcribe: TranscribeConfig,
 }
 
 impl Config {
@@ -424,6 +446,32 @@ impl Config {
         if t.filler_phrase.trim().is_empty() {
             return Err(invalid("turn.filler_phrase", "must not be empty".into()));
         }
+        let tr = &file.transcribe;
+        if tr.max_body_bytes < 1024 {
+            return Err(invalid(
+                "transcribe.max_body_bytes",
+                "must be at least 1024".into(),
+            ));
+        }
+        if tr.max_duration_s == 0 {
+            return Err(invalid(
+                "transcribe.max_duration_s",
+                "must be at least 1".into(),
+            ));
+        }
+        if tr.max_concurrent_segments == 0 {
+            return Err(invalid(
+                "transcribe.max_concurrent_segments",
+                "must be at least 1".into(),
+            ));
+        }
+        if tr.max_segment_s == 0 {
+            return Err(invalid(
+                "transcribe.max_segment_s",
+                "must be at least 1".into(),
+            ));
+        }
+        let transcribe = tr.clone();
         let tools = file.tools.clone().unwrap_or_else(default_mock_tools);
         let aggressiveness = match v.mode {
             VadMode::Quality => Aggressiveness::Quality,
@@ -465,6 +513,7 @@ impl Config {
             base_dir: base_dir.to_owned(),
             tools,
             session,
+            transcribe,
         })
     }
 }

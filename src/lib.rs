@@ -8,6 +8,8 @@
 pub mod app;
 pub mod config;
 pub mod connection;
+pub mod metrics;
 pub mod protocol;
 pub mod providers;
 pub mod sessions;
+pub mod transcribe;
