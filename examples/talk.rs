@@ -320,7 +320,8 @@ fn connect_error(e: tungstenite::Error, url: &str, authority: &str) -> anyhow::E
     }
 }
 
-/// What to send, in order. Frames are paced; control messages go out with the frame before them.
+/// What to send, in order. Frames are paced; a control message is not: it goes out right after
+/// the frame before it.
 struct Outgoing {
     /// The whole input plus trailing silence as PCM16LE; frames are slices of it (no copies).
     audio: Bytes,
@@ -366,7 +367,7 @@ impl Outgoing {
             .samples
             .iter()
             .rposition(|s| s.unsigned_abs() > SPEECH_LEVEL)
-            .map_or(speech - 1, |i| i);
+            .unwrap_or(speech - 1);
         let control = |ty: &str, ends_speech| Step::Control {
             label: ty.to_owned(),
             json: json!({ "type": ty }).to_string(),
@@ -504,36 +505,38 @@ impl Talk {
         println!("{:>9.1} ms  {label:<17} {rest}", self.ms());
     }
 
-    fn run_text(&self, run: &AudioRun) -> String {
+    /// Writes the line of an audio run: once for good, or again and again in place on a terminal
+    /// (`\r` first, no newline). Writes straight to stdout: nothing is allocated per frame.
+    fn print_run(&self, run: &AudioRun, in_place: bool) {
         let rate = f64::from(self.output_rate);
-        format!(
-            "{:>9.1} ms  {:<17} {} frames, {:.2} s (total {:.2} s)",
+        let mut out = std::io::stdout().lock();
+        let _ = write!(
+            out,
+            "{}{:>9.1} ms  {:<17} {} frames, {:.2} s (total {:.2} s){}",
+            if self.tty { "\r" } else { "" },
             run.first_ms,
             "<audio>",
             run.frames,
             run.samples as f64 / rate,
             self.answer.len() as f64 / rate,
-        )
+            if in_place { "" } else { "\n" },
+        );
+        let _ = out.flush();
     }
 
     /// Prints the pending audio line for good.
     fn end_run(&mut self) {
         if let Some(run) = self.run.take() {
-            let text = self.run_text(&run);
-            if self.tty {
-                println!("\r{text}");
-            } else {
-                println!("{text}");
-            }
+            self.print_run(&run, false);
         }
     }
 
     fn on_audio(&mut self, frame: &[u8]) {
+        let first_ms = self.ms();
+        self.first_audio.get_or_insert_with(Instant::now);
         if frame.len() % 2 == 1 {
             self.odd_frames += 1;
         }
-        let now = Instant::now();
-        self.first_audio.get_or_insert(now);
         let before = self.answer.len();
         self.answer.extend(
             frame
@@ -541,8 +544,7 @@ impl Talk {
                 .map(|b| i16::from_le_bytes([b[0], b[1]])),
         );
         let added = self.answer.len() - before;
-        let first_ms = self.ms();
-        let run = self.run.get_or_insert(AudioRun {
+        let mut run = self.run.take().unwrap_or(AudioRun {
             first_ms,
             frames: 0,
             samples: 0,
@@ -550,13 +552,12 @@ impl Talk {
         run.frames += 1;
         run.samples += added;
         if self.tty {
-            let text = self.run_text(self.run.as_ref().expect("just set"));
-            print!("\r{text}");
-            let _ = std::io::stdout().flush();
+            self.print_run(&run, true);
         }
+        self.run = Some(run);
     }
 
-    /// Prints a server event; true when it is the response_done that ends our turn.
+    /// Prints a server event; true when it is the `response_done` that ends our turn.
     fn on_event(&mut self, raw: &str) -> bool {
         let Ok(Value::Object(event)) = serde_json::from_str::<Value>(raw) else {
             self.line("<not JSON>", raw);

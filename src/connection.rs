@@ -26,13 +26,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use voxd_backends::{LlmEvent, LlmRequest, ProviderError};
 use voxd_core::resample::StreamResampler;
+use voxd_core::ResponseStatus;
 use voxd_core::{
     Event, Output, ProviderEvent, ProviderFailure, SampleRate, Session, Time, ToolCall, TurnId,
 };
 
 use crate::app::AppState;
+use crate::metrics::WireCounts;
 use crate::protocol::{self, ClientMessage, ServerMessage, PROTOCOL_VERSION};
 use crate::sessions::Permit;
+
+/// Wire counts are added to the shared metrics after this many messages (and at the end), so
+/// the per-frame path writes no shared memory.
+const WIRE_FLUSH_MESSAGES: u64 = 256;
 
 /// Provider events queued per session before providers wait. Bounded: a stalled session cannot
 /// make its providers buffer without limit; they block on `send` instead.
@@ -52,8 +58,12 @@ pub async fn run(
     let span = info_span!("session", session_id = %id);
     async move {
         info!(input_rate = input_rate.hz(), "session started");
-        let mut driver = Driver::new(app, input_rate, cancel);
+        app.metrics.sessions_total.increment(1);
+        app.metrics.sessions_active.increment(1.0);
+        let mut driver = Driver::new(Arc::clone(&app), input_rate, cancel);
         let reason = driver.run(socket, &id.to_string()).await;
+        app.metrics.add_wire(&mut driver.wire);
+        app.metrics.sessions_active.decrement(1.0);
         info!(reason, "session ended");
         drop(permit);
     }
@@ -74,6 +84,7 @@ struct Driver {
     tasks: JoinSet<()>,
     turns: HashMap<TurnId, CancellationToken>,
     cancel: CancellationToken,
+    wire: WireCounts,
 }
 
 impl Driver {
@@ -95,6 +106,7 @@ impl Driver {
             tasks: JoinSet::new(),
             turns: HashMap::new(),
             cancel,
+            wire: WireCounts::default(),
         }
     }
 
@@ -140,8 +152,15 @@ impl Driver {
                         break "socket error";
                     }
                     Some(Ok(Message::Close(_))) => break "client closed",
-                    Some(Ok(Message::Text(t))) => self.on_text(t.as_str(), &mut replies),
-                    Some(Ok(Message::Binary(b))) => self.on_audio(&b, &mut replies),
+                    Some(Ok(Message::Text(t))) => {
+                        self.wire.in_text += 1;
+                        self.on_text(t.as_str(), &mut replies);
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        self.wire.in_binary += 1;
+                        self.wire.audio_in_bytes += b.len() as u64;
+                        self.on_audio(&b, &mut replies);
+                    }
                     Some(Ok(_)) => {} // ping/pong frames are answered by the WebSocket layer
                 },
                 Some((turn, event)) = self.events_rx.recv() => {
@@ -165,6 +184,7 @@ impl Driver {
                 }
             }
             let replied = !replies.is_empty();
+            self.wire.out_text += replies.len() as u64;
             for r in replies {
                 if tx.feed(text(r)).await.is_err() {
                     return "send failed";
@@ -172,6 +192,9 @@ impl Driver {
             }
             if self.drain(&mut tx, replied).await.is_err() {
                 break "send failed";
+            }
+            if self.wire.messages() >= WIRE_FLUSH_MESSAGES {
+                self.app.metrics.add_wire(&mut self.wire);
             }
         };
         for token in self.turns.values() {
@@ -225,9 +248,33 @@ impl Driver {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Event(e) => {
+                    let metrics = &self.app.metrics;
                     match &e {
-                        Event::ResponseDone { turn, .. } => {
+                        Event::ResponseDone {
+                            turn,
+                            status,
+                            timings,
+                            ..
+                        } => {
                             self.turns.remove(turn);
+                            metrics.turn_done(*status, timings);
+                            let ttft_ms = timings
+                                .first_audio_sent
+                                .zip(timings.speech_end)
+                                .map(|(a, b)| a.saturating_since(b).as_secs_f64() * 1000.0);
+                            info!(
+                                turn_id = turn.0,
+                                status = status.as_str(),
+                                ttft_ms,
+                                "response done"
+                            );
+                            if *status == ResponseStatus::Interrupted {
+                                metrics.interruptions.increment(1);
+                            }
+                        }
+                        Event::FalseAlarm { turn } => {
+                            debug!(turn_id = turn.0, "false alarm: the response goes on");
+                            metrics.false_alarms.increment(1);
                         }
                         Event::Transcript { turn, .. }
                             if self.core.current_response() != Some(*turn) =>
@@ -235,15 +282,25 @@ impl Driver {
                             // A judged barge-in's transcription is over.
                             self.turns.remove(turn);
                         }
-                        Event::ProviderError { stage, failure, .. } => {
-                            warn!(stage = stage.as_str(), provider = %failure.provider, error = %failure.message, "provider failed");
+                        Event::ProviderError {
+                            turn,
+                            stage,
+                            failure,
+                        } => {
+                            warn!(turn_id = turn.0, stage = stage.as_str(), provider = %failure.provider, error = %failure.message, "provider failed");
+                            metrics.provider_error(*stage, &failure.provider);
                         }
                         _ => {}
                     }
-                    tx.feed(text(protocol::encode_event(&e))).await?;
-                    wrote = true;
+                    if let Some(json) = protocol::encode_event(&e) {
+                        self.wire.out_text += 1;
+                        tx.feed(text(json)).await?;
+                        wrote = true;
+                    }
                 }
                 Output::Audio { pcm, .. } => {
+                    self.wire.out_binary += 1;
+                    self.wire.audio_out_bytes += pcm.len() as u64;
                     tx.feed(Message::Binary(pcm)).await?;
                     wrote = true;
                 }
@@ -306,18 +363,23 @@ impl Driver {
                     });
                 }
                 Output::StartTool { turn, call } => {
-                    let tools = Arc::clone(&self.app.providers.tools);
+                    let app = Arc::clone(&self.app);
                     self.spawn(turn, move |events| async move {
                         let ToolCall {
                             id,
                             name,
                             arguments,
                         } = call;
-                        let result = tools
+                        let started = Instant::now();
+                        let result = app
+                            .providers
+                            .tools
                             .call(&name, &arguments)
                             .await
                             .map(|v| v.to_string())
                             .map_err(failure);
+                        app.metrics
+                            .tool_call(&name, result.is_ok(), started.elapsed());
                         let _ = events
                             .send((
                                 turn,
@@ -356,7 +418,7 @@ impl Driver {
                     () = fut => {}
                 }
             }
-            .in_current_span(),
+            .instrument(info_span!("turn", turn_id = turn.0)),
         );
     }
 }

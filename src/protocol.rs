@@ -264,10 +264,12 @@ fn json_or_string(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
-/// Encodes a core event as the JSON text of its protocol message.
-pub fn encode_event(e: &Event) -> String {
+/// Encodes a core event as the JSON text of its protocol message; `None` for the core's internal
+/// events, which are not part of the protocol.
+pub fn encode_event(e: &Event) -> Option<String> {
     let d = |x: std::time::Duration| ms(x.as_secs_f64() * 1000.0);
-    match e {
+    Some(match e {
+        Event::FalseAlarm { .. } => return None,
         Event::SpeechStarted { turn, at } => ServerMessage::SpeechStarted {
             turn_id: turn.0,
             at_ms: ms(at.as_millis_f64()),
@@ -381,7 +383,7 @@ pub fn encode_event(e: &Event) -> String {
             }
             .to_json()
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -436,7 +438,7 @@ mod tests {
             text: "hi".into(),
             is_final: true,
         };
-        let v: Value = serde_json::from_str(&encode_event(&e)).unwrap();
+        let v: Value = serde_json::from_str(&encode_event(&e).unwrap()).unwrap();
         assert_eq!(v["type"], "transcript");
         assert_eq!(v["turn_id"], 3);
         assert_eq!(v["final"], true);

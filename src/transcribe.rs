@@ -187,17 +187,18 @@ async fn run(
             ))
         }
     };
-    let text_only =
-        match query.response_format.as_deref() {
-            None | Some("json") | Some("verbose_json") => false,
-            Some("text") => true,
-            Some(other) => return Err(TranscribeError::bad(
+    let text_only = match query.response_format.as_deref() {
+        None | Some("json") | Some("verbose_json") => false,
+        Some("text") => true,
+        Some(other) => {
+            return Err(TranscribeError::bad(
                 "invalid_parameter",
                 format!(
                     "response_format={other:?} is not supported; use json, verbose_json or text"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let audio = to_internal(&decoded)?;
     let duration_ms = SampleRate::INTERNAL.ms_of(audio.len() as u64);
     if duration_ms > cfg.max_duration_s as f64 * 1000.0 {
@@ -383,27 +384,28 @@ pub fn decode_wav(bytes: &[u8]) -> Result<Decoded, TranscribeError> {
             "the WAV header says 0 channels",
         ));
     }
-    let samples: Vec<f32> =
-        match (spec.sample_format, spec.bits_per_sample) {
-            (hound::SampleFormat::Float, 32) => reader
-                .into_samples::<f32>()
+    let samples: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Float, 32) => reader
+            .into_samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(wav_error)?,
+        (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
+            let scale = 1.0 / (1u64 << (bits - 1)) as f32;
+            reader
+                .into_samples::<i32>()
+                .map(|s| s.map(|s| s as f32 * scale))
                 .collect::<Result<_, _>>()
-                .map_err(wav_error)?,
-            (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
-                let scale = 1.0 / (1u64 << (bits - 1)) as f32;
-                reader
-                    .into_samples::<i32>()
-                    .map(|s| s.map(|s| s as f32 * scale))
-                    .collect::<Result<_, _>>()
-                    .map_err(wav_error)?
-            }
-            (format, bits) => return Err(TranscribeError::bad(
+                .map_err(wav_error)?
+        }
+        (format, bits) => {
+            return Err(TranscribeError::bad(
                 "unsupported_encoding",
                 format!(
                     "{bits}-bit {format:?} WAV is not supported; use 16-bit PCM or 32-bit float"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     if samples.is_empty() {
         return Err(TranscribeError::bad(
             "empty_audio",

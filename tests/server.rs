@@ -234,3 +234,73 @@ async fn output_rate_follows_config() {
     );
     server.stop().await;
 }
+
+/// The value of a sample line `name{labels} value` in a Prometheus exposition (0 if absent).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_when_a_turn_happens() {
+    let server = TestServer::start().await;
+    let (status, before) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "voxd_sessions_active",
+        "voxd_ttft_seconds",
+        "voxd_turns_total",
+        "voxd_audio_bytes_total",
+    ] {
+        assert!(
+            before.contains(&format!("# HELP {name}")),
+            "{name} is described"
+        );
+    }
+    let mut c = server.connect().await;
+    c.say(3000).await; // the balance question: a tool call
+    let done = c.until("response_done").await;
+    assert_eq!(done["status"], "completed");
+    let (_, during) = server.get("/metrics").await;
+    assert_eq!(sample(&during, "voxd_sessions_active"), 1.0);
+    c.close().await;
+    wait_for(|| server.state.sessions.active() == 0).await;
+    let (_, after) = server.get("/metrics").await;
+    assert_eq!(sample(&after, "voxd_sessions_active"), 0.0);
+    assert_eq!(sample(&after, "voxd_sessions_total"), 1.0);
+    assert_eq!(
+        sample(&after, "voxd_turns_total{status=\"completed\"}"),
+        1.0
+    );
+    assert_eq!(sample(&after, "voxd_ttft_seconds_count"), 1.0);
+    // The histogram holds the same TTFT the client was told.
+    let ttft = done["ttft_ms"].as_f64().unwrap() / 1000.0;
+    let sum = sample(&after, "voxd_ttft_seconds_sum");
+    assert!((sum - ttft).abs() < 0.001, "{sum} vs {ttft}");
+    assert_eq!(
+        sample(&after, "voxd_stage_latency_seconds_count{stage=\"asr\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "voxd_tool_calls_total{tool=\"check_balance\",outcome=\"ok\"}"
+        ),
+        1.0
+    );
+    let audio_in = sample(&after, "voxd_audio_bytes_total{direction=\"in\"}");
+    assert_eq!(audio_in, 3000.0 * 32.0);
+    let audio_out = sample(&after, "voxd_audio_bytes_total{direction=\"out\"}");
+    assert!((audio_out / 32.0 - done["audio_ms"].as_f64().unwrap()).abs() < 0.1);
+    assert!(
+        sample(
+            &after,
+            "voxd_http_requests_total{route=\"/metrics\",status=\"200\"}"
+        ) >= 2.0
+    );
+}

@@ -243,7 +243,8 @@ pub enum Event {
         /// Whether this is the final transcript.
         is_final: bool,
     },
-    /// A sentence (or clause) of the reply, as it is handed to TTS.
+    /// A sentence (or clause) of the reply, as soon as the LLM has completed it (its speech may
+    /// follow later: TTS runs sentence by sentence, at most `max_tts_backlog` ahead).
     ResponseText {
         /// The turn.
         turn: TurnId,
@@ -308,6 +309,12 @@ pub enum Event {
         timings: Timings,
         /// Why it ended without audio, when it did (`no_speech`).
         reason: Option<&'static str>,
+    },
+    /// A barge-in candidate (of turn `turn`) was judged a false alarm: the response goes on.
+    /// Internal: for metrics and logs; the client sees `playback_resumed` when audio had started.
+    FalseAlarm {
+        /// The candidate's turn.
+        turn: TurnId,
     },
     /// A provider failed; the session goes on.
     ProviderError {
@@ -546,7 +553,8 @@ impl Response {
     /// current one in proportion to its audio, cut back to a word boundary.
     fn heard_text(&self, played: u64, include_filler: bool) -> String {
         let mut out = String::new();
-        for s in &self.sentences {
+        // Only sentences handed to TTS have audio (and a position); the rest were never heard.
+        for s in &self.sentences[..self.next_tts] {
             if s.start >= played {
                 break;
             }
@@ -818,7 +826,9 @@ impl Session {
         if timed_out {
             // Nothing followed the candidate's start: a false alarm. The client's later
             // `speech_end`, if any, finds no speech in progress and is ignored.
-            self.user = None;
+            if let Some(u) = self.user.take() {
+                self.emit(Event::FalseAlarm { turn: u.turn });
+            }
             self.sync_hold(now);
         }
         if let Some(r) = &mut self.response {
@@ -890,7 +900,7 @@ impl Session {
             audio.append(&mut u.audio);
             u.audio = audio;
             u.carried_voiced = j.voiced;
-            u.barge_in = true;
+            u.barge_in = self.response.is_some();
         }
         self.user = Some(u);
         self.emit(Event::SpeechStarted { turn, at: now });
@@ -977,6 +987,7 @@ impl Session {
         });
         let false_alarm = self.is_backchannel(&text);
         if self.response.is_some() && false_alarm {
+            self.emit(Event::FalseAlarm { turn: j.turn });
             self.sync_hold(now);
             return;
         }

@@ -78,6 +78,13 @@ impl SentenceSplitter {
                 b'\n' => !self.buf[..i].trim().is_empty(),
                 b'!' | b'?' => is_space(next),
                 b'.' => is_space(next) && !self.is_abbreviation(i),
+                // '…' is E2 80 A6; this scan works on bytes and never slices mid-character.
+                0xE2 => {
+                    if bytes[i..].starts_with("… ".as_bytes()) {
+                        return Some(i + '…'.len_utf8());
+                    }
+                    false
+                }
                 b',' | b';' | b':' => {
                     is_space(next)
                         && self.buf[..i].trim_start().chars().count() >= self.min_clause_chars
@@ -89,11 +96,8 @@ impl SentenceSplitter {
             }
             i += 1;
         }
-        // Multi-byte '…' (E2 80 A6) followed by a space.
-        if let Some(pos) = self.buf[self.scanned..].find("… ") {
-            return Some(self.scanned + pos + '…'.len_utf8());
-        }
-        self.scanned = i;
+        // Resume a few bytes back next time: a multi-byte '…' may be cut at the end.
+        self.scanned = i.saturating_sub(3);
         None
     }
 
@@ -165,6 +169,20 @@ mod tests {
         let refs: Vec<&str> = chars.iter().map(String::as_str).collect();
         assert_eq!(split_tokens(&refs), whole);
         assert_eq!(whole.concat().replace(' ', ""), text.replace(' ', ""));
+    }
+
+    #[test]
+    fn multi_byte_text_is_safe_at_any_token_boundary() {
+        let text = "Le café est bon… Très bon! Ça coûte 3,5 €, n'est-ce pas? Oui";
+        let whole = split_tokens(&[text]);
+        assert_eq!(whole[0], "Le café est bon…");
+        for cut in (0..text.len()).filter(|i| text.is_char_boundary(*i)) {
+            assert_eq!(
+                split_tokens(&[&text[..cut], &text[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

@@ -536,6 +536,35 @@ fn real_interruption_cancels_the_turn_and_keeps_only_what_was_heard() {
 }
 
 #[test]
+fn heard_text_counts_only_speech_that_was_played() {
+    let mut sim = Sim::new();
+    sim.text("tell me a story");
+    // Every sentence of the reply is known, but only the first is synthesized when the user
+    // barges in 300 ms into it.
+    sim.run_ms(600);
+    let first = sim.first_at(|o| matches!(o, Output::Audio { .. })).unwrap();
+    sim.run_until(first + Duration::from_millis(300));
+    sim.text("stop");
+    let heard = sim
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Interrupted { heard_text, .. } => Some(heard_text.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // 300 ms of "Once upon a time there was a lighthouse." (40 chars, ~2.9 s) is ~4 characters.
+    assert_eq!(heard, "Once");
+    assert_eq!(
+        sim.s.history()[1],
+        ChatMessage::Assistant {
+            text: "Once".into(),
+            tool_calls: vec![]
+        }
+    );
+}
+
+#[test]
 fn false_alarm_resumes_and_the_bytes_equal_an_uninterrupted_response() {
     let mut reference = Sim::new();
     reference.text("tell me a story");
