@@ -220,28 +220,24 @@ async fn run(
     let vad_ms = ms_since(vad_started);
 
     let asr_started = Instant::now();
-    let audio: Arc<[i16]> = audio.into();
-    let asr = Arc::clone(&state.providers.asr);
-    let texts: Vec<String> = stream::iter(regions.iter().copied())
-        .map(|(start, end)| {
-            let asr = Arc::clone(&asr);
-            let piece: Arc<[i16]> = audio[start..end].into();
-            async move { asr.transcribe(piece).await.map(|t| t.text) }
-        })
-        .buffered(cfg.max_concurrent_segments.max(1))
-        .try_collect()
-        .await
-        .map_err(|e| {
-            state
-                .metrics
-                .provider_error(voxd_core::Stage::Asr, state.providers.asr.name());
-            tracing::warn!(error = %e, "transcription failed");
-            TranscribeError::new(
-                StatusCode::BAD_GATEWAY,
-                "asr_failed",
-                format!("the speech-to-text provider failed: {e}"),
-            )
-        })?;
+    let texts = transcribe_regions(
+        Arc::clone(&state.providers.asr),
+        audio.into(),
+        &regions,
+        cfg.max_concurrent_segments,
+    )
+    .await
+    .map_err(|e| {
+        state
+            .metrics
+            .provider_error(voxd_core::Stage::Asr, state.providers.asr.name());
+        tracing::warn!(error = %e, "transcription failed");
+        TranscribeError::new(
+            StatusCode::BAD_GATEWAY,
+            "asr_failed",
+            format!("the speech-to-text provider failed: {e}"),
+        )
+    })?;
     let asr_ms = ms_since(asr_started);
 
     let segments: Vec<Segment> = regions
@@ -363,6 +359,27 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> TranscribeErr
     } else {
         TranscribeError::bad("invalid_multipart", e.body_text())
     }
+}
+
+/// Transcribes each region of `audio`, at most `max_concurrent` at once; texts in region order.
+///
+/// # Errors
+/// The first provider failure.
+pub async fn transcribe_regions(
+    asr: Arc<dyn voxd_backends::Asr>,
+    audio: Arc<[i16]>,
+    regions: &[(usize, usize)],
+    max_concurrent: usize,
+) -> Result<Vec<String>, voxd_backends::ProviderError> {
+    stream::iter(regions.iter().copied())
+        .map(|(start, end)| {
+            let asr = Arc::clone(&asr);
+            let piece: Arc<[i16]> = audio[start..end].into();
+            async move { asr.transcribe(piece).await.map(|t| t.text) }
+        })
+        .buffered(max_concurrent.max(1))
+        .try_collect()
+        .await
 }
 
 /// Decodes a WAV file: 8/16/24/32-bit integer PCM or 32-bit float.
@@ -586,6 +603,51 @@ mod tests {
         );
         let d = decode_pcm(&[0, 64, 0, 192], Some("16000"), Some("2")).unwrap();
         assert_eq!(to_internal(&d).unwrap(), vec![0]);
+    }
+
+    /// An ASR that records how many calls run at once.
+    struct Counting {
+        now: std::sync::atomic::AtomicUsize,
+        max: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl voxd_backends::Asr for Counting {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        async fn transcribe(
+            &self,
+            audio: Arc<[i16]>,
+        ) -> Result<voxd_backends::Transcript, voxd_backends::ProviderError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let n = self.now.fetch_add(1, SeqCst) + 1;
+            self.max.fetch_max(n, SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            self.now.fetch_sub(1, SeqCst);
+            Ok(voxd_backends::Transcript {
+                text: format!("{}", audio.len()),
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn segments_are_transcribed_concurrently_bounded_and_in_order() {
+        let asr = Arc::new(Counting {
+            now: 0.into(),
+            max: 0.into(),
+        });
+        let audio: Arc<[i16]> = vec![0i16; 20_000].into();
+        let regions: Vec<(usize, usize)> = (0..20).map(|i| (i * 1000, i * 1000 + i + 1)).collect();
+        let started = tokio::time::Instant::now();
+        let texts = transcribe_regions(asr.clone(), audio, &regions, 8)
+            .await
+            .unwrap();
+        let expected: Vec<String> = (1..=20).map(|n: usize| n.to_string()).collect();
+        assert_eq!(texts, expected);
+        assert_eq!(asr.max.load(std::sync::atomic::Ordering::SeqCst), 8);
+        // 20 calls of 100 ms, 8 at a time: 3 rounds of (virtual, paused) time, not 20.
+        assert_eq!(started.elapsed(), std::time::Duration::from_millis(300));
     }
 
     #[test]
