@@ -9,7 +9,7 @@
 //! cargo run --example talk -- fixtures/balance.wav --out balance-answer.wav   # a tool call
 //! cargo run --example talk -- --client-vad fixtures/weather.wav               # speech_start/_end
 //! cargo run --example talk -- --fast fixtures/story.wav                       # no pacing
-//! cargo run --example talk -- --text "tell me a long story"
+//! cargo run --example talk -- --text "tell me a long story" --timeout-s 120   # 66 s of audio
 //! cargo run --example talk -- --server ws://10.0.0.5:8000/ws my-recording.wav
 //! ```
 //!
@@ -31,6 +31,7 @@
 //!   input started (the first turn the server announces), or after `--timeout-s` seconds; then
 //!   closes the socket with a close handshake, writes the received audio to `--out` as a 16-bit
 //!   mono WAV at the `output_sample_rate` announced in `ready`, and prints a one-line summary.
+//!   On a timeout, a lost connection or Ctrl-C the audio received so far is still written.
 //!
 //! Two TTFTs are shown. The server's `ttft_ms` runs from the moment *it* decided the user had
 //! finished (its VAD's decision, after the VAD hangover; a `speech_end`; a `text`) to its first
@@ -580,10 +581,11 @@ impl Talk {
             "audio_start" if ours => {
                 let rate = event.get("sample_rate").and_then(Value::as_u64);
                 if rate != Some(u64::from(self.output_rate)) {
+                    let said = rate.map_or_else(|| "no rate".to_owned(), |r| format!("{r} Hz"));
                     eprintln!(
-                        "warning: audio_start says sample_rate {rate:?}, but ready announced {} Hz; \
-                         the answer is saved at {} Hz",
-                        self.output_rate, self.output_rate
+                        "warning: audio_start says {said}, but ready announced {0} Hz; the \
+                         answer is saved at {0} Hz",
+                        self.output_rate
                     );
                 }
             }
@@ -884,21 +886,34 @@ fn summary(talk: &Talk, saved: Option<&str>) -> ExitCode {
     }
 }
 
-/// Closes the socket with a close handshake: our Close, then the server's, then the end.
+/// Closes the socket with a close handshake: our Close, then the server's Close in answer (RFC
+/// 6455, 5.5.1). A server that hangs up without answering is reported, not
+/// excused: a browser shows that as an abnormal closure (1006).
 async fn close(sink: &mut SplitSink<Ws, Message>, stream: &mut SplitStream<Ws>) {
     if let Err(e) = sink.send(Message::Close(None)).await {
         eprintln!("warning: cannot send the close frame: {e}");
         return;
     }
-    let drained = tokio::time::timeout(CLOSE_PATIENCE, async {
-        while let Some(Ok(_)) = stream.next().await {}
+    // Frames already in flight come first; then the server's Close (or how it hung up).
+    let answered = tokio::time::timeout(CLOSE_PATIENCE, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(_))) | None => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+            }
+        }
     })
     .await;
-    if drained.is_err() {
-        eprintln!(
+    match answered {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!(
+            "warning: the server did not answer our Close frame; it dropped the connection ({e})"
+        ),
+        Err(_) => eprintln!(
             "warning: the server did not finish the close handshake within {} s",
             CLOSE_PATIENCE.as_secs()
-        );
+        ),
     }
 }
 

@@ -102,6 +102,9 @@ pub struct ServerSection {
     pub retry_after_s: u32,
     /// Largest WebSocket message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// A client that takes longer than this to accept what voxd sends (its socket buffer stays
+    /// full) is disconnected, in ms.
+    pub send_timeout_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -111,6 +114,7 @@ impl Default for ServerSection {
             max_sessions: 1000,
             retry_after_s: 1,
             max_message_bytes: 1 << 20,
+            send_timeout_ms: 10_000,
         }
     }
 }
@@ -374,6 +378,12 @@ impl Config {
                 "must be at least 1024".into(),
             ));
         }
+        if !(100..=600_000).contains(&s.send_timeout_ms) {
+            return Err(invalid(
+                "server.send_timeout_ms",
+                format!("is {}; expected 100 to 600000", s.send_timeout_ms),
+            ));
+        }
         let a = &file.audio;
         if !SUPPORTED_RATES.contains(&a.output_sample_rate) {
             return Err(invalid(
@@ -403,6 +413,31 @@ impl Config {
             ));
         }
         let v = &file.vad;
+        let t = &file.turn;
+        // Upper bounds keep every duration far from overflow and every buffer small.
+        for (key, value, max) in [
+            ("vad.onset_ms", u64::from(v.onset_ms), 5_000),
+            ("vad.hangover_ms", u64::from(v.hangover_ms), 10_000),
+            ("vad.preroll_ms", v.preroll_ms, 2_000),
+            ("audio.max_tts_backlog_ms", a.max_tts_backlog_ms, 60_000),
+            ("audio.max_utterance_ms", a.max_utterance_ms, 600_000),
+            ("turn.min_interruption_ms", t.min_interruption_ms, 10_000),
+            (
+                "turn.false_interruption_timeout_ms",
+                t.false_interruption_timeout_ms,
+                60_000,
+            ),
+            ("turn.tool_filler_delay_ms", t.tool_filler_delay_ms, 60_000),
+            (
+                "turn.max_history_messages",
+                t.max_history_messages as u64,
+                10_000,
+            ),
+        ] {
+            if value > max {
+                return Err(invalid(key, format!("is {value}; the maximum is {max}")));
+            }
+        }
         if !matches!(v.frame_ms, 10 | 20 | 30) {
             return Err(invalid(
                 "vad.frame_ms",
@@ -424,7 +459,6 @@ impl Config {
                 ),
             ));
         }
-        let t = &file.turn;
         if t.min_interruption_ms == 0 {
             return Err(invalid(
                 "turn.min_interruption_ms",

@@ -40,6 +40,9 @@ use crate::sessions::Permit;
 /// the per-frame path writes no shared memory.
 const WIRE_FLUSH_MESSAGES: u64 = 256;
 
+/// How long a close handshake may take.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Provider events queued per session before providers wait. Bounded: a stalled session cannot
 /// make its providers buffer without limit; they block on `send` instead.
 const EVENT_QUEUE: usize = 64;
@@ -132,6 +135,8 @@ impl Driver {
         if tx.send(text(ready.to_json())).await.is_err() {
             return "client gone before ready";
         }
+        let send_timeout =
+            std::time::Duration::from_millis(self.app.config.file.server.send_timeout_ms);
         let far = Instant::now() + std::time::Duration::from_secs(86_400 * 365);
         let sleep = tokio::time::sleep_until(far);
         tokio::pin!(sleep);
@@ -151,7 +156,12 @@ impl Driver {
                         debug!(error = %e, "socket error");
                         break "socket error";
                     }
-                    Some(Ok(Message::Close(_))) => break "client closed",
+                    Some(Ok(Message::Close(_))) => {
+                        // Complete the closing handshake: the reply is queued by the WebSocket
+                        // layer and goes out with this flush.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, tx.close()).await;
+                        break "client closed";
+                    }
                     Some(Ok(Message::Text(t))) => {
                         self.wire.in_text += 1;
                         self.on_text(t.as_str(), &mut replies);
@@ -190,8 +200,11 @@ impl Driver {
                     return "send failed";
                 }
             }
-            if self.drain(&mut tx, replied).await.is_err() {
-                break "send failed";
+            match tokio::time::timeout(send_timeout, self.drain(&mut tx, replied)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break "send failed",
+                // The client stopped reading: its socket buffer stayed full.
+                Err(_) => break "slow consumer",
             }
             if self.wire.messages() >= WIRE_FLUSH_MESSAGES {
                 self.app.metrics.add_wire(&mut self.wire);
@@ -378,8 +391,14 @@ impl Driver {
                             .await
                             .map(|v| v.to_string())
                             .map_err(failure);
+                        // Label by registered tool only: a model can invent names without limit.
+                        let label = if app.providers.tools.get(&name).is_some() {
+                            name.as_str()
+                        } else {
+                            "unknown"
+                        };
                         app.metrics
-                            .tool_call(&name, result.is_ok(), started.elapsed());
+                            .tool_call(label, result.is_ok(), started.elapsed());
                         let _ = events
                             .send((
                                 turn,

@@ -304,3 +304,23 @@ async fn metrics_move_when_a_turn_happens() {
         ) >= 2.0
     );
 }
+
+/// The server answers a client's close frame (RFC 6455 §5.5.1), so the client sees a clean close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_gets_a_close_reply() {
+    use futures_util::SinkExt;
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    c.ws.send(Message::Close(None)).await.unwrap();
+    let mut got_close = false;
+    loop {
+        match tokio::time::timeout(PATIENCE, c.ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(_))) => got_close = true,
+            Some(Ok(_)) => {}
+            None => break,
+            Some(Err(e)) => panic!("unclean close: {e}"),
+        }
+    }
+    assert!(got_close);
+    server.stop().await;
+}

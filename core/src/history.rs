@@ -109,8 +109,17 @@ impl History {
         while cut < self.messages.len() && !matches!(self.messages[cut], ChatMessage::User(_)) {
             cut += 1;
         }
-        // Never drop the newest message, even when it is not the user's.
-        cut = cut.min(self.messages.len() - 1);
+        // Never drop the last user message: a tool round must keep the question it answers,
+        // even if that means exceeding the bound for a while.
+        if let Some(last_user) = self
+            .messages
+            .iter()
+            .rposition(|m| matches!(m, ChatMessage::User(_)))
+        {
+            cut = cut.min(last_user);
+        } else {
+            cut = 0;
+        }
         self.messages.drain(..cut);
     }
 }
@@ -136,6 +145,27 @@ mod tests {
         h.push_user("hi");
         h.push_assistant_text("  ");
         assert_eq!(h.messages().len(), 1);
+    }
+
+    #[test]
+    fn trimming_keeps_the_question_of_a_tool_round() {
+        let mut h = History::new(2);
+        h.push_user("check my balance");
+        h.push_tool_round(
+            vec![ToolCall {
+                id: "c1".into(),
+                name: "check_balance".into(),
+                arguments: "{}".into(),
+            }],
+            vec![("c1".into(), "{}".into())],
+        );
+        assert!(
+            matches!(h.messages()[0], ChatMessage::User(_)),
+            "{:?}",
+            h.messages()
+        );
+        h.push_user("thanks");
+        assert_eq!(h.messages(), &[ChatMessage::User("thanks".into())]);
     }
 
     #[test]

@@ -551,14 +551,34 @@ impl Response {
 
     /// The text heard up to playback position `played`: whole sentences, and the part of the
     /// current one in proportion to its audio, cut back to a word boundary.
-    fn heard_text(&self, played: u64, include_filler: bool) -> String {
+    ///
+    /// A sentence still being synthesized has no known end yet: its length is estimated from the
+    /// speaking rate of the finished sentences (`fallback_samples_per_char` before there is one),
+    /// so a barge-in early in a long sentence does not count words that were never spoken.
+    fn heard_text(
+        &self,
+        played: u64,
+        include_filler: bool,
+        fallback_samples_per_char: f64,
+    ) -> String {
+        let (samples, chars) = self
+            .sentences
+            .iter()
+            .filter_map(|s| s.end.map(|e| (e - s.start, s.text.chars().count() as u64)))
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+        let samples_per_char = if chars > 0 {
+            samples as f64 / chars as f64
+        } else {
+            fallback_samples_per_char
+        };
         let mut out = String::new();
         // Only sentences handed to TTS have audio (and a position); the rest were never heard.
         for s in &self.sentences[..self.next_tts] {
             if s.start >= played {
                 break;
             }
-            let end = s.end.unwrap_or(self.produced);
+            let estimated = s.start + (s.text.chars().count() as f64 * samples_per_char) as u64;
+            let end = s.end.unwrap_or(self.produced.max(estimated));
             let part = if played >= end {
                 s.text.as_str()
             } else {
@@ -611,6 +631,9 @@ pub struct Session {
     vad_events: Vec<VadEvent>,
     frame_samples: u64,
     lead_samples: u64,
+    /// A typical speaking rate (14 characters a second) at the output rate, to estimate the
+    /// length of a sentence before its synthesis is finished.
+    samples_per_char: f64,
 }
 
 impl std::fmt::Debug for Session {
@@ -650,6 +673,7 @@ impl Session {
             vad_events: Vec::with_capacity(4),
             frame_samples,
             lead_samples,
+            samples_per_char: f64::from(cfg.output_rate.hz()) / 14.0,
             cfg,
         }
     }
@@ -678,7 +702,7 @@ impl Session {
             }
             if r.audio_started && !r.held {
                 let frame_ready = r.pending.len() as u64 / 2 >= self.frame_samples
-                    || (r.all_produced() && !r.pending.is_empty());
+                    || (r.tts_active.is_none() && !r.pending.is_empty());
                 if frame_ready {
                     // The next frame is due when the clock is within the lead of its end.
                     let due = (r.sent + self.frame_samples).saturating_sub(self.lead_samples);
@@ -831,24 +855,37 @@ impl Session {
             }
             self.sync_hold(now);
         }
+        let rate = self.cfg.output_rate;
         if let Some(r) = &mut self.response {
             if r.filler_at.is_some_and(|t| now >= t) && !r.filler_spoken {
                 r.filler_at = None;
-                let silent = r.next_tts == r.sentences.len()
-                    && r.tts_active.is_none()
-                    && r.pending.is_empty()
-                    && (!r.audio_started || r.play.played >= r.produced);
-                if !r.tools.is_empty() && silent {
-                    r.filler_spoken = true;
-                    let text = self.cfg.filler_phrase.clone();
-                    r.sentences.push(Sentence {
-                        text: text.clone(),
-                        filler: true,
-                        start: 0,
-                        end: None,
-                    });
-                    let turn = r.turn;
-                    self.emit(Event::ResponseText { turn, text });
+                if !r.tools.is_empty() {
+                    r.play.advance(now, r.sent, rate);
+                    let silent = r.next_tts == r.sentences.len()
+                        && r.tts_active.is_none()
+                        && r.pending.is_empty()
+                        && (!r.audio_started || r.play.played >= r.produced);
+                    if silent {
+                        r.filler_spoken = true;
+                        let text = self.cfg.filler_phrase.clone();
+                        r.sentences.push(Sentence {
+                            text: text.clone(),
+                            filler: true,
+                            start: 0,
+                            end: None,
+                        });
+                        let turn = r.turn;
+                        self.emit(Event::ResponseText { turn, text });
+                    } else {
+                        // The bot is still speaking: the filler waits until it stops, if the
+                        // tool is still running then.
+                        let later = now + Duration::from_millis(100);
+                        r.filler_at = Some(
+                            r.play
+                                .time_of(r.produced, rate)
+                                .map_or(later, |t| t.max(later)),
+                        );
+                    }
                 }
             }
         }
@@ -1090,12 +1127,12 @@ impl Session {
             self.carry_audio.extend_from_slice(&audio);
         } else {
             self.history
-                .push_assistant_text(&r.heard_text(played, false));
+                .push_assistant_text(&r.heard_text(played, false, self.samples_per_char));
         }
         self.emit(Event::Interrupted {
             turn: r.turn,
             played_ms: self.cfg.output_rate.ms_of(played),
-            heard_text: r.heard_text(played, true),
+            heard_text: r.heard_text(played, true, self.samples_per_char),
         });
         self.finish(now, r, ResponseStatus::Interrupted, None);
     }
@@ -1107,7 +1144,7 @@ impl Session {
         self.outputs.push_back(Output::CancelTurn(r.turn));
         // The client plays out what it was sent; that much was heard.
         self.history
-            .push_assistant_text(&r.heard_text(r.sent, false));
+            .push_assistant_text(&r.heard_text(r.sent, false, self.samples_per_char));
         r.asr_audio = None;
         self.emit(Event::ProviderError {
             turn: r.turn,
@@ -1172,9 +1209,13 @@ impl Session {
                     self.add_sentence(s);
                 }
             }
-            ProviderEvent::LlmToolCall(call) => {
+            ProviderEvent::LlmToolCall(mut call) => {
                 if !r.llm_active {
                     return;
+                }
+                // Results are matched by id: give a missing or repeated id a unique one.
+                if call.id.is_empty() || r.tools.iter().any(|t| t.call.id == call.id) {
+                    call.id = format!("call_{}_{}_{}", turn.0, r.tool_rounds, r.tools.len());
                 }
                 r.timings.llm_first_token.get_or_insert(now);
                 r.stage = Stage::Tool;
@@ -1328,10 +1369,50 @@ impl Session {
         let lead = self.lead_samples;
         let Some(r) = &mut self.response else { return };
         let turn = r.turn;
+        let all_produced = r.all_produced();
 
+        if !r.held {
+            if !r.audio_started && !r.pending.is_empty() {
+                r.audio_started = true;
+                r.timings.first_audio_sent = Some(now);
+                r.play.run(now);
+                let ttft = r
+                    .timings
+                    .speech_end
+                    .map_or(Duration::ZERO, |t| now.saturating_since(t));
+                self.outputs.push_back(Output::Event(Event::AudioStart {
+                    turn,
+                    sample_rate: rate,
+                    ttft,
+                }));
+            }
+            if r.audio_started {
+                r.play.advance(now, r.sent, rate);
+                loop {
+                    let available = r.pending.len() as u64 / 2;
+                    // A short last frame goes out once no synthesis is in flight: the tail of a
+                    // sentence must not wait for a next one that may be a tool call away.
+                    let n = if available >= frame {
+                        frame
+                    } else if r.tts_active.is_none() && available > 0 {
+                        available
+                    } else {
+                        break;
+                    };
+                    if r.sent + n > r.play.played + lead {
+                        break;
+                    }
+                    let pcm = r.pending.split_to(n as usize * 2).freeze();
+                    r.sent += n;
+                    self.outputs.push_back(Output::Audio { turn, pcm });
+                }
+            }
+        }
+
+        // After sending, so that audio sent just now makes room in the backlog.
         if r.tts_active.is_none()
             && r.next_tts < r.sentences.len()
-            && (r.pending.len() as u64 / 2) < backlog_limit
+            && (r.pending.is_empty() || (r.pending.len() as u64 / 2) < backlog_limit)
         {
             let seq = r.next_tts;
             r.next_tts += 1;
@@ -1344,50 +1425,16 @@ impl Session {
             });
         }
 
-        if r.held {
-            return;
-        }
-        let all_produced = r.all_produced();
-        if !r.audio_started && !r.pending.is_empty() {
-            r.audio_started = true;
-            r.timings.first_audio_sent = Some(now);
-            r.play.run(now);
-            let ttft = r
-                .timings
-                .speech_end
-                .map_or(Duration::ZERO, |t| now.saturating_since(t));
-            self.outputs.push_back(Output::Event(Event::AudioStart {
-                turn,
-                sample_rate: rate,
-                ttft,
-            }));
-        }
-        if r.audio_started {
-            r.play.advance(now, r.sent, rate);
-            loop {
-                let available = r.pending.len() as u64 / 2;
-                let n = if available >= frame {
-                    frame
-                } else if all_produced && available > 0 {
-                    available
-                } else {
-                    break;
-                };
-                if r.sent + n > r.play.played + lead {
-                    break;
-                }
-                let pcm = r.pending.split_to(n as usize * 2).freeze();
-                r.sent += n;
-                self.outputs.push_back(Output::Audio { turn, pcm });
-            }
-        }
         let heard_all = r.audio_started && r.play.played >= r.produced;
-        if all_produced && r.pending.is_empty() && (heard_all || r.produced == 0) {
+        if !r.held && all_produced && r.pending.is_empty() && (heard_all || r.produced == 0) {
             let Some(r) = self.response.take() else {
                 return;
             };
-            self.history
-                .push_assistant_text(&r.heard_text(r.produced, false));
+            self.history.push_assistant_text(&r.heard_text(
+                r.produced,
+                false,
+                self.samples_per_char,
+            ));
             self.finish(now, r, ResponseStatus::Completed, None);
         }
     }

@@ -42,8 +42,9 @@ impl Time {
 
 impl Add<Duration> for Time {
     type Output = Time;
+    /// Saturates: a time too far away to represent is "never".
     fn add(self, rhs: Duration) -> Time {
-        Time(self.0 + rhs)
+        Time(self.0.saturating_add(rhs))
     }
 }
 

@@ -51,6 +51,12 @@ struct Sim {
     asr_ms: u64,
     tool_ms: u64,
     llm_fails: bool,
+    /// Text the LLM says before a tool call.
+    preamble: &'static str,
+    /// Every tool call of a round gets the same id.
+    same_ids: bool,
+    /// TTS chunks arrive at real time instead of 10x faster.
+    tts_realtime: bool,
     // Invariant state.
     paused: HashSet<TurnId>,
     interrupted: HashSet<TurnId>,
@@ -78,6 +84,9 @@ impl Sim {
             asr_ms: ASR_MS,
             tool_ms: TOOL_MS,
             llm_fails: false,
+            preamble: "",
+            same_ids: false,
+            tts_realtime: false,
             paused: HashSet::new(),
             interrupted: HashSet::new(),
             done: HashMap::new(),
@@ -170,13 +179,26 @@ impl Sim {
         let reply = match messages.last() {
             Some(ChatMessage::Tool { .. }) => "Your balance is 1,234.56 dollars. Anything else?",
             Some(ChatMessage::User(u)) if u.contains("balance") => {
-                let call = ToolCall {
-                    id: format!("call_{turn}"),
-                    name: "check_balance".into(),
-                    arguments: "{}".into(),
-                };
-                self.schedule(start, turn, ProviderEvent::LlmToolCall(call));
-                self.schedule(start, turn, ProviderEvent::LlmDone);
+                let mut at = start;
+                for word in self.preamble.split_inclusive(' ') {
+                    self.schedule(at, turn, ProviderEvent::LlmToken(word.to_owned()));
+                    at = at + Duration::from_millis(TOKEN_MS);
+                }
+                let calls = if self.same_ids { 2 } else { 1 };
+                for i in 0..calls {
+                    let id = if self.same_ids {
+                        "c1".to_owned()
+                    } else {
+                        format!("call_{turn}_{i}")
+                    };
+                    let call = ToolCall {
+                        id,
+                        name: "check_balance".into(),
+                        arguments: "{}".into(),
+                    };
+                    self.schedule(at, turn, ProviderEvent::LlmToolCall(call));
+                }
+                self.schedule(at, turn, ProviderEvent::LlmDone);
                 return;
             }
             Some(ChatMessage::User(u)) if u.contains("story") => STORY,
@@ -205,7 +227,12 @@ impl Sim {
                 .map(|k| ((seq as usize * 7919 + k) % 30000) as i16 + 1)
                 .collect();
             self.schedule(at, turn, ProviderEvent::TtsAudio { seq, samples });
-            at = at + Duration::from_millis(TTS_CHUNK_MS / 10);
+            at = at
+                + Duration::from_millis(if self.tts_realtime {
+                    TTS_CHUNK_MS
+                } else {
+                    TTS_CHUNK_MS / 10
+                });
             i += n;
         }
         self.schedule(at, turn, ProviderEvent::TtsDone { seq });
@@ -475,6 +502,82 @@ fn a_slow_tool_gets_a_filler_that_is_heard_but_not_in_history() {
     assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
     let last = sim.s.history().last().unwrap();
     assert!(matches!(last, ChatMessage::Assistant { text, .. } if !text.contains("One moment")));
+}
+
+#[test]
+fn a_filler_waits_for_the_bot_to_finish_what_it_was_saying() {
+    let mut sim = Sim::new();
+    sim.preamble = "Let me check that for you. ";
+    sim.tool_ms = 5000;
+    sim.say(3000);
+    sim.settle();
+    let texts: Vec<String> = sim
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ResponseText { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts[0], "Let me check that for you.");
+    assert_eq!(texts[1], "One moment while I check that.");
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    // The filler starts only once the preamble has been heard.
+    let preamble_ms = expected_samples("Let me check that for you.") as u64 / 16;
+    let first = sim.first_at(|o| matches!(o, Output::Audio { .. })).unwrap();
+    let filler = sim
+        .first_at(|o| matches!(o, Output::StartTts { seq: 1, .. }))
+        .unwrap();
+    assert!(filler >= first + Duration::from_millis(preamble_ms));
+}
+
+#[test]
+fn repeated_tool_call_ids_do_not_hang_the_turn() {
+    let mut sim = Sim::new();
+    sim.same_ids = true;
+    sim.say(3000);
+    sim.settle();
+    let results = sim
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::ToolResult { .. }))
+        .count();
+    assert_eq!(results, 2);
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+}
+
+#[test]
+fn a_zero_tts_backlog_still_speaks() {
+    let mut sim = Sim::with(SessionConfig {
+        vad: None,
+        max_tts_backlog: Duration::ZERO,
+        ..SessionConfig::default()
+    });
+    sim.text("weather");
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    assert_eq!(sim.audio_of(TurnId(1)).len(), expected_samples(WEATHER) * 2);
+}
+
+#[test]
+fn heard_text_of_a_sentence_still_being_synthesized_follows_the_clock() {
+    let mut sim = Sim::new();
+    sim.tts_realtime = true;
+    sim.text("tell me a story");
+    sim.run_ms(400);
+    let first = sim.first_at(|o| matches!(o, Output::Audio { .. })).unwrap();
+    sim.run_until(first + Duration::from_millis(800));
+    sim.text("stop");
+    let heard = sim
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Interrupted { heard_text, .. } => Some(heard_text.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // 0.8 s of "Once upon a time there was a lighthouse." (40 characters at 14 a second).
+    assert_eq!(heard, "Once upon a");
 }
 
 #[test]
@@ -749,7 +852,7 @@ fn barge_in_during_a_tool_call_cancels_the_tool() {
         .s
         .history()
         .iter()
-        .all(|m| !matches!(m, ChatMessage::Tool { call_id, .. } if call_id == "call_1")));
+        .all(|m| !matches!(m, ChatMessage::Tool { call_id, .. } if call_id == "call_1_0")));
     assert!(sim
         .s
         .history()
