@@ -43,6 +43,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Load-test a voxd server: thousands of real-time voice sessions from one core.
+    Bench {
+        #[command(flatten)]
+        args: Box<voxd_bench::BenchArgs>,
+        /// Worker threads of the load tool (1: a single core).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
     /// Validate a config file and exit: 0 when valid, 1 with a message naming the bad key.
     CheckConfig {
         /// The file. Default: ./config.toml.
@@ -73,6 +81,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench { args, threads } => run_bench(&args, threads),
         Command::Serve {
             config,
             listen,
@@ -99,6 +108,60 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn run_bench(args: &voxd_bench::BenchArgs, threads: usize) -> ExitCode {
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(voxd_bench::run(args)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}", report.table());
+    let written = args
+        .json
+        .as_deref()
+        .map(|p| report.write_json(p))
+        .transpose()
+        .and_then(|_| args.csv.as_deref().map(|p| report.write_csv(p)).transpose());
+    if let Err(e) = written {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(f) = &args.fail_if {
+        match report.violations(f) {
+            Ok(v) if v.is_empty() => {}
+            Ok(v) => {
+                for c in v {
+                    eprintln!("fail-if: {c}");
+                }
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(format: LogFormat) {

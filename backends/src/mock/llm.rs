@@ -291,14 +291,15 @@ impl Llm for MockLlm {
             }
         };
         // No task: the delays are slept while the consumer polls, so dropping the stream
-        // cancels the reply wherever it is.
-        let state = (events.into_iter(), self.first_token, self.token_interval);
-        stream::unfold(state, |(mut events, delay, interval)| async move {
+        // cancels the reply wherever it is. Each token is due at an absolute time (the request
+        // plus `first_token_ms` plus k × `token_interval_ms`), so timer rounding never adds up
+        // over a long reply.
+        let due = tokio::time::Instant::now() + self.first_token;
+        let state = (events.into_iter(), due, self.token_interval);
+        stream::unfold(state, |(mut events, due, interval)| async move {
             let event = events.next()?;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            Some((event, (events, interval, interval)))
+            tokio::time::sleep_until(due).await;
+            Some((event, (events, due + interval, interval)))
         })
         .boxed()
     }

@@ -176,7 +176,8 @@ struct Synthesis {
     voice: Voice,
     next: u64,
     chunk: u64,
-    delay: Duration,
+    /// When the next chunk is due.
+    due: tokio::time::Instant,
     interval: Duration,
     fail: bool,
 }
@@ -203,7 +204,7 @@ impl Tts for MockTts {
             voice,
             next: 0,
             chunk: rate.samples_in_ms(self.chunk_ms).max(1),
-            delay: self.first_audio,
+            due: tokio::time::Instant::now() + self.first_audio,
             interval: self.interval,
             fail: voice.total > 0 && inject_failure(self.failure_rate),
         };
@@ -214,9 +215,8 @@ impl Tts for MockTts {
             if s.next >= s.voice.total {
                 return None;
             }
-            if !s.delay.is_zero() {
-                tokio::time::sleep(s.delay).await;
-            }
+            // Chunks are due at absolute times, so timer rounding does not accumulate.
+            tokio::time::sleep_until(s.due).await;
             if s.fail {
                 let err = ProviderError::Failed {
                     provider: PROVIDER_NAME.to_owned(),
@@ -227,7 +227,7 @@ impl Tts for MockTts {
             let end = (s.next + s.chunk).min(s.voice.total);
             let samples = s.voice.chunk(s.next, end);
             s.next = end;
-            s.delay = s.interval;
+            s.due += s.interval;
             Some((Ok(samples), Some(s)))
         })
         .boxed()

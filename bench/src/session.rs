@@ -1,0 +1,559 @@
+//! One simulated caller: a WebSocket client that streams its microphone in real time (one 20 ms
+//! frame per tick of the shared ticker) and plays the four scenarios of a classic voice-bot load
+//! test, measuring each turn.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Bytes in one 20 ms frame of 16 kHz PCM16.
+pub const FRAME_BYTES: usize = 640;
+
+/// A scenario of the classic voice-bot load test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scenario {
+    /// A 2 s query; wait for the whole answer.
+    Simple,
+    /// A 3 s query that makes the bot call a tool.
+    Tools,
+    /// Barge in 0.3–0.8 s after the first audio with 1.5 s of speech; a new answer follows.
+    Interruption,
+    /// `speech_start`, 300 ms, `speech_end` while the bot speaks; it must resume.
+    FalseAlarm,
+}
+
+impl Scenario {
+    /// All scenarios, in report order.
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Simple,
+        Scenario::Tools,
+        Scenario::Interruption,
+        Scenario::FalseAlarm,
+    ];
+
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Simple => "simple",
+            Scenario::Tools => "tools",
+            Scenario::Interruption => "interruption",
+            Scenario::FalseAlarm => "false_alarm",
+        }
+    }
+}
+
+/// The audio a caller speaks: silence with explicit signals, or committed speech for server VAD.
+#[derive(Debug, Clone)]
+pub struct Voice {
+    /// Real speech and server VAD (no `speech_start`/`speech_end`).
+    pub server_vad: bool,
+    /// Frames of each utterance.
+    pub query: Arc<[Bytes]>,
+    pub tool_query: Arc<[Bytes]>,
+    pub interrupt: Arc<[Bytes]>,
+    pub backchannel: Arc<[Bytes]>,
+    /// One frame of silence.
+    pub silence: Bytes,
+}
+
+fn frames(pcm: &[u8]) -> Arc<[Bytes]> {
+    let all = Bytes::copy_from_slice(pcm);
+    (0..all.len())
+        .step_by(FRAME_BYTES)
+        .map(|i| all.slice(i..(i + FRAME_BYTES).min(all.len())))
+        .collect()
+}
+
+/// The PCM of a committed fixture (plain 44-byte header), without its trailing silence: the
+/// speech ends where the audio ends, so TTFT counts from the real end of speech.
+fn wav_pcm(wav: &[u8]) -> &[u8] {
+    let pcm = &wav[44..];
+    let last = pcm
+        .chunks_exact(2)
+        .rposition(|s| s != [0, 0])
+        .map_or(0, |i| (i + 1) * 2);
+    &pcm[..last]
+}
+
+impl Voice {
+    /// The voice for explicit signals (silence, as the classic load test sends) or server VAD
+    /// (the committed espeak-ng fixtures, embedded in the binary).
+    pub fn new(server_vad: bool) -> Voice {
+        let silence = |ms: usize| vec![0u8; ms * 32];
+        if server_vad {
+            Voice {
+                server_vad,
+                query: frames(wav_pcm(include_bytes!("../../fixtures/weather.wav"))),
+                tool_query: frames(wav_pcm(include_bytes!("../../fixtures/balance.wav"))),
+                interrupt: frames(wav_pcm(include_bytes!("../../fixtures/interrupt.wav"))),
+                backchannel: frames(wav_pcm(include_bytes!("../../fixtures/mhm.wav"))),
+                silence: Bytes::from(silence(20)),
+            }
+        } else {
+            Voice {
+                server_vad,
+                query: frames(&silence(2000)),
+                tool_query: frames(&silence(3000)),
+                interrupt: frames(&silence(1500)),
+                backchannel: frames(&silence(300)),
+                silence: Bytes::from(silence(20)),
+            }
+        }
+    }
+}
+
+/// What one turn measured.
+#[derive(Debug, Clone, Default)]
+pub struct TurnResult {
+    /// Failure reason, if it failed.
+    pub error: Option<String>,
+    /// End of the user's speech to the first audio byte.
+    pub ttft: Option<Duration>,
+    /// End of the user's speech to `response_done`.
+    pub total: Option<Duration>,
+    /// `ttft_ms` from `response_done`.
+    pub server_ttft_ms: Option<f64>,
+    /// Client TTFT minus the pipeline's minimum (simple queries with a known mock config).
+    pub overhead_ms: Option<f64>,
+    /// Barge-in signal (or first speech frame) to `playback_paused`.
+    pub barge_in: Option<Duration>,
+    /// After an interruption: end of the new speech to the new answer's first audio.
+    pub recovery_ttft: Option<Duration>,
+}
+
+/// Why a session stopped.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// It could not connect.
+    Connect(String),
+    /// The connection broke mid-way.
+    Broken(String),
+}
+
+/// A connected caller.
+pub struct Caller {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ticks: watch::Receiver<u64>,
+    last_tick: u64,
+    voice: Voice,
+    /// What the caller is saying now.
+    speech: Option<Utterance>,
+    speech_ended_at: Option<Instant>,
+    speech_started_at: Option<Instant>,
+    timeout: Duration,
+}
+
+/// An utterance being spoken: its frames, the next one, and the control message to send after
+/// the last one.
+struct Utterance {
+    frames: Arc<[Bytes]>,
+    next: usize,
+    after: Option<&'static str>,
+}
+
+/// What one step of the caller brought.
+enum Step {
+    Tick,
+    Event(Value),
+    Audio(usize),
+}
+
+impl Caller {
+    /// Connects and waits for `ready`; returns the caller and the connect time.
+    ///
+    /// # Errors
+    /// A message saying why the connection failed.
+    pub async fn connect(
+        url: &str,
+        ticks: watch::Receiver<u64>,
+        voice: Voice,
+        timeout: Duration,
+    ) -> Result<(Caller, Duration), String> {
+        let started = Instant::now();
+        let (ws, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => format!("HTTP {}", r.status()),
+                e => format!("connect: {e}"),
+            })?;
+        if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+            let _ = tcp.set_nodelay(true);
+        }
+        let last_tick = *ticks.borrow();
+        let mut caller = Caller {
+            ws,
+            ticks,
+            last_tick,
+            voice,
+            speech: None,
+            speech_ended_at: None,
+            speech_started_at: None,
+            timeout,
+        };
+        let connect = loop {
+            match caller.step().await? {
+                Step::Event(v) if v["type"] == "ready" => break started.elapsed(),
+                _ => {}
+            }
+        };
+        Ok((caller, connect))
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
+    }
+
+    /// Waits for a tick (then sends this tick's frames) or a message from the server.
+    async fn step(&mut self) -> Result<Step, String> {
+        tokio::select! {
+            changed = self.ticks.changed() => {
+                changed.map_err(|_| "ticker stopped".to_owned())?;
+                let now = *self.ticks.borrow_and_update();
+                // A late wake-up sends the frames it missed: the microphone runs in real time.
+                let due = (now - self.last_tick).min(10);
+                self.last_tick = now;
+                for _ in 0..due {
+                    self.send_frame().await?;
+                }
+                Ok(Step::Tick)
+            }
+            msg = self.ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str())
+                    .map(Step::Event)
+                    .map_err(|e| format!("bad JSON from server: {e}")),
+                Some(Ok(Message::Binary(b))) => Ok(Step::Audio(b.len())),
+                Some(Ok(Message::Close(f))) => Err(format!("server closed: {f:?}")),
+                Some(Ok(_)) => Ok(Step::Tick),
+                Some(Err(e)) => Err(format!("socket: {e}")),
+                None => Err("server closed the connection".to_owned()),
+            }
+        }
+    }
+
+    async fn send_frame(&mut self) -> Result<(), String> {
+        let frame = match &mut self.speech {
+            Some(u) => {
+                let f = u.frames[u.next].clone();
+                u.next += 1;
+                if u.next == u.frames.len() {
+                    let after = u.after;
+                    self.speech = None;
+                    self.send_frame_bytes(f).await?;
+                    if let Some(msg) = after {
+                        self.send_text(msg).await?;
+                    }
+                    self.speech_ended_at = Some(Instant::now());
+                    return Ok(());
+                }
+                f
+            }
+            None => self.voice.silence.clone(),
+        };
+        self.send_frame_bytes(frame).await
+    }
+
+    async fn send_frame_bytes(&mut self, f: Bytes) -> Result<(), String> {
+        self.ws
+            .send(Message::Binary(f))
+            .await
+            .map_err(|e| format!("send: {e}"))
+    }
+
+    async fn send_text(&mut self, t: &'static str) -> Result<(), String> {
+        self.ws
+            .send(Message::Text(t.into()))
+            .await
+            .map_err(|e| format!("send: {e}"))
+    }
+
+    /// Starts speaking `frames` from the next tick; with explicit signals, `speech_start` now and
+    /// `speech_end` after the last frame.
+    async fn speak(&mut self, frames: Arc<[Bytes]>) -> Result<(), String> {
+        let explicit = !self.voice.server_vad;
+        if explicit {
+            self.send_text(r#"{"type":"speech_start"}"#).await?;
+        }
+        self.speech_started_at = Some(Instant::now());
+        self.speech_ended_at = None;
+        self.speech = Some(Utterance {
+            frames,
+            next: 0,
+            after: explicit.then_some(r#"{"type":"speech_end"}"#),
+        });
+        Ok(())
+    }
+
+    /// Plays one scenario and measures it. `Err` means the connection broke.
+    ///
+    /// # Errors
+    /// When the connection breaks; the turn's own failures are in `TurnResult::error`.
+    pub async fn play(
+        &mut self,
+        scenario: Scenario,
+        rng: &mut fastrand::Rng,
+        minimum: Option<crate::PipelineMinimum>,
+    ) -> Result<TurnResult, String> {
+        let mut t = TurnResult::default();
+        let deadline = Instant::now()
+            + match scenario {
+                Scenario::Tools => self.timeout * 3,
+                _ => self.timeout,
+            };
+        let query = match scenario {
+            Scenario::Tools => self.voice.tool_query.clone(),
+            _ => self.voice.query.clone(),
+        };
+        self.speak(query).await?;
+        let mut w = Watch::default();
+        // Phase 1: the answer starts.
+        let outcome = self
+            .until(deadline, &mut w, |w| {
+                w.first_audio.is_some() || w.done.is_some()
+            })
+            .await?;
+        if let Some(e) = outcome {
+            t.error = Some(e);
+            return Ok(t);
+        }
+        let end = self.speech_ended_at.unwrap_or_else(Instant::now);
+        t.ttft = w.first_audio.map(|a| a.saturating_duration_since(end));
+        match scenario {
+            Scenario::Simple | Scenario::Tools => {
+                if let Some(e) = self.until(deadline, &mut w, |w| w.done.is_some()).await? {
+                    t.error = Some(e);
+                    return Ok(t);
+                }
+                let done = w.done.clone().unwrap_or_default();
+                t.total = w.done_at.map(|d| d.saturating_duration_since(end));
+                t.server_ttft_ms = done["ttft_ms"].as_f64();
+                if done["status"] != "completed" {
+                    t.error = Some(format!("response {}", done["status"]));
+                } else if scenario == Scenario::Tools && !w.tool_called {
+                    t.error = Some("no tool_call".to_owned());
+                } else if scenario == Scenario::Simple {
+                    let min = w
+                        .first_sentence
+                        .as_deref()
+                        .and_then(|first| minimum.map(|m| m.ttft_ms(first, w.sentences > 1)));
+                    if let (Some(ttft), Some(min)) = (t.ttft, min) {
+                        t.overhead_ms = Some(ttft.as_secs_f64() * 1000.0 - min);
+                    }
+                }
+            }
+            Scenario::Interruption | Scenario::FalseAlarm => {
+                // Let the answer play for 0.3–0.8 s, then barge in.
+                let wait = Duration::from_millis(rng.u64(300..=800));
+                let at = Instant::now() + wait;
+                if let Some(e) = self
+                    .until(at.min(deadline), &mut w, |w| w.done.is_some())
+                    .await?
+                {
+                    if Instant::now() < at {
+                        t.error = Some(e);
+                        return Ok(t);
+                    }
+                }
+                if w.done.is_some() {
+                    t.error = Some("the answer ended before the barge-in".to_owned());
+                    return Ok(t);
+                }
+                let frames = if scenario == Scenario::Interruption {
+                    self.voice.interrupt.clone()
+                } else {
+                    self.voice.backchannel.clone()
+                };
+                w.barge_in_sent = true;
+                self.speak(frames).await?;
+                let barge_at = self.speech_started_at.unwrap_or_else(Instant::now);
+                if scenario == Scenario::Interruption {
+                    let turn = w.turn;
+                    let r = self
+                        .until(deadline, &mut w, |w| {
+                            w.done_turns.iter().any(|(id, _)| Some(*id) != turn)
+                                || w.done_turns.len() >= 2
+                        })
+                        .await?;
+                    if let Some(e) = r {
+                        t.error = Some(e);
+                        return Ok(t);
+                    }
+                    t.barge_in = w.paused_at.map(|p| p.saturating_duration_since(barge_at));
+                    let second_end = self.speech_ended_at.unwrap_or(barge_at);
+                    t.recovery_ttft = w
+                        .second_audio
+                        .map(|a| a.saturating_duration_since(second_end));
+                    t.total = w.done_at.map(|d| d.saturating_duration_since(end));
+                    let first_status = w.done_turns.first().map(|(_, s)| s.as_str());
+                    let last_status = w.done_turns.last().map(|(_, s)| s.as_str());
+                    let stale = w.stale_audio + w.audio_while_paused;
+                    if !w.interrupted {
+                        t.error = Some("no interrupted event".to_owned());
+                    } else if stale > 0 {
+                        t.error = Some(format!(
+                            "{stale} bytes of stale audio after playback_paused"
+                        ));
+                    } else if first_status != Some("interrupted")
+                        || last_status != Some("completed")
+                    {
+                        t.error = Some(format!("statuses {first_status:?} then {last_status:?}"));
+                    }
+                } else {
+                    if let Some(e) = self.until(deadline, &mut w, |w| w.done.is_some()).await? {
+                        t.error = Some(e);
+                        return Ok(t);
+                    }
+                    let done = w.done.clone().unwrap_or_default();
+                    t.barge_in = w.paused_at.map(|p| p.saturating_duration_since(barge_at));
+                    t.total = w.done_at.map(|d| d.saturating_duration_since(end));
+                    t.server_ttft_ms = done["ttft_ms"].as_f64();
+                    let expected = done["audio_ms"].as_f64().unwrap_or(0.0) * 32.0;
+                    if w.paused_at.is_none() {
+                        t.error = Some("no playback_paused".to_owned());
+                    } else if !w.resumed {
+                        t.error = Some("no playback_resumed".to_owned());
+                    } else if w.audio_while_paused > 0 {
+                        t.error = Some(format!(
+                            "{} bytes of audio while paused",
+                            w.audio_while_paused
+                        ));
+                    } else if done["status"] != "completed" {
+                        t.error = Some(format!("response {}", done["status"]));
+                    } else if (w.audio_bytes as f64 - expected).abs() > 2.0 {
+                        t.error = Some(format!(
+                            "incomplete answer after resume: {} of {expected} bytes",
+                            w.audio_bytes
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Steps until `cond` holds (`Ok(None)`), the deadline passes or the server reports an
+    /// error (`Ok(Some(reason))`), or the connection breaks (`Err`).
+    async fn until(
+        &mut self,
+        deadline: Instant,
+        w: &mut Watch,
+        cond: impl Fn(&Watch) -> bool,
+    ) -> Result<Option<String>, String> {
+        while !cond(w) {
+            if Instant::now() >= deadline {
+                return Ok(Some("timed out".to_owned()));
+            }
+            let step = tokio::time::timeout_at(deadline.into(), self.step()).await;
+            match step {
+                Err(_) => return Ok(Some("timed out".to_owned())),
+                Ok(step) => {
+                    if let Some(e) = w.see(step?) {
+                        return Ok(Some(e));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// What a turn has seen so far.
+#[derive(Debug, Default)]
+struct Watch {
+    turn: Option<u64>,
+    first_sentence: Option<String>,
+    sentences: usize,
+    first_audio: Option<Instant>,
+    second_audio: Option<Instant>,
+    audio_bytes: usize,
+    tool_called: bool,
+    barge_in_sent: bool,
+    paused: bool,
+    paused_at: Option<Instant>,
+    resumed: bool,
+    interrupted: bool,
+    audio_while_paused: usize,
+    stale_audio: usize,
+    done: Option<Value>,
+    done_at: Option<Instant>,
+    done_turns: Vec<(u64, String)>,
+}
+
+impl Watch {
+    /// Takes in one step; returns a failure reason for a fatal server error.
+    fn see(&mut self, step: Step) -> Option<String> {
+        match step {
+            Step::Tick => {}
+            Step::Audio(n) => {
+                let now = Instant::now();
+                if self.interrupted && self.done_turns.len() == 1 {
+                    self.second_audio.get_or_insert(now);
+                } else {
+                    self.first_audio.get_or_insert(now);
+                    if self.paused {
+                        if self.interrupted {
+                            self.stale_audio += n;
+                        } else {
+                            self.audio_while_paused += n;
+                        }
+                    } else {
+                        self.audio_bytes += n;
+                    }
+                }
+            }
+            Step::Event(v) => {
+                let ty = v["type"].as_str().unwrap_or("");
+                match ty {
+                    "transcript" if !self.barge_in_sent => {
+                        self.turn = v["turn_id"].as_u64();
+                    }
+                    "response_text" if Some(v["turn_id"].as_u64().unwrap_or(0)) == self.turn => {
+                        if self.first_sentence.is_none() {
+                            self.first_sentence = v["text"].as_str().map(str::to_owned);
+                        }
+                        self.sentences += 1;
+                    }
+                    "tool_call" => self.tool_called = true,
+                    "playback_paused" => {
+                        self.paused = true;
+                        self.paused_at.get_or_insert_with(Instant::now);
+                    }
+                    "playback_resumed" => {
+                        self.paused = false;
+                        self.resumed = true;
+                    }
+                    "interrupted" => self.interrupted = true,
+                    "response_done" => {
+                        let id = v["turn_id"].as_u64().unwrap_or(0);
+                        let status = v["status"].as_str().unwrap_or("").to_owned();
+                        self.done_turns.push((id, status));
+                        self.done_at = Some(Instant::now());
+                        if self.turn.is_none() || Some(id) == self.turn {
+                            self.done = Some(v);
+                        }
+                        // A new answer after an interruption: audio from here is its own.
+                        if self.interrupted {
+                            self.paused = false;
+                        }
+                    }
+                    "error" if v["fatal"] == true => {
+                        return Some(format!("fatal error {}", v["code"]));
+                    }
+                    "error" => {
+                        return Some(format!("error {}", v["code"]));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,120 @@
+//! `voxd bench` against an in-process server: a few sessions for a few seconds, every scenario.
+
+mod common;
+
+use common::{TestServer, TEST_CONFIG};
+use voxd_bench::{BenchArgs, Mode};
+
+fn args(server: &TestServer, server_vad: bool) -> BenchArgs {
+    let dir = std::env::temp_dir().join(format!(
+        "voxd-bench-smoke-{}-{server_vad}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, TEST_CONFIG).unwrap();
+    BenchArgs {
+        server: server.ws_url(""),
+        concurrency: 4,
+        requests: 3,
+        ramp_up: 0.2,
+        // Every scenario equally often.
+        simple: 1.0,
+        tools: 1.0,
+        interruptions: 1.0,
+        false_alarms: 1.0,
+        server_vad,
+        mock_config: Some(config),
+        quiet: true,
+        seed: 3,
+        ..BenchArgs::defaults()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_succeeds_with_client_signals() {
+    let server = TestServer::start().await;
+    let report = voxd_bench::run(&args(&server, false)).await.unwrap();
+    let step = &report.steps[0];
+    assert_eq!(step.turns_ok, 12, "{}", report.table());
+    assert_eq!(step.success_rate, 1.0);
+    assert_eq!(step.scenarios.len(), 4, "{}", report.table());
+    let o = &step.overall;
+    assert_eq!(o.connect.unwrap().count, 4);
+    assert_eq!(o.ttft.unwrap().count, 12);
+    assert!(
+        o.barge_in.is_some(),
+        "interruptions and false alarms measure the reaction"
+    );
+    if step.scenarios.contains_key("simple") {
+        assert!(
+            o.overhead.is_some(),
+            "the overhead of simple queries is known"
+        );
+    }
+    assert!(report.violations("success_rate<1").unwrap().is_empty());
+    assert_eq!(report.violations("ttft_p50_ms>0").unwrap().len(), 1);
+    assert!(report.table().contains("barge-in reaction"));
+    assert_eq!(report.csv().lines().count(), 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_succeeds_with_server_vad() {
+    let server = TestServer::start().await;
+    let mut a = args(&server, true);
+    a.concurrency = 2;
+    a.requests = 4;
+    let report = voxd_bench::run(&a).await.unwrap();
+    let step = &report.steps[0];
+    assert_eq!(step.success_rate, 1.0, "{}", report.table());
+    assert_eq!(step.turns_ok, 8);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progressive_mode_reports_a_step_each() {
+    let server = TestServer::start().await;
+    let mut a = args(&server, false);
+    a.mode = Mode::Progressive;
+    a.steps = vec![1, 3];
+    a.step_duration = 1.0;
+    a.simple = 1.0;
+    a.tools = 0.0;
+    a.interruptions = 0.0;
+    a.false_alarms = 0.0;
+    let report = voxd_bench::run(&a).await.unwrap();
+    assert_eq!(report.steps.len(), 2);
+    assert_eq!(report.steps[0].concurrency, 1);
+    assert_eq!(report.steps[1].concurrency, 3);
+    assert!(
+        report
+            .steps
+            .iter()
+            .all(|s| s.success_rate == 1.0 && s.turns_ok > 0),
+        "{}",
+        report.table()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_sessions_are_counted_as_connect_errors() {
+    let server = TestServer::start_with("[server]\nmax_sessions = 2\n").await;
+    let mut a = args(&server, false);
+    a.requests = 1;
+    a.simple = 1.0;
+    a.tools = 0.0;
+    a.interruptions = 0.0;
+    a.false_alarms = 0.0;
+    let report = voxd_bench::run(&a).await.unwrap();
+    let step = &report.steps[0];
+    assert_eq!(step.connect_errors, 2, "{}", report.table());
+    assert!(
+        step.failures.keys().any(|k| k.contains("503")),
+        "{:?}",
+        step.failures
+    );
+    assert_eq!(report.figure("connect_errors"), Some(2.0));
+    server.stop().await;
+}
