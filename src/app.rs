@@ -27,6 +27,11 @@ use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::sessions::{Refusal, SessionManager};
 
+/// Read buffer of a session's WebSocket, in bytes.
+const WS_READ_BUFFER: usize = 4 * 1024;
+/// Write buffer of a session's WebSocket, in bytes (flushed after every batch of outputs).
+const WS_WRITE_BUFFER: usize = 8 * 1024;
+
 /// What every request handler and session shares.
 pub struct AppState {
     /// The validated configuration.
@@ -166,8 +171,13 @@ async fn ws_upgrade(
     };
     let max = state.config.file.server.max_message_bytes;
     let tracker = state.tracker.clone();
+    // tungstenite's 128 KiB default buffers would be most of a session's memory. Audio frames
+    // are a few hundred bytes and voxd flushes after every batch of outputs, so small buffers
+    // cost nothing (a larger message still arrives whole; the buffer grows for it).
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             tracker.track_future(crate::connection::run(socket, state, permit, rate, cancel))
         })

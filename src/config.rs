@@ -129,6 +129,8 @@ pub struct AudioSection {
     pub output_frame_ms: u32,
     /// How far audio is sent ahead of real time, in ms.
     pub playback_lead_ms: u64,
+    /// Audio is sent in batches this long (whole frames), one wake-up per batch, in ms.
+    pub pacing_interval_ms: u64,
     /// Utterances longer than this are ended, in ms.
     pub max_utterance_ms: u64,
     /// Synthesized audio buffered ahead before the next sentence's TTS waits, in ms.
@@ -141,6 +143,7 @@ impl Default for AudioSection {
             output_sample_rate: 16000,
             output_frame_ms: 20,
             playback_lead_ms: 200,
+            pacing_interval_ms: 60,
             max_utterance_ms: 60_000,
             max_tts_backlog_ms: 3000,
         }
@@ -406,6 +409,17 @@ impl Config {
                 "must be at most 5000 (a large lead delays barge-in)".into(),
             ));
         }
+        if a.pacing_interval_ms == 0
+            || a.pacing_interval_ms > a.playback_lead_ms.max(u64::from(a.output_frame_ms))
+        {
+            return Err(invalid(
+                "audio.pacing_interval_ms",
+                format!(
+                    "is {}; expected 1 to audio.playback_lead_ms ({}): a batch larger than the lead would let the client's player run dry",
+                    a.pacing_interval_ms, a.playback_lead_ms
+                ),
+            ));
+        }
         if a.max_utterance_ms < 1000 {
             return Err(invalid(
                 "audio.max_utterance_ms",
@@ -517,6 +531,7 @@ impl Config {
             output_rate: SampleRate(a.output_sample_rate),
             output_frame_ms: a.output_frame_ms,
             playback_lead: Duration::from_millis(a.playback_lead_ms),
+            pacing_interval: Duration::from_millis(a.pacing_interval_ms),
             vad: v.enabled.then_some(VadConfig {
                 aggressiveness,
                 frame_ms: v.frame_ms,

@@ -47,8 +47,6 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// make its providers buffer without limit; they block on `send` instead.
 const EVENT_QUEUE: usize = 64;
 
-type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
-
 /// Runs one session until its socket closes or the server shuts down.
 pub async fn run(
     socket: WebSocket,
@@ -119,7 +117,9 @@ impl Driver {
 
     /// The session's loop; returns why it ended.
     async fn run(&mut self, socket: WebSocket, session_id: &str) -> &'static str {
-        let (mut tx, mut rx) = socket.split();
+        // One socket, not split: reads happen only inside `select!` and writes only after it, so
+        // there is no need for the lock a split would take on every frame.
+        let mut tx = socket;
         let ready = ServerMessage::Ready {
             session_id,
             protocol: PROTOCOL_VERSION,
@@ -141,6 +141,9 @@ impl Driver {
         let sleep = tokio::time::sleep_until(far);
         tokio::pin!(sleep);
         let mut armed: Option<Time> = None;
+        // Created once: re-creating it every turn of the loop would re-register its waker.
+        let cancelled = self.cancel.clone().cancelled_owned();
+        tokio::pin!(cancelled);
         let reason = loop {
             let deadline = self.core.poll_timeout();
             if deadline != armed {
@@ -150,7 +153,7 @@ impl Driver {
             }
             let mut replies: Vec<String> = Vec::new();
             tokio::select! {
-                msg = rx.next() => match msg {
+                msg = tx.recv() => match msg {
                     None => break "client closed",
                     Some(Err(e)) => {
                         debug!(error = %e, "socket error");
@@ -183,7 +186,7 @@ impl Driver {
                     self.core.handle_timeout(now);
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                () = self.cancel.cancelled() => {
+                () = &mut cancelled => {
                     let _ = tx
                         .send(Message::Close(Some(CloseFrame {
                             code: 1001,
@@ -257,7 +260,7 @@ impl Driver {
 
     /// Acts on every output of the core, in order, then flushes the socket if anything was
     /// written (`wrote`: something was queued before the call).
-    async fn drain(&mut self, tx: &mut Sink, mut wrote: bool) -> Result<(), axum::Error> {
+    async fn drain(&mut self, tx: &mut WebSocket, mut wrote: bool) -> Result<(), axum::Error> {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Event(e) => {

@@ -4,7 +4,7 @@
 //! report's figures: `success_rate`, `failures`, `connect_errors`, `turns`, `turns_per_s`,
 //! `client_cpu_pct`, and `METRIC_STAT_ms` for `METRIC` in `ttft`, `total`, `connect`, `barge_in`,
 //! `overhead`, `server_ttft`, `recovery_ttft` and `STAT` in `min`, `mean`, `p50`, `p95`, `p99`,
-//! `max`.
+//! `max` (and `server_overhead`: the server's `ttft_ms` minus the pipeline minimum).
 
 use std::fmt;
 
@@ -73,6 +73,7 @@ const METRICS: &[&str] = &[
     "connect",
     "barge_in",
     "overhead",
+    "server_overhead",
     "server_ttft",
     "recovery_ttft",
 ];

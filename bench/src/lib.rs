@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// Weight of false alarms.
     #[arg(long, default_value_t = 0.1)]
     pub false_alarms: f64,
+    /// Sessions take no turns: they connect and stream microphone silence until --duration (or
+    /// the step) ends. Measures the cost of idle, listening sessions.
+    #[arg(long)]
+    pub idle: bool,
     /// Stream the committed speech fixtures and let the server's VAD find turns, instead of
     /// silence wrapped in speech_start/speech_end.
     #[arg(long)]
@@ -276,6 +280,19 @@ impl PipelineMinimum {
     }
 }
 
+/// The ticker's slots: session `i` follows slot `i % TICK_SLOTS`.
+const TICK_SLOTS: usize = 4;
+
+/// The receivers of the ticker's slots.
+#[derive(Clone)]
+struct Ticks(Arc<Vec<watch::Receiver<u64>>>);
+
+impl Ticks {
+    fn for_session(&self, index: usize) -> watch::Receiver<u64> {
+        self.0[index % self.0.len()].clone()
+    }
+}
+
 /// What the sessions of one step share: results and live counters.
 #[derive(Debug, Default)]
 pub struct Collector {
@@ -328,12 +345,13 @@ struct Plan {
     minimum: Option<PipelineMinimum>,
     timeout: Duration,
     seed: u64,
+    idle: bool,
 }
 
 /// Runs one session: connect, take turns within the budget, close.
 async fn session(
     plan: Arc<Plan>,
-    ticks: watch::Receiver<u64>,
+    ticks: Ticks,
     collector: Arc<Mutex<Collector>>,
     step_of: Arc<dyn Fn() -> usize + Send + Sync>,
     index: usize,
@@ -341,7 +359,13 @@ async fn session(
 ) {
     let mut rng =
         fastrand::Rng::with_seed(plan.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
-    let connected = Caller::connect(&plan.url, ticks, plan.voice.clone(), plan.timeout).await;
+    let connected = Caller::connect(
+        &plan.url,
+        ticks.for_session(index),
+        plan.voice.clone(),
+        plan.timeout,
+    )
+    .await;
     let mut caller = match connected {
         Ok((caller, d)) => {
             collector
@@ -358,6 +382,13 @@ async fn session(
             return;
         }
     };
+    if plan.idle {
+        if let Budget::Until(t) = budget {
+            caller.listen_until(t).await;
+        }
+        caller.close().await;
+        return;
+    }
     let mut done = 0;
     loop {
         match budget {
@@ -441,18 +472,29 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         minimum,
         timeout: Duration::from_secs_f64(args.timeout),
         seed: args.seed,
+        idle: args.idle,
     });
+    if args.idle && args.mode == Mode::Sustained && args.duration.is_none() {
+        return Err(BenchError::Usage(
+            "--idle needs --duration (sessions take no turns)".into(),
+        ));
+    }
 
-    // The one ticker: every session sends its frames on its ticks.
-    let (tick_tx, tick_rx) = watch::channel(0u64);
+    // The one ticker: every session sends its frames on its ticks. It ticks every 5 ms and each
+    // tick wakes one of four slots, so each session wakes once per 20 ms frame while the
+    // sessions' frames are spread over the 20 ms (real callers are not in phase with each other).
+    let (slot_tx, slot_rx): (Vec<_>, Vec<_>) =
+        (0..TICK_SLOTS).map(|_| watch::channel(0u64)).unzip();
+    let tick_rx = Ticks(Arc::new(slot_rx));
     let ticker = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(Duration::from_millis(20));
+        let mut interval = tokio::time::interval(Duration::from_millis(20 / TICK_SLOTS as u64));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut n = 0u64;
         loop {
             interval.tick().await;
+            let slot = (n % TICK_SLOTS as u64) as usize;
             n += 1;
-            if tick_tx.send(n).is_err() {
+            if slot_tx[slot].send(n / TICK_SLOTS as u64 + 1).is_err() {
                 break;
             }
         }
@@ -551,7 +593,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
 async fn run_step(
     args: &BenchArgs,
     plan: &Arc<Plan>,
-    ticks: &watch::Receiver<u64>,
+    ticks: &Ticks,
     collector: &Arc<Mutex<Collector>>,
     index: usize,
     label: &str,
@@ -629,7 +671,7 @@ async fn run_step(
 async fn run_spike(
     args: &BenchArgs,
     plan: &Arc<Plan>,
-    ticks: &watch::Receiver<u64>,
+    ticks: &Ticks,
     collector: &Arc<Mutex<Collector>>,
     phases: &[(String, usize)],
     report: &mut Report,

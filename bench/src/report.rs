@@ -29,6 +29,7 @@ struct ScenarioStats {
     total: Metric,
     server_ttft: Metric,
     overhead: Metric,
+    server_overhead: Metric,
     barge_in: Metric,
     recovery_ttft: Metric,
 }
@@ -59,6 +60,9 @@ impl StepStats {
         }
         if let Some(t) = r.overhead_ms {
             s.overhead.record_ms(t);
+        }
+        if let Some(t) = r.server_overhead_ms {
+            s.server_overhead.record_ms(t);
         }
         if let Some(t) = r.barge_in {
             s.barge_in.record(t);
@@ -94,6 +98,7 @@ impl StepStats {
             all.total.merge(&s.total);
             all.server_ttft.merge(&s.server_ttft);
             all.overhead.merge(&s.overhead);
+            all.server_overhead.merge(&s.server_overhead);
             all.barge_in.merge(&s.barge_in);
             all.recovery_ttft.merge(&s.recovery_ttft);
             scenarios.insert(
@@ -103,12 +108,15 @@ impl StepStats {
                     failed: s.failed,
                     failures: s.failures.clone(),
                     figures: Figures::of(
-                        &s.ttft,
-                        &s.total,
-                        &s.server_ttft,
-                        &s.overhead,
-                        &s.barge_in,
-                        &s.recovery_ttft,
+                        [
+                            &s.ttft,
+                            &s.total,
+                            &s.server_ttft,
+                            &s.overhead,
+                            &s.server_overhead,
+                            &s.barge_in,
+                            &s.recovery_ttft,
+                        ],
                         None,
                     ),
                 },
@@ -126,12 +134,15 @@ impl StepStats {
         let broken: u64 = self.broken.values().sum();
         let attempts = ok + failed + connect_errors + broken;
         let overall = Figures::of(
-            &all.ttft,
-            &all.total,
-            &all.server_ttft,
-            &all.overhead,
-            &all.barge_in,
-            &all.recovery_ttft,
+            [
+                &all.ttft,
+                &all.total,
+                &all.server_ttft,
+                &all.overhead,
+                &all.server_overhead,
+                &all.barge_in,
+                &all.recovery_ttft,
+            ],
             self.connect.summary(),
         );
         StepReport {
@@ -165,6 +176,7 @@ struct AllMetrics {
     total: Metric,
     server_ttft: Metric,
     overhead: Metric,
+    server_overhead: Metric,
     barge_in: Metric,
     recovery_ttft: Metric,
 }
@@ -182,6 +194,8 @@ pub struct Figures {
     pub server_ttft: Option<Summary>,
     /// Client TTFT − pipeline minimum (simple queries).
     pub overhead: Option<Summary>,
+    /// Server `ttft_ms` − pipeline minimum (simple queries).
+    pub server_overhead: Option<Summary>,
     /// Barge-in → `playback_paused`.
     pub barge_in: Option<Summary>,
     /// After an interruption: end of the new speech → the new answer's first audio.
@@ -189,23 +203,18 @@ pub struct Figures {
 }
 
 impl Figures {
-    fn of(
-        ttft: &Metric,
-        total: &Metric,
-        server_ttft: &Metric,
-        overhead: &Metric,
-        barge_in: &Metric,
-        recovery_ttft: &Metric,
-        connect: Option<Summary>,
-    ) -> Figures {
+    /// From the metrics in the order ttft, total, server_ttft, overhead, server_overhead,
+    /// barge_in, recovery_ttft.
+    fn of(m: [&Metric; 7], connect: Option<Summary>) -> Figures {
         Figures {
             connect,
-            ttft: ttft.summary(),
-            total: total.summary(),
-            server_ttft: server_ttft.summary(),
-            overhead: overhead.summary(),
-            barge_in: barge_in.summary(),
-            recovery_ttft: recovery_ttft.summary(),
+            ttft: m[0].summary(),
+            total: m[1].summary(),
+            server_ttft: m[2].summary(),
+            overhead: m[3].summary(),
+            server_overhead: m[4].summary(),
+            barge_in: m[5].summary(),
+            recovery_ttft: m[6].summary(),
         }
     }
 
@@ -216,6 +225,7 @@ impl Figures {
             "total" => self.total.as_ref(),
             "server_ttft" => self.server_ttft.as_ref(),
             "overhead" => self.overhead.as_ref(),
+            "server_overhead" => self.server_overhead.as_ref(),
             "barge_in" => self.barge_in.as_ref(),
             "recovery_ttft" => self.recovery_ttft.as_ref(),
             _ => None,
@@ -423,7 +433,8 @@ impl Report {
             row("connect".into(), &o.connect);
             row("ttft (client)".into(), &o.ttft);
             row("ttft (server)".into(), &o.server_ttft);
-            row("overhead".into(), &o.overhead);
+            row("overhead (client)".into(), &o.overhead);
+            row("overhead (server)".into(), &o.server_overhead);
             row("total".into(), &o.total);
             row("barge-in reaction".into(), &o.barge_in);
             row("recovery ttft".into(), &o.recovery_ttft);

@@ -122,6 +122,9 @@ pub struct TurnResult {
     pub server_ttft_ms: Option<f64>,
     /// Client TTFT minus the pipeline's minimum (simple queries with a known mock config).
     pub overhead_ms: Option<f64>,
+    /// The server's own `ttft_ms` minus the pipeline's minimum: the overhead without the
+    /// network and the load tool's own delays.
+    pub server_overhead_ms: Option<f64>,
     /// Barge-in signal (or first speech frame) to `playback_paused`.
     pub barge_in: Option<Duration>,
     /// After an interruption: end of the new speech to the new answer's first audio.
@@ -205,6 +208,16 @@ impl Caller {
             }
         };
         Ok((caller, connect))
+    }
+
+    /// Streams silence (the microphone of a caller who says nothing) until `t`.
+    pub async fn listen_until(&mut self, t: Instant) {
+        while Instant::now() < t {
+            match tokio::time::timeout_at(t.into(), self.step()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
     }
 
     /// Closes the connection politely.
@@ -346,6 +359,9 @@ impl Caller {
                         .and_then(|first| minimum.map(|m| m.ttft_ms(first, w.sentences > 1)));
                     if let (Some(ttft), Some(min)) = (t.ttft, min) {
                         t.overhead_ms = Some(ttft.as_secs_f64() * 1000.0 - min);
+                    }
+                    if let (Some(server), Some(min)) = (t.server_ttft_ms, min) {
+                        t.server_overhead_ms = Some(server - min);
                     }
                 }
             }

@@ -44,6 +44,9 @@ pub struct SessionConfig {
     pub output_frame_ms: u32,
     /// How far audio is sent ahead of the real-time playback clock.
     pub playback_lead: Duration,
+    /// Audio is sent in batches of this much (whole frames, at most the lead), one wake-up per
+    /// batch.
+    pub pacing_interval: Duration,
     /// Server VAD settings; `None` disables server VAD (only client signals start and end speech).
     pub vad: Option<VadConfig>,
     /// Audio kept from before a VAD onset and prepended to the utterance.
@@ -78,6 +81,7 @@ impl Default for SessionConfig {
             output_rate: SampleRate(16_000),
             output_frame_ms: 20,
             playback_lead: Duration::from_millis(200),
+            pacing_interval: Duration::from_millis(60),
             vad: Some(VadConfig::default()),
             preroll: Duration::from_millis(300),
             max_utterance: Duration::from_secs(60),
@@ -631,6 +635,8 @@ pub struct Session {
     vad_events: Vec<VadEvent>,
     frame_samples: u64,
     lead_samples: u64,
+    /// Audio sent per pacing wake-up (whole frames; at most the lead).
+    pacing_samples: u64,
     /// A typical speaking rate (14 characters a second) at the output rate, to estimate the
     /// length of a sentence before its synthesis is finished.
     samples_per_char: f64,
@@ -658,6 +664,13 @@ impl Session {
             .output_rate
             .samples_in(cfg.playback_lead)
             .max(frame_samples);
+        let pacing_samples = cfg
+            .output_rate
+            .samples_in(cfg.pacing_interval)
+            .div_ceil(frame_samples)
+            .max(1)
+            * frame_samples;
+        let pacing_samples = pacing_samples.min(lead_samples.max(frame_samples));
         Session {
             history: History::new(cfg.max_history_messages),
             vad: cfg.vad.map(VoiceDetector::new),
@@ -673,6 +686,7 @@ impl Session {
             vad_events: Vec::with_capacity(4),
             frame_samples,
             lead_samples,
+            pacing_samples,
             samples_per_char: f64::from(cfg.output_rate.hz()) / 14.0,
             cfg,
         }
@@ -704,8 +718,9 @@ impl Session {
                 let frame_ready = r.pending.len() as u64 / 2 >= self.frame_samples
                     || (r.tts_active.is_none() && !r.pending.is_empty());
                 if frame_ready {
-                    // The next frame is due when the clock is within the lead of its end.
-                    let due = (r.sent + self.frame_samples).saturating_sub(self.lead_samples);
+                    // The next batch of frames is due when the clock is within the lead of its
+                    // end: one wake-up (and one socket write) per pacing interval.
+                    let due = (r.sent + self.pacing_samples).saturating_sub(self.lead_samples);
                     consider(r.play.time_of(due, self.cfg.output_rate));
                 } else if r.all_produced() && r.pending.is_empty() {
                     consider(r.play.time_of(r.produced, self.cfg.output_rate));

@@ -122,12 +122,13 @@ impl MockTts {
         let text = text.trim();
         let hash = fnv1a64(FNV_OFFSET, text.as_bytes());
         let total = self.length_in_samples(text, rate);
+        let hz = f64::from(rate.hz());
         Voice {
-            rate: f64::from(rate.hz()),
             total,
-            fade: (rate.samples_in_ms(FADE_MS).min(total / 2)).max(1) as f64,
-            f0: 120.0 + (hash % 61) as f64,
-            envelope_phase: ((hash >> 8) % 1000) as f64 / 1000.0 * TAU,
+            fade: (rate.samples_in_ms(FADE_MS).min(total / 2)).max(1),
+            wave_step: phase_step(120.0 + (hash % 61) as f64, hz),
+            envelope_step: phase_step(SYLLABLE_HZ, hz),
+            envelope_offset: ((hash >> 8) % 1000) * 4_294_967,
             amplitude: self.amplitude,
         }
     }
@@ -136,33 +137,76 @@ impl MockTts {
 /// The synthesized sound for one text.
 #[derive(Debug, Clone, Copy)]
 struct Voice {
-    rate: f64,
     total: u64,
     /// Fade length in samples.
-    fade: f64,
-    /// Fundamental frequency in Hz.
-    f0: f64,
-    envelope_phase: f64,
+    fade: u64,
+    /// Per-sample phase steps of the wave and the envelope, in 2^-32 periods.
+    wave_step: u64,
+    envelope_step: u64,
+    envelope_offset: u64,
     amplitude: f64,
+}
+
+/// Points per period in the wave tables (a power of two: the index is the phase's top bits).
+const TABLE_BITS: u32 = 12;
+const TABLE: usize = 1 << TABLE_BITS;
+
+/// One period of the voiced wave (the fundamental and its harmonics, normalised) and one period
+/// of a sine, computed once. A table lookup per sample with a fixed-point phase, instead of five
+/// `sin` calls, keeps the mock voice from costing more CPU than the orchestration it tests.
+fn tables() -> &'static (Vec<f64>, Vec<f64>) {
+    static TABLES: std::sync::OnceLock<(Vec<f64>, Vec<f64>)> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let norm: f64 = HARMONICS.iter().sum();
+        let wave = (0..TABLE)
+            .map(|j| {
+                let x = TAU * j as f64 / TABLE as f64;
+                HARMONICS
+                    .iter()
+                    .zip(1u32..)
+                    .map(|(weight, k)| weight * (x * f64::from(k)).sin())
+                    .sum::<f64>()
+                    / norm
+            })
+            .collect();
+        let sine = (0..TABLE)
+            .map(|j| (TAU * j as f64 / TABLE as f64).sin())
+            .collect();
+        (wave, sine)
+    })
+}
+
+/// A frequency as a per-sample phase step in 2^-32 periods.
+fn phase_step(hz: f64, rate: f64) -> u64 {
+    (hz / rate * 4_294_967_296.0) as u64
+}
+
+/// The table entry at a 32-bit phase.
+fn lookup(table: &[f64], phase: u64) -> f64 {
+    table[((phase as u32) >> (32 - TABLE_BITS)) as usize]
 }
 
 impl Voice {
     /// Sample `i` of the utterance; depends on nothing but `self` and `i`.
     fn sample(&self, i: u64) -> i16 {
-        let t = i as f64 / self.rate;
-        let norm: f64 = HARMONICS.iter().sum();
-        let wave: f64 = HARMONICS
-            .iter()
-            .zip(1u32..)
-            .map(|(weight, k)| weight * (TAU * self.f0 * f64::from(k) * t).sin())
-            .sum::<f64>()
-            / norm;
+        let (wave_table, sine) = tables();
+        let wave = lookup(wave_table, i.wrapping_mul(self.wave_step));
         // Between 30% and 100% of the amplitude, like syllables.
-        let envelope = 0.65 + 0.35 * (TAU * SYLLABLE_HZ * t + self.envelope_phase).sin();
-        let fade = ((i + 1) as f64 / self.fade)
-            .min((self.total - i) as f64 / self.fade)
-            .min(1.0);
-        (self.amplitude * envelope * fade * wave).round() as i16
+        let envelope = 0.65
+            + 0.35
+                * lookup(
+                    sine,
+                    i.wrapping_mul(self.envelope_step)
+                        .wrapping_add(self.envelope_offset),
+                );
+        let edge = (i + 1).min(self.total - i);
+        let fade = if edge < self.fade {
+            edge as f64 / self.fade as f64
+        } else {
+            1.0
+        };
+        // `as` saturates; no rounding call on the per-sample path.
+        (self.amplitude * envelope * fade * wave) as i16
     }
 
     /// Samples `start..end`.
