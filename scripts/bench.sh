@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-POINTS=${POINTS:-"100 500 1000 2000 4000"}
+POINTS=${POINTS-"100 500 1000 2000 4000"}
 DURATION=${DURATION:-30}        # seconds of steady load per point (after the ramp-up)
 IDLE_SESSIONS=${IDLE_SESSIONS:-2000}
 PORT=${PORT:-18765}
@@ -82,6 +82,12 @@ for n in ${VAD_POINTS-100 1000}; do
   echo "== sustained, server VAD over speech, $n sessions"
   start_server
   bench "vad-$n" -c "$n" --duration "$DURATION" --ramp-up $(( n / 100 + 5 )) --server-vad
+  stop_server
+done
+for rate in ${TRANSCRIBE_RATES-50 200}; do
+  echo "== POST /v1/transcribe at $rate requests/s (2.6 s WAV, mock ASR 50 ms)"
+  start_server
+  bench "transcribe-$rate" --mode transcribe --rate "$rate" --duration "$DURATION"
   stop_server
 done
 echo "results in $OUT/"

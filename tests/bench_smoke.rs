@@ -118,3 +118,19 @@ async fn refused_sessions_are_counted_as_connect_errors() {
     assert_eq!(report.figure("connect_errors"), Some(2.0));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcribe_mode_posts_at_a_fixed_rate() {
+    let server = TestServer::start().await;
+    let mut a = args(&server, false);
+    a.mode = Mode::Transcribe;
+    a.rate = 20.0;
+    a.duration = Some(1.0);
+    let report = voxd_bench::run(&a).await.unwrap();
+    let step = &report.steps[0];
+    assert_eq!(step.turns_ok, 20, "{}", report.table());
+    assert_eq!(step.success_rate, 1.0);
+    assert_eq!(step.overall.total.unwrap().count, 20);
+    assert!(report.table().contains("request latency"));
+    server.stop().await;
+}

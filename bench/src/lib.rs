@@ -20,6 +20,7 @@ pub mod report;
 pub mod session;
 pub mod stats;
 pub mod sysstat;
+pub mod transcribe;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -44,6 +45,8 @@ pub enum Mode {
     Spike,
     /// Doubling from `--start` until success rate or p99 TTFT breaks its bound.
     Stress,
+    /// `POST /v1/transcribe` at `--rate` requests a second for `--duration` seconds.
+    Transcribe,
 }
 
 /// The command line of `voxd bench`.
@@ -101,6 +104,12 @@ pub struct BenchArgs {
     /// Weight of false alarms.
     #[arg(long, default_value_t = 0.1)]
     pub false_alarms: f64,
+    /// Transcribe mode: requests per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Transcribe mode: the WAV file to post (default: the committed weather question).
+    #[arg(long)]
+    pub transcribe_file: Option<PathBuf>,
     /// Sessions take no turns: they connect and stream microphone silence until --duration (or
     /// the step) ends. Measures the cost of idle, listening sessions.
     #[arg(long)]
@@ -219,7 +228,8 @@ pub struct PipelineMinimum {
     first_token_ms: f64,
     token_interval_ms: f64,
     tts_first_audio_ms: f64,
-    hangover_ms: f64,
+    /// The VAD hangover (server VAD only): part of the client's TTFT, not the server's.
+    pub hangover_ms: f64,
 }
 
 impl PipelineMinimum {
@@ -531,10 +541,44 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
                 (format!("recovery {}", args.concurrency), args.concurrency),
             ]
         }
-        Mode::Stress => Vec::new(),
+        Mode::Stress | Mode::Transcribe => Vec::new(),
     };
 
-    if args.mode == Mode::Spike {
+    if args.mode == Mode::Transcribe {
+        let addr = transcribe::authority(&args.server).map_err(BenchError::Usage)?;
+        let wav: Arc<[u8]> = match &args.transcribe_file {
+            Some(p) => std::fs::read(p)
+                .map_err(|e| BenchError::Config {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?
+                .into(),
+            None => include_bytes!("../../fixtures/weather.wav")
+                .as_slice()
+                .into(),
+        };
+        let duration = Duration::from_secs_f64(args.duration.unwrap_or(args.step_duration));
+        let stats = Arc::new(Mutex::new(report::StepStats::default()));
+        let mut server_cpu = server_pid.as_deref().map(sysstat::CpuMeter::start);
+        let step_started = Instant::now();
+        transcribe::run(
+            addr,
+            wav,
+            args.rate,
+            duration,
+            plan.timeout,
+            Arc::clone(&stats),
+        )
+        .await;
+        let stats = std::mem::take(&mut *stats.lock().expect("not poisoned"));
+        let mut step = stats.report(
+            &format!("transcribe {} req/s", args.rate),
+            0,
+            step_started.elapsed().as_secs_f64(),
+        );
+        step.server_cpu_pct = server_cpu.as_mut().and_then(sysstat::CpuMeter::lap);
+        report.steps.push(step);
+    } else if args.mode == Mode::Spike {
         run_spike(
             args,
             &plan,

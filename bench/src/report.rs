@@ -391,11 +391,14 @@ impl Report {
                 .map_or("-".to_owned(), |s| format!("{:.1}", k(s)))
         };
         for step in &self.steps {
+            let who = if step.concurrency == 0 {
+                step.label.clone()
+            } else {
+                format!("{} sessions ({})", step.concurrency, step.label)
+            };
             let _ = writeln!(
                 out,
-                "\n== {} sessions ({}) | {:.1} s | turns ok {} failed {} | connect errors {} | broken {} | success {:.2}% | {:.1} turns/s | client CPU {} | server CPU {} | server RSS {} -> {} KiB",
-                step.concurrency,
-                step.label,
+                "\n== {who} | {:.1} s | turns ok {} failed {} | connect errors {} | broken {} | success {:.2}% | {:.1} turns/s | client CPU {} | server CPU {} | server RSS {} -> {} KiB",
                 step.elapsed_s,
                 step.turns_ok,
                 step.turns_failed,
@@ -435,10 +438,15 @@ impl Report {
             row("ttft (server)".into(), &o.server_ttft);
             row("overhead (client)".into(), &o.overhead);
             row("overhead (server)".into(), &o.server_overhead);
-            row("total".into(), &o.total);
+            let total = if self.mode == "transcribe" {
+                "request latency"
+            } else {
+                "total"
+            };
+            row(total.into(), &o.total);
             row("barge-in reaction".into(), &o.barge_in);
             row("recovery ttft".into(), &o.recovery_ttft);
-            for (name, s) in &step.scenarios {
+            for (name, s) in step.scenarios.iter().filter(|_| self.mode != "transcribe") {
                 row(
                     format!("{name}: ttft ({}/{} ok)", s.ok, s.ok + s.failed),
                     &s.figures.ttft,

@@ -71,15 +71,20 @@ fn frames(pcm: &[u8]) -> Arc<[Bytes]> {
         .collect()
 }
 
-/// The PCM of a committed fixture (plain 44-byte header), without its trailing silence: the
-/// speech ends where the audio ends, so TTFT counts from the real end of speech.
+/// The PCM of a committed fixture (plain 44-byte header), without its leading and trailing
+/// silence: the speech starts with the first frame (so the barge-in reaction counts from real
+/// speech) and ends with the last (so TTFT counts from the real end of speech).
 fn wav_pcm(wav: &[u8]) -> &[u8] {
     let pcm = &wav[44..];
+    let first = pcm
+        .chunks_exact(2)
+        .position(|s| s != [0, 0])
+        .map_or(0, |i| i * 2);
     let last = pcm
         .chunks_exact(2)
         .rposition(|s| s != [0, 0])
         .map_or(0, |i| (i + 1) * 2);
-    &pcm[..last]
+    &pcm[first..last.max(first)]
 }
 
 impl Voice {
@@ -360,8 +365,11 @@ impl Caller {
                     if let (Some(ttft), Some(min)) = (t.ttft, min) {
                         t.overhead_ms = Some(ttft.as_secs_f64() * 1000.0 - min);
                     }
+                    // The server's clock starts when it decides the turn ended, after any VAD
+                    // hangover, so its minimum excludes the hangover.
+                    let hangover = minimum.map_or(0.0, |m| m.hangover_ms);
                     if let (Some(server), Some(min)) = (t.server_ttft_ms, min) {
-                        t.server_overhead_ms = Some(server - min);
+                        t.server_overhead_ms = Some(server - (min - hangover));
                     }
                 }
             }
