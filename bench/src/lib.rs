@@ -110,6 +110,9 @@ pub struct BenchArgs {
     /// Transcribe mode: the WAV file to post (default: the committed weather question).
     #[arg(long)]
     pub transcribe_file: Option<PathBuf>,
+    /// Length of a simple query (and of the query before a barge-in) with client signals, in ms.
+    #[arg(long, default_value_t = 2000)]
+    pub query_ms: usize,
     /// Sessions take no turns: they connect and stream microphone silence until --duration (or
     /// the step) ends. Measures the cost of idle, listening sessions.
     #[arg(long)]
@@ -477,7 +480,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     };
     let plan = Arc::new(Plan {
         url: args.server.clone(),
-        voice: Voice::new(args.server_vad),
+        voice: Voice::new(args.server_vad, args.query_ms),
         mix,
         minimum,
         timeout: Duration::from_secs_f64(args.timeout),

@@ -88,9 +88,9 @@ fn wav_pcm(wav: &[u8]) -> &[u8] {
 }
 
 impl Voice {
-    /// The voice for explicit signals (silence, as the classic load test sends) or server VAD
-    /// (the committed espeak-ng fixtures, embedded in the binary).
-    pub fn new(server_vad: bool) -> Voice {
+    /// The voice for explicit signals (silence, as the classic load test sends; the query lasts
+    /// `query_ms`) or server VAD (the committed espeak-ng fixtures, embedded in the binary).
+    pub fn new(server_vad: bool, query_ms: usize) -> Voice {
         let silence = |ms: usize| vec![0u8; ms * 32];
         if server_vad {
             Voice {
@@ -104,7 +104,7 @@ impl Voice {
         } else {
             Voice {
                 server_vad,
-                query: frames(&silence(2000)),
+                query: frames(&silence(query_ms)),
                 tool_query: frames(&silence(3000)),
                 interrupt: frames(&silence(1500)),
                 backchannel: frames(&silence(300)),
