@@ -187,23 +187,24 @@ impl Driver {
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 () = &mut cancelled => {
-                    let _ = tx
-                        .send(Message::Close(Some(CloseFrame {
-                            code: 1001,
-                            reason: Utf8Bytes::from_static("server shutting down"),
-                        })))
-                        .await;
+                    let close = tx.send(Message::Close(Some(CloseFrame {
+                        code: 1001,
+                        reason: Utf8Bytes::from_static("server shutting down"),
+                    })));
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
                     break "server shutdown";
                 }
             }
-            let replied = !replies.is_empty();
-            self.wire.out_text += replies.len() as u64;
-            for r in replies {
-                if tx.feed(text(r)).await.is_err() {
-                    return "send failed";
+            // Every write of this turn of the loop is bounded by the send timeout.
+            let write = async {
+                let replied = !replies.is_empty();
+                self.wire.out_text += replies.len() as u64;
+                for r in replies {
+                    tx.feed(text(r)).await?;
                 }
-            }
-            match tokio::time::timeout(send_timeout, self.drain(&mut tx, replied)).await {
+                self.drain(&mut tx, replied).await
+            };
+            match tokio::time::timeout(send_timeout, write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break "send failed",
                 // The client stopped reading: its socket buffer stayed full.
