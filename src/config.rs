@@ -72,8 +72,47 @@ pub struct FileConfig {
     pub transcribe: TranscribeConfig,
     /// `[metrics]`
     pub metrics: MetricsSection,
+    /// `[limits]`: per-session limits on what a client may send.
+    pub limits: LimitsSection,
     /// `[tools.NAME]`: the tool registry. Default: `check_balance` and `send_email`.
     pub tools: Option<BTreeMap<String, MockToolConfig>>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// A text frame larger than this closes the session with 1009.
+    pub max_text_bytes: usize,
+    /// A binary (audio) frame larger than this closes the session with 1009.
+    pub max_audio_frame_bytes: usize,
+    /// A session with no message from its client for this long is closed with 1000.
+    pub idle_timeout_s: u64,
+    /// Audio faster than this many times real time, sustained, is rate-limited.
+    pub max_audio_rate: f64,
+    /// Audio a client may send ahead of real time at once (e.g. after a network stall), in ms.
+    pub audio_burst_ms: u64,
+    /// Control (text) messages per second, sustained.
+    pub max_control_per_s: u32,
+    /// Control messages a client may send at once.
+    pub control_burst: u32,
+    /// Consecutive rate-limited messages after which the session is closed with 1008.
+    pub rate_limit_strikes: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_text_bytes: 16 * 1024,
+            max_audio_frame_bytes: 64 * 1024,
+            idle_timeout_s: 300,
+            max_audio_rate: 4.0,
+            audio_burst_ms: 5000,
+            max_control_per_s: 50,
+            control_burst: 100,
+            rate_limit_strikes: 50,
+        }
+    }
 }
 
 /// `[metrics]`
@@ -493,6 +532,52 @@ impl Config {
         }
         if t.filler_phrase.trim().is_empty() {
             return Err(invalid("turn.filler_phrase", "must not be empty".into()));
+        }
+        let l = &file.limits;
+        if l.max_text_bytes < 256 || l.max_text_bytes > s.max_message_bytes {
+            return Err(invalid(
+                "limits.max_text_bytes",
+                format!(
+                    "is {}; expected 256 to server.max_message_bytes ({})",
+                    l.max_text_bytes, s.max_message_bytes
+                ),
+            ));
+        }
+        if l.max_audio_frame_bytes < 1024 || l.max_audio_frame_bytes > s.max_message_bytes {
+            return Err(invalid(
+                "limits.max_audio_frame_bytes",
+                format!(
+                    "is {}; expected 1024 to server.max_message_bytes ({})",
+                    l.max_audio_frame_bytes, s.max_message_bytes
+                ),
+            ));
+        }
+        if !(1..=86_400).contains(&l.idle_timeout_s) {
+            return Err(invalid(
+                "limits.idle_timeout_s",
+                "expected 1 to 86400".into(),
+            ));
+        }
+        if !(l.max_audio_rate >= 1.0 && l.max_audio_rate <= 100.0) {
+            return Err(invalid(
+                "limits.max_audio_rate",
+                format!(
+                    "is {}; expected 1 to 100 (times real time)",
+                    l.max_audio_rate
+                ),
+            ));
+        }
+        if l.audio_burst_ms < 100 || l.audio_burst_ms > 600_000 {
+            return Err(invalid(
+                "limits.audio_burst_ms",
+                "expected 100 to 600000".into(),
+            ));
+        }
+        if l.max_control_per_s == 0 || l.control_burst == 0 || l.rate_limit_strikes == 0 {
+            return Err(invalid(
+                "limits",
+                "max_control_per_s, control_burst and rate_limit_strikes must be at least 1".into(),
+            ));
         }
         let tr = &file.transcribe;
         if tr.max_body_bytes < 1024 {

@@ -32,6 +32,7 @@ use voxd_core::{
 };
 
 use crate::app::AppState;
+use crate::limits::{Admit, ClientLimits};
 use crate::metrics::WireCounts;
 use crate::protocol::{self, ClientMessage, ServerMessage, PROTOCOL_VERSION};
 use crate::sessions::Permit;
@@ -39,6 +40,30 @@ use crate::sessions::Permit;
 /// Wire counts are added to the shared metrics after this many messages (and at the end), so
 /// the per-frame path writes no shared memory.
 const WIRE_FLUSH_MESSAGES: u64 = 256;
+
+/// Why the session loop ended, and the close frame to send, if any.
+struct Exit {
+    reason: &'static str,
+    close: Option<(u16, &'static str)>,
+}
+
+impl Exit {
+    /// The connection is gone or unusable: nothing to send.
+    fn quiet(reason: &'static str) -> Exit {
+        Exit {
+            reason,
+            close: None,
+        }
+    }
+
+    /// voxd closes the session with `code`.
+    fn close(code: u16, reason: &'static str) -> Exit {
+        Exit {
+            reason,
+            close: Some((code, reason)),
+        }
+    }
+}
 
 /// How long a close handshake may take.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -86,6 +111,7 @@ struct Driver {
     turns: HashMap<TurnId, CancellationToken>,
     cancel: CancellationToken,
     wire: WireCounts,
+    limits: ClientLimits,
 }
 
 impl Driver {
@@ -95,6 +121,7 @@ impl Driver {
                 .expect("the handler admits only supported input rates")
         });
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let app_limits = app.config.file.limits.clone();
         Driver {
             core: Session::new(app.config.session.clone()),
             app,
@@ -108,6 +135,7 @@ impl Driver {
             turns: HashMap::new(),
             cancel,
             wire: WireCounts::default(),
+            limits: ClientLimits::new(&app_limits, input_rate),
         }
     }
 
@@ -144,7 +172,14 @@ impl Driver {
         // Created once: re-creating it every turn of the loop would re-register its waker.
         let cancelled = self.cancel.clone().cancelled_owned();
         tokio::pin!(cancelled);
-        let reason = loop {
+        // The idle timer is re-armed only when it fires (from the last message's time), so a
+        // message costs a clock read, not a timer update.
+        let idle_timeout =
+            std::time::Duration::from_secs(self.app.config.file.limits.idle_timeout_s);
+        let mut last_message = Instant::now();
+        let idle = tokio::time::sleep_until(last_message + idle_timeout);
+        tokio::pin!(idle);
+        let exit = loop {
             let deadline = self.core.poll_timeout();
             if deadline != armed {
                 armed = deadline;
@@ -153,29 +188,51 @@ impl Driver {
             }
             let mut replies: Vec<String> = Vec::new();
             tokio::select! {
-                msg = tx.recv() => match msg {
-                    None => break "client closed",
+                msg = tx.recv() => {
+                    if msg.is_some() {
+                        last_message = Instant::now();
+                    }
+                    match msg {
+                    None => break Exit::quiet("client closed"),
                     Some(Err(e)) => {
                         debug!(error = %e, "socket error");
-                        break "socket error";
+                        break Exit::quiet("socket error");
                     }
                     Some(Ok(Message::Close(_))) => {
                         // Complete the closing handshake: the reply is queued by the WebSocket
                         // layer and goes out with this flush.
                         let _ = tokio::time::timeout(CLOSE_TIMEOUT, tx.close()).await;
-                        break "client closed";
+                        break Exit::quiet("client closed");
                     }
                     Some(Ok(Message::Text(t))) => {
                         self.wire.in_text += 1;
-                        self.on_text(t.as_str(), &mut replies);
+                        match self.limits.text(t.len()) {
+                            Admit::Yes => self.on_text(t.as_str(), &mut replies),
+                            Admit::Warn(code, message) => replies.push(error_json(code, &message)),
+                            Admit::Drop => {}
+                            Admit::Close(code, reason) => break Exit::close(code, reason),
+                        }
                     }
                     Some(Ok(Message::Binary(b))) => {
                         self.wire.in_binary += 1;
                         self.wire.audio_in_bytes += b.len() as u64;
-                        self.on_audio(&b, &mut replies);
+                        match self.limits.audio(b.len()) {
+                            Admit::Yes => self.on_audio(&b, &mut replies),
+                            Admit::Warn(code, message) => replies.push(error_json(code, &message)),
+                            Admit::Drop => {}
+                            Admit::Close(code, reason) => break Exit::close(code, reason),
+                        }
                     }
                     Some(Ok(_)) => {} // ping/pong frames are answered by the WebSocket layer
+                    }
                 },
+                () = &mut idle => {
+                    let due = last_message + idle_timeout;
+                    if Instant::now() >= due {
+                        break Exit::close(1000, "idle timeout: no message from the client");
+                    }
+                    idle.as_mut().reset(due);
+                }
                 Some((turn, event)) = self.events_rx.recv() => {
                     let now = self.now();
                     self.core.handle_provider(now, turn, event);
@@ -186,14 +243,7 @@ impl Driver {
                     self.core.handle_timeout(now);
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                () = &mut cancelled => {
-                    let close = tx.send(Message::Close(Some(CloseFrame {
-                        code: 1001,
-                        reason: Utf8Bytes::from_static("server shutting down"),
-                    })));
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
-                    break "server shutdown";
-                }
+                () = &mut cancelled => break Exit::close(1001, "server shutting down"),
             }
             // Every write of this turn of the loop is bounded by the send timeout.
             let write = async {
@@ -206,19 +256,38 @@ impl Driver {
             };
             match tokio::time::timeout(send_timeout, write).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => break "send failed",
+                Ok(Err(_)) => break Exit::quiet("send failed"),
                 // The client stopped reading: its socket buffer stayed full.
-                Err(_) => break "slow consumer",
+                Err(_) => break Exit::quiet("slow consumer"),
             }
             if self.wire.messages() >= WIRE_FLUSH_MESSAGES {
                 self.app.metrics.add_wire(&mut self.wire);
             }
         };
+        if let Some((code, reason)) = exit.close {
+            // The closing handshake: send the close frame, then read (and discard) until the
+            // client's close arrives. Dropping a socket with unread data would reset it, and the
+            // client could lose the close frame and its reason.
+            let handshake = async {
+                tx.send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                })))
+                .await?;
+                while let Some(msg) = tx.recv().await {
+                    if matches!(msg?, Message::Close(_)) {
+                        break;
+                    }
+                }
+                Ok::<_, axum::Error>(())
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
+        }
         for token in self.turns.values() {
             token.cancel();
         }
         self.tasks.abort_all();
-        reason
+        exit.reason
     }
 
     fn on_text(&mut self, frame: &str, replies: &mut Vec<String>) {

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod config;
 pub mod connection;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod providers;
