@@ -70,7 +70,8 @@ async fn an_idle_session_is_closed_with_1000() {
 /// 30 s of audio at once: over the 5 s burst at 4x real time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audio_flood_is_rate_limited_then_closed_with_1008() {
-    let server = TestServer::start().await;
+    // The default limits (an empty table), not the lifted ones of the other tests.
+    let server = TestServer::start_with("[limits]\n").await;
     let mut c = server.connect().await;
     let frame = vec![0u8; 640];
     for _ in 0..1500 {
@@ -97,7 +98,7 @@ async fn an_audio_flood_is_rate_limited_then_closed_with_1008() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_flood_is_rate_limited_then_closed_with_1008() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with("[limits]\n").await;
     let mut c = server.connect().await;
     for i in 0..400 {
         let ping = json!({"type": "ping", "id": i}).to_string();

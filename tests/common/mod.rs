@@ -32,6 +32,9 @@ first_audio_ms = 10
 chars_per_second = 50.0
 "#;
 
+/// Input limits for test clients that stream audio faster than real time.
+pub const FAST_CLIENT_LIMITS: &str = "[limits]\nmax_audio_rate = 100.0\naudio_burst_ms = 600000\n";
+
 /// A guard against a hung test, never a timing assertion.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -48,8 +51,15 @@ impl TestServer {
     }
 
     /// Starts voxd with `TEST_CONFIG` plus `extra` TOML (sections must not repeat TEST_CONFIG's).
+    /// Unless `extra` has its own `[limits]`, the input rate limits are lifted: these tests stream
+    /// audio faster than real time on purpose (speech is measured in audio time).
     pub async fn start_with(extra: &str) -> TestServer {
-        let text = format!("{TEST_CONFIG}\n{extra}");
+        let limits = if extra.contains("[limits]") {
+            ""
+        } else {
+            FAST_CLIENT_LIMITS
+        };
+        let text = format!("{TEST_CONFIG}\n{limits}\n{extra}");
         let config = Config::from_toml(&text, Path::new(env!("CARGO_MANIFEST_DIR")))
             .expect("test config is valid");
         Self::start_config(config).await
