@@ -96,7 +96,8 @@ struct Args {
     /// Send audio at real time, one 20 ms frame per 20 ms (the default).
     #[arg(long, overrides_with = "fast")]
     realtime: bool,
-    /// Send audio as fast as the socket takes it.
+    /// Send audio as fast as the socket takes it. The server accepts a burst of about 5 s of
+    /// audio ahead of real time, then 4x real time (`[limits]`); beyond that frames are dropped.
     #[arg(long, overrides_with = "realtime")]
     fast: bool,
     /// Send this text as the user's turn instead of audio.
