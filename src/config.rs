@@ -74,8 +74,58 @@ pub struct FileConfig {
     pub metrics: MetricsSection,
     /// `[limits]`: per-session limits on what a client may send.
     pub limits: LimitsSection,
+    /// `[timeouts]`: how long each provider stage may take.
+    pub timeouts: TimeoutsSection,
     /// `[tools.NAME]`: the tool registry. Default: `check_balance` and `send_email`.
     pub tools: Option<BTreeMap<String, MockToolConfig>>,
+}
+
+/// `[timeouts]`, in ms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsSection {
+    /// The transcript of one utterance.
+    pub asr_ms: u64,
+    /// The LLM's first token (or tool call).
+    pub llm_first_token_ms: u64,
+    /// The gap between two LLM tokens.
+    pub llm_stall_ms: u64,
+    /// A sentence's first audio.
+    pub tts_first_audio_ms: u64,
+    /// The gap between two chunks of a sentence's audio.
+    pub tts_stall_ms: u64,
+    /// One tool call.
+    pub tool_ms: u64,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        TimeoutsSection {
+            asr_ms: 10_000,
+            llm_first_token_ms: 10_000,
+            llm_stall_ms: 5_000,
+            tts_first_audio_ms: 5_000,
+            tts_stall_ms: 5_000,
+            tool_ms: 30_000,
+        }
+    }
+}
+
+/// The provider timeouts, as durations.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `asr_ms`
+    pub asr: Duration,
+    /// `llm_first_token_ms`
+    pub llm_first_token: Duration,
+    /// `llm_stall_ms`
+    pub llm_stall: Duration,
+    /// `tts_first_audio_ms`
+    pub tts_first_audio: Duration,
+    /// `tts_stall_ms`
+    pub tts_stall: Duration,
+    /// `tool_ms`
+    pub tool: Duration,
 }
 
 /// `[limits]`
@@ -360,6 +410,20 @@ pub struct Config {
 }
 
 impl Config {
+    /// The provider timeouts.
+    pub fn session_timeouts(&self) -> Timeouts {
+        let t = &self.file.timeouts;
+        let ms = Duration::from_millis;
+        Timeouts {
+            asr: ms(t.asr_ms),
+            llm_first_token: ms(t.llm_first_token_ms),
+            llm_stall: ms(t.llm_stall_ms),
+            tts_first_audio: ms(t.tts_first_audio_ms),
+            tts_stall: ms(t.tts_stall_ms),
+            tool: ms(t.tool_ms),
+        }
+    }
+
     /// Reads and validates `path`.
     ///
     /// # Errors
@@ -532,6 +596,19 @@ impl Config {
         }
         if t.filler_phrase.trim().is_empty() {
             return Err(invalid("turn.filler_phrase", "must not be empty".into()));
+        }
+        let to = &file.timeouts;
+        for (key, value) in [
+            ("timeouts.asr_ms", to.asr_ms),
+            ("timeouts.llm_first_token_ms", to.llm_first_token_ms),
+            ("timeouts.llm_stall_ms", to.llm_stall_ms),
+            ("timeouts.tts_first_audio_ms", to.tts_first_audio_ms),
+            ("timeouts.tts_stall_ms", to.tts_stall_ms),
+            ("timeouts.tool_ms", to.tool_ms),
+        ] {
+            if !(10..=600_000).contains(&value) {
+                return Err(invalid(key, format!("is {value}; expected 10 to 600000")));
+            }
         }
         let l = &file.limits;
         if l.max_text_bytes < 256 || l.max_text_bytes > s.max_message_bytes {

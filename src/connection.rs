@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -112,6 +113,7 @@ struct Driver {
     cancel: CancellationToken,
     wire: WireCounts,
     limits: ClientLimits,
+    timeouts: crate::config::Timeouts,
 }
 
 impl Driver {
@@ -122,6 +124,7 @@ impl Driver {
         });
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let app_limits = app.config.file.limits.clone();
+        let app_timeouts = app.config.session_timeouts();
         Driver {
             core: Session::new(app.config.session.clone()),
             app,
@@ -136,6 +139,7 @@ impl Driver {
             cancel,
             wire: WireCounts::default(),
             limits: ClientLimits::new(&app_limits, input_rate),
+            timeouts: app_timeouts,
         }
     }
 
@@ -397,19 +401,39 @@ impl Driver {
                 }
                 Output::StartAsr { turn, audio } => {
                     let asr = Arc::clone(&self.app.providers.asr);
+                    let limit = self.timeouts.asr;
                     self.spawn(turn, move |events| async move {
-                        let result = asr.transcribe(audio).await.map(|t| t.text);
-                        let _ = events
-                            .send((turn, ProviderEvent::Transcript(result.map_err(failure))))
-                            .await;
+                        let result = match tokio::time::timeout(limit, asr.transcribe(audio)).await
+                        {
+                            Ok(r) => r.map(|t| t.text).map_err(failure),
+                            Err(_) => Err(timed_out(asr.name(), "no transcript", limit)),
+                        };
+                        let _ = events.send((turn, ProviderEvent::Transcript(result))).await;
                     });
                 }
                 Output::StartLlm { turn, messages } => {
                     let llm = Arc::clone(&self.app.providers.llm);
                     let tools = self.app.providers.tool_specs.to_vec();
+                    let (first, stall) = (self.timeouts.llm_first_token, self.timeouts.llm_stall);
                     self.spawn(turn, move |events| async move {
                         let mut stream = llm.stream(LlmRequest { messages, tools });
-                        while let Some(item) = stream.next().await {
+                        let mut limit = first;
+                        loop {
+                            let item = match tokio::time::timeout(limit, stream.next()).await {
+                                Ok(Some(item)) => item,
+                                Ok(None) => break,
+                                Err(_) => {
+                                    let what = if limit == first {
+                                        "no first token"
+                                    } else {
+                                        "the reply stalled: no token"
+                                    };
+                                    let f = timed_out(llm.name(), what, limit);
+                                    let _ = events.send((turn, ProviderEvent::LlmFailed(f))).await;
+                                    return;
+                                }
+                            };
+                            limit = stall;
                             let event = match item {
                                 Ok(LlmEvent::Token(t)) => ProviderEvent::LlmToken(t),
                                 Ok(LlmEvent::ToolCall(c)) => ProviderEvent::LlmToolCall(c),
@@ -430,9 +454,28 @@ impl Driver {
                 Output::StartTts { turn, seq, text } => {
                     let tts = Arc::clone(&self.app.providers.tts);
                     let rate = self.app.config.session.output_rate;
+                    let (first, stall) = (self.timeouts.tts_first_audio, self.timeouts.tts_stall);
                     self.spawn(turn, move |events| async move {
                         let mut stream = tts.synthesize(text, rate);
-                        while let Some(item) = stream.next().await {
+                        let mut limit = first;
+                        loop {
+                            let item = match tokio::time::timeout(limit, stream.next()).await {
+                                Ok(Some(item)) => item,
+                                Ok(None) => break,
+                                Err(_) => {
+                                    let what = if limit == first {
+                                        "no audio"
+                                    } else {
+                                        "the audio stalled: nothing more"
+                                    };
+                                    let failure = timed_out(tts.name(), what, limit);
+                                    let _ = events
+                                        .send((turn, ProviderEvent::TtsFailed { seq, failure }))
+                                        .await;
+                                    return;
+                                }
+                            };
+                            limit = stall;
                             let event = match item {
                                 Ok(samples) => ProviderEvent::TtsAudio { seq, samples },
                                 Err(e) => ProviderEvent::TtsFailed {
@@ -457,13 +500,12 @@ impl Driver {
                             arguments,
                         } = call;
                         let started = Instant::now();
-                        let result = app
-                            .providers
-                            .tools
-                            .call(&name, &arguments)
-                            .await
-                            .map(|v| v.to_string())
-                            .map_err(failure);
+                        let limit = app.config.session_timeouts().tool;
+                        let call = app.providers.tools.call(&name, &arguments);
+                        let result = match tokio::time::timeout(limit, call).await {
+                            Ok(r) => r.map(|v| v.to_string()).map_err(failure),
+                            Err(_) => Err(timed_out(&name, "the tool did not answer", limit)),
+                        };
                         // Label by registered tool only: a model can invent names without limit.
                         let label = if app.providers.tools.get(&name).is_some() {
                             name.as_str()
@@ -522,8 +564,18 @@ fn failure(e: ProviderError) -> ProviderFailure {
         | ProviderError::InvalidRequest { provider, .. } => provider.clone(),
     };
     ProviderFailure {
+        timed_out: matches!(e, ProviderError::Timeout { .. }),
         provider,
         message: e.to_string(),
+    }
+}
+
+/// The failure of a provider that did not answer within `after`.
+fn timed_out(provider: &str, what: &str, after: Duration) -> ProviderFailure {
+    ProviderFailure {
+        provider: provider.to_owned(),
+        message: format!("{provider}: {what} within {} ms", after.as_millis()),
+        timed_out: true,
     }
 }
 
@@ -537,6 +589,7 @@ fn error_json(code: &str, message: &str) -> String {
         message,
         fatal: false,
         turn_id: None,
+        provider: None,
     }
     .to_json()
 }

@@ -246,6 +246,9 @@ pub enum ServerMessage<'a> {
         fatal: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         turn_id: Option<u64>,
+        /// The provider at fault, for provider errors.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        provider: Option<&'a str>,
     },
     Pong {
         id: Option<&'a Value>,
@@ -368,7 +371,15 @@ pub fn encode_event(e: &Event) -> Option<String> {
             stage,
             failure,
         } => {
-            let code = format!("{}_failed", stage.as_str());
+            let code = format!(
+                "{}_{}",
+                stage.as_str(),
+                if failure.timed_out {
+                    "timeout"
+                } else {
+                    "failed"
+                }
+            );
             let message = format!(
                 "{} provider {:?}: {}",
                 stage.as_str(),
@@ -380,6 +391,7 @@ pub fn encode_event(e: &Event) -> Option<String> {
                 message: &message,
                 fatal: false,
                 turn_id: Some(turn.0),
+                provider: Some(&failure.provider),
             }
             .to_json()
         }

@@ -137,6 +137,8 @@ pub struct ProviderFailure {
     pub provider: String,
     /// What went wrong, safe to show to the client.
     pub message: String,
+    /// The provider did not answer in time (rather than answering with an error).
+    pub timed_out: bool,
 }
 
 /// What a provider call produced, tagged by the owner with the turn it serves.
@@ -1355,6 +1357,7 @@ impl Session {
         self.history.push_tool_round(calls, results);
         if rounds > self.cfg.max_tool_rounds {
             let failure = ProviderFailure {
+                timed_out: false,
                 provider: "voxd".into(),
                 message: format!(
                     "the model called tools {rounds} times in one turn (limit {})",

@@ -31,6 +31,9 @@ pub struct MockAsrConfig {
     pub jitter_ms: u64,
     /// Probability (0 to 1) that a call fails with an injected error. Default 0.
     pub failure_rate: f64,
+    /// Probability (0 to 1) that a call never answers (a hung provider; the server's timeout
+    /// must catch it). Default 0.
+    pub hang_rate: f64,
     /// A `transcripts.toml` fixture table; relative paths are resolved against the config file's
     /// folder. Default: none.
     pub fixtures: Option<PathBuf>,
@@ -50,6 +53,7 @@ impl Default for MockAsrConfig {
             latency_ms: 50,
             jitter_ms: 0,
             failure_rate: 0.0,
+            hang_rate: 0.0,
             fixtures: None,
             rules: vec![
                 rule(Some(500), "mhm"),
@@ -95,6 +99,7 @@ pub struct MockAsr {
     latency: Duration,
     jitter_ms: u64,
     failure_rate: f64,
+    hang_rate: f64,
     /// Fingerprint of a fixture's zero-trimmed samples → its transcript.
     fixtures: HashMap<u64, String>,
     rules: Vec<DurationRule>,
@@ -110,6 +115,7 @@ impl MockAsr {
     /// with the same audio disagree, or `failure_rate` is not a probability.
     pub fn new(config: MockAsrConfig, base_dir: &Path) -> Result<MockAsr, BuildError> {
         check_probability("asr.mock.failure_rate", config.failure_rate)?;
+        check_probability("asr.mock.hang_rate", config.hang_rate)?;
         let fixtures = match &config.fixtures {
             Some(table) => load_fixtures(&base_dir.join(table))?,
             None => HashMap::new(),
@@ -118,6 +124,7 @@ impl MockAsr {
             latency: Duration::from_millis(config.latency_ms),
             jitter_ms: config.jitter_ms,
             failure_rate: config.failure_rate,
+            hang_rate: config.hang_rate,
             fixtures,
             rules: config.rules,
         })
@@ -164,6 +171,9 @@ impl Asr for MockAsr {
         } else {
             Duration::ZERO
         };
+        if inject_failure(self.hang_rate) {
+            std::future::pending::<()>().await;
+        }
         tokio::time::sleep(self.latency + jitter).await;
         if inject_failure(self.failure_rate) {
             return Err(ProviderError::Failed {

@@ -28,6 +28,11 @@ pub struct MockLlmConfig {
     pub token_interval_ms: u64,
     /// Probability (0 to 1) that a reply fails instead of yielding its first token. Default 0.
     pub failure_rate: f64,
+    /// Probability (0 to 1) that a reply never starts (a hung provider). Default 0.
+    pub hang_rate: f64,
+    /// Probability (0 to 1) that a reply stops mid-way and never ends (a stalled stream).
+    /// Default 0.
+    pub stall_rate: f64,
     /// Keyword rules, checked in order against the last user message (lowercased). Default: the
     /// demo rules (balance → `check_balance`, email → `send_email`, weather, tomorrow, a long
     /// story, stop).
@@ -79,6 +84,8 @@ impl Default for MockLlmConfig {
             first_token_ms: 100,
             token_interval_ms: 10,
             failure_rate: 0.0,
+            hang_rate: 0.0,
+            stall_rate: 0.0,
             rules: vec![
                 tool(
                     &["balance", "account"],
@@ -164,6 +171,8 @@ pub struct MockLlm {
     first_token: Duration,
     token_interval: Duration,
     failure_rate: f64,
+    hang_rate: f64,
+    stall_rate: f64,
     rules: Vec<Rule>,
     default_reply: String,
     tool_replies: BTreeMap<String, String>,
@@ -181,6 +190,8 @@ impl MockLlm {
     /// `arguments` that are not a JSON object.
     pub fn new(config: MockLlmConfig) -> Result<MockLlm, BuildError> {
         check_probability("llm.mock.failure_rate", config.failure_rate)?;
+        check_probability("llm.mock.hang_rate", config.hang_rate)?;
+        check_probability("llm.mock.stall_rate", config.stall_rate)?;
         let rules = config
             .rules
             .into_iter()
@@ -191,6 +202,8 @@ impl MockLlm {
             first_token: Duration::from_millis(config.first_token_ms),
             token_interval: Duration::from_millis(config.token_interval_ms),
             failure_rate: config.failure_rate,
+            hang_rate: config.hang_rate,
+            stall_rate: config.stall_rate,
             rules,
             default_reply: config.default_reply,
             tool_replies: config.tool_replies,
@@ -269,7 +282,11 @@ impl Llm for MockLlm {
     }
 
     fn stream(&self, request: LlmRequest) -> BoxStream<'static, Result<LlmEvent, ProviderError>> {
-        let events: Vec<Result<LlmEvent, ProviderError>> = if inject_failure(self.failure_rate) {
+        if inject_failure(self.hang_rate) {
+            return stream::pending().boxed();
+        }
+        let mut events: Vec<Result<LlmEvent, ProviderError>> = if inject_failure(self.failure_rate)
+        {
             vec![Err(ProviderError::Failed {
                 provider: PROVIDER_NAME.to_owned(),
                 message: "injected failure".to_owned(),
@@ -294,14 +311,23 @@ impl Llm for MockLlm {
         // cancels the reply wherever it is. Each token is due at an absolute time (the request
         // plus `first_token_ms` plus k × `token_interval_ms`), so timer rounding never adds up
         // over a long reply.
+        let stall = inject_failure(self.stall_rate);
+        if stall {
+            // Half the reply, then nothing: the stream neither ends nor fails.
+            events.truncate(events.len() / 2);
+        }
         let due = tokio::time::Instant::now() + self.first_token;
         let state = (events.into_iter(), due, self.token_interval);
-        stream::unfold(state, |(mut events, due, interval)| async move {
+        let reply = stream::unfold(state, |(mut events, due, interval)| async move {
             let event = events.next()?;
             tokio::time::sleep_until(due).await;
             Some((event, (events, due + interval, interval)))
-        })
-        .boxed()
+        });
+        if stall {
+            reply.chain(stream::pending()).boxed()
+        } else {
+            reply.boxed()
+        }
     }
 }
 

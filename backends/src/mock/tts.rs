@@ -43,6 +43,8 @@ pub struct MockTtsConfig {
     pub amplitude: u16,
     /// Probability (0 to 1) that a synthesis fails instead of yielding its first chunk. Default 0.
     pub failure_rate: f64,
+    /// Probability (0 to 1) that a synthesis never starts (a hung provider). Default 0.
+    pub hang_rate: f64,
 }
 
 impl Default for MockTtsConfig {
@@ -54,6 +56,7 @@ impl Default for MockTtsConfig {
             realtime_factor: 0.1,
             amplitude: 3000,
             failure_rate: 0.0,
+            hang_rate: 0.0,
         }
     }
 }
@@ -68,6 +71,7 @@ pub struct MockTts {
     chunk_ms: u64,
     amplitude: f64,
     failure_rate: f64,
+    hang_rate: f64,
 }
 
 impl MockTts {
@@ -95,6 +99,7 @@ impl MockTts {
             return Err(invalid("amplitude", "expected 1 to 32767"));
         }
         check_probability("tts.mock.failure_rate", config.failure_rate)?;
+        check_probability("tts.mock.hang_rate", config.hang_rate)?;
         Ok(MockTts {
             first_audio: Duration::from_millis(config.first_audio_ms),
             interval: Duration::from_secs_f64(
@@ -104,6 +109,7 @@ impl MockTts {
             chunk_ms: config.chunk_ms,
             amplitude: f64::from(config.amplitude),
             failure_rate: config.failure_rate,
+            hang_rate: config.hang_rate,
         })
     }
 
@@ -242,6 +248,9 @@ impl Tts for MockTts {
                 message: "the sample rate must be above 0 Hz".to_owned(),
             };
             return stream::iter([Err(err)]).boxed();
+        }
+        if inject_failure(self.hang_rate) {
+            return stream::pending().boxed();
         }
         let voice = self.voice(&text, rate);
         let state = Synthesis {

@@ -170,6 +170,7 @@ impl Sim {
         let start = self.now + Duration::from_millis(LLM_FIRST_MS);
         if self.llm_fails {
             let failure = ProviderFailure {
+                timed_out: false,
                 provider: "scripted".into(),
                 message: "boom".into(),
             };
