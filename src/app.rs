@@ -69,19 +69,23 @@ pub fn router(state: Arc<AppState>) -> Router {
     // The transcribe handler enforces `max_body_bytes` itself (with a JSON 413); this only lifts
     // axum's 2 MB default for the multipart extractor to the same limit.
     let body_limit = DefaultBodyLimit::max(state.config.transcribe.max_body_bytes);
-    let mut router = Router::new()
-        .route("/ws", get(ws_upgrade))
-        .route(
-            "/v1/transcribe",
-            post(crate::transcribe::transcribe).layer(body_limit),
-        )
+    let mut guarded = Router::new().route("/ws", get(ws_upgrade)).route(
+        "/v1/transcribe",
+        post(crate::transcribe::transcribe).layer(body_limit),
+    );
+    if state.config.file.metrics.enabled {
+        guarded = guarded.route("/metrics", get(metrics));
+    }
+    // API keys and the Origin allow-list guard everything but the health probes.
+    let guarded = guarded.route_layer(middleware::from_fn_with_state(
+        Arc::clone(&state),
+        crate::auth::require,
+    ));
+    Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .route("/health/startup", get(startup));
-    if state.config.file.metrics.enabled {
-        router = router.route("/metrics", get(metrics));
-    }
-    router
+        .route("/health/startup", get(startup))
+        .merge(guarded)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             track_http,

@@ -76,6 +76,8 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     /// `[timeouts]`: how long each provider stage may take.
     pub timeouts: TimeoutsSection,
+    /// `[auth]`: API keys and allowed origins (off by default).
+    pub auth: crate::auth::AuthSection,
     /// `[tools.NAME]`: the tool registry. Default: `check_balance` and `send_email`.
     pub tools: Option<BTreeMap<String, MockToolConfig>>,
 }
@@ -407,6 +409,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// `POST /v1/transcribe` settings.
     pub transcribe: TranscribeConfig,
+    /// API keys and allowed origins, loaded from the file, the environment and key files.
+    pub auth: crate::auth::Auth,
 }
 
 impl Config {
@@ -682,6 +686,7 @@ impl Config {
             ));
         }
         let transcribe = tr.clone();
+        let auth = crate::auth::Auth::from_config(&file.auth, base_dir)?;
         let tools = file.tools.clone().unwrap_or_else(default_mock_tools);
         let aggressiveness = match v.mode {
             VadMode::Quality => Aggressiveness::Quality,
@@ -725,6 +730,7 @@ impl Config {
             tools,
             session,
             transcribe,
+            auth,
         })
     }
 }

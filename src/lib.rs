@@ -6,6 +6,7 @@
 //! time. This crate is the only one that knows HTTP, WebSockets and JSON framing.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod limits;
