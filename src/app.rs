@@ -215,8 +215,10 @@ async fn startup() -> Response {
     Json(json!({"status": "started"})).into_response()
 }
 
-/// Serves `state` on `listener` until `shutdown` completes, then closes every session (1001) and
-/// waits up to `grace` for their tasks.
+/// Serves `state` on `listener` until `shutdown` completes, then drains: `/health/ready` turns 503
+/// and new sessions are refused at once. Every live session is told (`shutdown`), finishes the
+/// response in progress and closes with 1001. Sessions still open after `drain_timeout` are
+/// closed; then the listener stops.
 ///
 /// # Errors
 /// When the listener fails.
@@ -224,7 +226,7 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
+    drain_timeout: Duration,
 ) -> std::io::Result<()> {
     let app = router(Arc::clone(&state));
     // Histogram samples are buffered until drained: drain them even when nobody scrapes.
@@ -236,11 +238,34 @@ pub async fn serve(
             upkeep_state.metrics.upkeep();
         }
     });
-    let sessions = Arc::clone(&state.sessions);
-    let signal = async move {
-        shutdown.await;
-        info!("shutting down: refusing new sessions and closing live ones");
-        sessions.drain();
+    // The listener stays open while sessions drain, so probes see 503 rather than a refused
+    // connection.
+    let stop = CancellationToken::new();
+    let drainer = {
+        let state = Arc::clone(&state);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            info!(
+                sessions = state.sessions.active(),
+                drain_timeout_s = drain_timeout.as_secs_f64(),
+                "draining: refusing new sessions, finishing responses in progress"
+            );
+            state.sessions.drain(drain_timeout);
+            state.tracker.close();
+            if tokio::time::timeout(drain_timeout, state.tracker.wait())
+                .await
+                .is_err()
+            {
+                info!(
+                    remaining = state.sessions.active(),
+                    "drain deadline: closing the remaining sessions"
+                );
+                state.sessions.close_all();
+                let _ = tokio::time::timeout(Duration::from_secs(2), state.tracker.wait()).await;
+            }
+            stop.cancel();
+        })
     };
     // Small control messages must not wait for Nagle's algorithm (~40 ms on loopback).
     let listener = listener.tap_io(|tcp| {
@@ -248,22 +273,13 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(signal)
-    .await?;
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await;
     upkeep.abort();
-    state.tracker.close();
-    if tokio::time::timeout(grace, state.tracker.wait())
-        .await
-        .is_err()
-    {
-        info!(
-            remaining = state.tracker.len(),
-            "sessions still closing at the deadline"
-        );
-    }
-    Ok(())
+    drainer.abort();
+    served
 }

@@ -196,6 +196,9 @@ pub struct ServerSection {
     /// A client that takes longer than this to accept what voxd sends (its socket buffer stays
     /// full) is disconnected, in ms.
     pub send_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, responses in progress may finish for this long before every session is
+    /// closed, in seconds.
+    pub drain_timeout_s: u64,
 }
 
 impl Default for ServerSection {
@@ -206,6 +209,7 @@ impl Default for ServerSection {
             retry_after_s: 1,
             max_message_bytes: 1 << 20,
             send_timeout_ms: 10_000,
+            drain_timeout_s: 30,
         }
     }
 }
@@ -486,6 +490,12 @@ impl Config {
             return Err(invalid(
                 "server.max_message_bytes",
                 "must be at least 1024".into(),
+            ));
+        }
+        if s.drain_timeout_s > 3600 {
+            return Err(invalid(
+                "server.drain_timeout_s",
+                format!("is {}; expected 0 to 3600", s.drain_timeout_s),
             ));
         }
         if !(100..=600_000).contains(&s.send_timeout_ms) {

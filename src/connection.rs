@@ -176,6 +176,9 @@ impl Driver {
         // Created once: re-creating it every turn of the loop would re-register its waker.
         let cancelled = self.cancel.clone().cancelled_owned();
         tokio::pin!(cancelled);
+        let drained = self.app.sessions.drain_token().cancelled_owned();
+        tokio::pin!(drained);
+        let mut draining = false;
         // The idle timer is re-armed only when it fires (from the last message's time), so a
         // message costs a clock read, not a timer update.
         let idle_timeout =
@@ -248,6 +251,11 @@ impl Driver {
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 () = &mut cancelled => break Exit::close(1001, "server shutting down"),
+                () = &mut drained, if !draining => {
+                    draining = true;
+                    let deadline_ms = self.app.sessions.drain_remaining().as_millis() as u64;
+                    replies.push(ServerMessage::Shutdown { deadline_ms }.to_json());
+                }
             }
             // Every write of this turn of the loop is bounded by the send timeout.
             let write = async {
@@ -266,6 +274,10 @@ impl Driver {
             }
             if self.wire.messages() >= WIRE_FLUSH_MESSAGES {
                 self.app.metrics.add_wire(&mut self.wire);
+            }
+            // Draining: once no response is in progress, the session is done.
+            if draining && self.core.current_response().is_none() {
+                break Exit::close(1001, "server shutting down");
             }
         };
         if let Some((code, reason)) = exit.close {

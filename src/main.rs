@@ -205,7 +205,8 @@ async fn run_server(
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         "accepting connections"
     );
-    serve(listener, state, shutdown_signal(), Duration::from_secs(5)).await?;
+    let drain = Duration::from_secs(state.config.file.server.drain_timeout_s);
+    serve(listener, state, shutdown_signal(), drain).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -253,6 +253,11 @@ pub enum ServerMessage<'a> {
     Pong {
         id: Option<&'a Value>,
     },
+    /// The server is draining: the response in progress finishes, then the session closes
+    /// (1001), at the latest in `deadline_ms`.
+    Shutdown {
+        deadline_ms: u64,
+    },
 }
 
 impl ServerMessage<'_> {

@@ -5,8 +5,8 @@
 //! it ends) frees the slot and removes the session from the registry.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,10 @@ pub struct SessionManager {
     draining: AtomicBool,
     total: AtomicU64,
     refused: AtomicU64,
+    /// Cancelled when draining starts: every session watches it.
+    drain: CancellationToken,
+    /// When the drain ends and the remaining sessions are closed.
+    drain_deadline: OnceLock<Instant>,
 }
 
 impl SessionManager {
@@ -61,6 +65,8 @@ impl SessionManager {
             draining: AtomicBool::new(false),
             total: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            drain: CancellationToken::new(),
+            drain_deadline: OnceLock::new(),
         })
     }
 
@@ -134,8 +140,28 @@ impl SessionManager {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Refuses new sessions from now on and asks every live session to close.
-    pub fn drain(&self) {
+    /// Starts draining: new sessions are refused from now on, and every live session is told to
+    /// finish its response in progress and close within `timeout`.
+    pub fn drain(&self, timeout: Duration) {
+        let _ = self.drain_deadline.set(Instant::now() + timeout);
+        self.draining.store(true, Ordering::Release);
+        self.drain.cancel();
+    }
+
+    /// A token cancelled when draining starts.
+    pub fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// Time left until the drain deadline (zero when not draining or past it).
+    pub fn drain_remaining(&self) -> Duration {
+        self.drain_deadline.get().map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// Closes every live session now (the drain deadline has passed).
+    pub fn close_all(&self) {
         self.draining.store(true, Ordering::Release);
         for entry in &self.sessions {
             entry.cancel.cancel();
@@ -186,11 +212,15 @@ mod tests {
     }
 
     #[test]
-    fn draining_refuses_and_cancels_live_sessions() {
+    fn draining_refuses_new_sessions_and_close_all_cancels_live_ones() {
         let m = SessionManager::new(10);
         let token = CancellationToken::new();
         let _a = m.try_admit(token.clone()).unwrap();
-        m.drain();
+        m.drain(Duration::from_secs(30));
+        assert!(m.drain_token().is_cancelled());
+        assert!(!token.is_cancelled(), "draining lets sessions finish");
+        assert!(m.drain_remaining() > Duration::from_secs(29));
+        m.close_all();
         assert!(token.is_cancelled());
         assert_eq!(
             m.try_admit(CancellationToken::new()).unwrap_err(),
