@@ -429,23 +429,24 @@ impl Driver {
                     let (first, stall) = (self.timeouts.llm_first_token, self.timeouts.llm_stall);
                     self.spawn(turn, move |events| async move {
                         let mut stream = llm.stream(LlmRequest { messages, tools });
-                        let mut limit = first;
+                        let mut started = false;
                         loop {
-                            let item = match tokio::time::timeout(limit, stream.next()).await {
+                            let item = match next_within(&mut stream, &mut started, first, stall)
+                                .await
+                            {
                                 Ok(Some(item)) => item,
                                 Ok(None) => break,
-                                Err(_) => {
-                                    let what = if limit == first {
-                                        "no first token"
-                                    } else {
+                                Err(limit) => {
+                                    let what = if started {
                                         "the reply stalled: no token"
+                                    } else {
+                                        "no first token"
                                     };
                                     let f = timed_out(llm.name(), what, limit);
                                     let _ = events.send((turn, ProviderEvent::LlmFailed(f))).await;
                                     return;
                                 }
                             };
-                            limit = stall;
                             let event = match item {
                                 Ok(LlmEvent::Token(t)) => ProviderEvent::LlmToken(t),
                                 Ok(LlmEvent::ToolCall(c)) => ProviderEvent::LlmToolCall(c),
@@ -469,25 +470,25 @@ impl Driver {
                     let (first, stall) = (self.timeouts.tts_first_audio, self.timeouts.tts_stall);
                     self.spawn(turn, move |events| async move {
                         let mut stream = tts.synthesize(text, rate);
-                        let mut limit = first;
+                        let mut started = false;
                         loop {
-                            let item = match tokio::time::timeout(limit, stream.next()).await {
-                                Ok(Some(item)) => item,
-                                Ok(None) => break,
-                                Err(_) => {
-                                    let what = if limit == first {
-                                        "no audio"
-                                    } else {
-                                        "the audio stalled: nothing more"
-                                    };
-                                    let failure = timed_out(tts.name(), what, limit);
-                                    let _ = events
-                                        .send((turn, ProviderEvent::TtsFailed { seq, failure }))
-                                        .await;
-                                    return;
-                                }
-                            };
-                            limit = stall;
+                            let item =
+                                match next_within(&mut stream, &mut started, first, stall).await {
+                                    Ok(Some(item)) => item,
+                                    Ok(None) => break,
+                                    Err(limit) => {
+                                        let what = if started {
+                                            "the audio stalled: nothing more"
+                                        } else {
+                                            "no audio"
+                                        };
+                                        let failure = timed_out(tts.name(), what, limit);
+                                        let _ = events
+                                            .send((turn, ProviderEvent::TtsFailed { seq, failure }))
+                                            .await;
+                                        return;
+                                    }
+                                };
                             let event = match item {
                                 Ok(samples) => ProviderEvent::TtsAudio { seq, samples },
                                 Err(e) => ProviderEvent::TtsFailed {
@@ -580,6 +581,23 @@ fn failure(e: ProviderError) -> ProviderFailure {
         provider,
         message: e.to_string(),
     }
+}
+
+/// The next item of a provider's stream under its deadlines: `first` for the first item, `stall`
+/// for the gap before each later one. `Err(limit)` when the deadline passed (the caller drops the
+/// stream, which cancels the call).
+async fn next_within<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    started: &mut bool,
+    first: Duration,
+    stall: Duration,
+) -> Result<Option<S::Item>, Duration> {
+    let limit = if *started { stall } else { first };
+    let item = tokio::time::timeout(limit, stream.next())
+        .await
+        .map_err(|_| limit)?;
+    *started = true;
+    Ok(item)
 }
 
 /// The failure of a provider that did not answer within `after`.
