@@ -92,11 +92,7 @@ async fn tool_call_with_client_signals() {
     assert!(result["elapsed_ms"].as_f64().unwrap() >= 300.0);
     let done = c.until("response_done").await;
     assert_response_done(&done, "completed");
-    let spoken: String = c
-        .events("response_text")
-        .iter()
-        .map(|v| v["text"].as_str().unwrap())
-        .collect();
+    let spoken = c.spoken(None);
     assert!(spoken.contains("1,234.56"), "{spoken}");
     server.stop().await;
 }
@@ -244,12 +240,7 @@ async fn real_interruption_with_server_vad() {
         audio_bytes(between(&c.log, "playback_paused", "audio_start")),
         0
     );
-    let spoken: String = c
-        .events("response_text")
-        .iter()
-        .filter(|v| v["turn_id"] == t["turn_id"])
-        .map(|v| v["text"].as_str().unwrap())
-        .collect();
+    let spoken = c.spoken(t["turn_id"].as_u64());
     assert!(spoken.starts_with("Tomorrow"), "{spoken}");
     server.stop().await;
 }

@@ -206,12 +206,7 @@ async fn text_turn_while_speaking_interrupts_and_answers() {
     let done = c.until("response_done").await;
     assert_eq!(done["turn_id"], 2);
     assert_eq!(done["status"], "completed");
-    let spoken: String = c
-        .events("response_text")
-        .iter()
-        .filter(|v| v["turn_id"] == 2)
-        .map(|v| v["text"].as_str().unwrap())
-        .collect();
+    let spoken = c.spoken(Some(2));
     assert!(spoken.contains("stopped"), "{spoken}");
     server.stop().await;
 }

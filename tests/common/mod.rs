@@ -343,6 +343,15 @@ impl Client {
             .collect()
     }
 
+    /// The reply's text so far (`response_text` events), of one turn or of all.
+    pub fn spoken(&self, turn: Option<u64>) -> String {
+        self.events("response_text")
+            .iter()
+            .filter(|v| turn.is_none_or(|t| v["turn_id"] == t))
+            .map(|v| v["text"].as_str().unwrap())
+            .collect()
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }

@@ -356,6 +356,28 @@ impl Sim {
             .collect()
     }
 
+    /// The `heard_text` of the first `Interrupted`.
+    fn heard_text(&self) -> String {
+        self.events()
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Interrupted { heard_text, .. } => Some(heard_text.clone()),
+                _ => None,
+            })
+            .expect("an interruption")
+    }
+
+    /// Every `ResponseText`, in order.
+    fn texts(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::ResponseText { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn first_at(&self, pred: impl Fn(&Output) -> bool) -> Option<Time> {
         self.log.iter().find(|s| pred(&s.output)).map(|s| s.at)
     }
@@ -491,14 +513,7 @@ fn a_slow_tool_gets_a_filler_that_is_heard_but_not_in_history() {
     sim.tool_ms = 2500;
     sim.say(3000);
     sim.settle();
-    let texts: Vec<_> = sim
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::ResponseText { text, .. } => Some(text.clone()),
-            _ => None,
-        })
-        .collect();
+    let texts: Vec<_> = sim.texts();
     assert_eq!(texts[0], "One moment while I check that.");
     assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
     let last = sim.s.history().last().unwrap();
@@ -512,14 +527,7 @@ fn a_filler_waits_for_the_bot_to_finish_what_it_was_saying() {
     sim.tool_ms = 5000;
     sim.say(3000);
     sim.settle();
-    let texts: Vec<String> = sim
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::ResponseText { text, .. } => Some(text.clone()),
-            _ => None,
-        })
-        .collect();
+    let texts: Vec<String> = sim.texts();
     assert_eq!(texts[0], "Let me check that for you.");
     assert_eq!(texts[1], "One moment while I check that.");
     assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
@@ -569,14 +577,7 @@ fn heard_text_of_a_sentence_still_being_synthesized_follows_the_clock() {
     let first = sim.first_at(|o| matches!(o, Output::Audio { .. })).unwrap();
     sim.run_until(first + Duration::from_millis(800));
     sim.text("stop");
-    let heard = sim
-        .events()
-        .into_iter()
-        .find_map(|e| match e {
-            Event::Interrupted { heard_text, .. } => Some(heard_text.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let heard = sim.heard_text();
     // 0.8 s of "Once upon a time there was a lighthouse." (40 characters at 14 a second).
     assert_eq!(heard, "Once upon a");
 }
@@ -649,14 +650,7 @@ fn heard_text_counts_only_speech_that_was_played() {
     let first = sim.first_at(|o| matches!(o, Output::Audio { .. })).unwrap();
     sim.run_until(first + Duration::from_millis(300));
     sim.text("stop");
-    let heard = sim
-        .events()
-        .into_iter()
-        .find_map(|e| match e {
-            Event::Interrupted { heard_text, .. } => Some(heard_text.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let heard = sim.heard_text();
     // 300 ms of "Once upon a time there was a lighthouse." (40 chars, ~2.9 s) is ~4 characters.
     assert_eq!(heard, "Once");
     assert_eq!(
