@@ -764,9 +764,12 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_config_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-        Config::load(&path).unwrap();
+    fn the_shipped_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in ["config.toml", "scripts/peer-workload.toml"] {
+            let config = Config::load(&root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            crate::providers::Providers::build(&config).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
     }
 
     #[test]
