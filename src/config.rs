@@ -148,7 +148,8 @@ pub struct LimitsSection {
     pub max_control_per_s: u32,
     /// Control messages a client may send at once.
     pub control_burst: u32,
-    /// Consecutive rate-limited messages after which the session is closed with 1008.
+    /// Strikes (a dropped message adds one, an admitted one removes one) at which the session is
+    /// closed with 1008.
     pub rate_limit_strikes: u32,
 }
 

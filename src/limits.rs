@@ -4,9 +4,11 @@
 //!   `limits.max_audio_frame_bytes` closes the session with 1009 ("message too big").
 //! - Audio faster than `limits.max_audio_rate` × real time (beyond a burst of `audio_burst_ms`) and
 //!   control messages faster than `max_control_per_s` (beyond `control_burst`) are rate-limited
-//!   with GCRA token buckets (the `governor` crate). A limited message is dropped. The first one of
-//!   a run gets a non-fatal `error` (`rate_limited`). `rate_limit_strikes` limited messages in a
-//!   row close the session with 1008 ("policy violation"). One admitted message resets the count.
+//!   with GCRA token buckets (the `governor` crate). A limited message is dropped and adds a
+//!   strike; an admitted one takes a strike away. The first strike gets a non-fatal `error`
+//!   (`rate_limited`); `rate_limit_strikes` strikes close the session with 1008 ("policy
+//!   violation"). Because an admitted message only takes one strike away, a flood that the bucket
+//!   lets through now and then still adds up.
 //!
 //! The limiters belong to the session; no state is shared between sessions, and checking a frame
 //! takes no lock.
@@ -112,13 +114,14 @@ impl ClientLimits {
         close_reason: &'static str,
     ) -> Admit {
         if ok {
-            self.strikes = 0;
+            self.strikes = self.strikes.saturating_sub(1);
             return Admit::Yes;
         }
         self.strikes += 1;
         if self.strikes >= self.max_strikes {
             Admit::Close(1008, close_reason)
         } else if self.strikes == 1 {
+            // Limiting starts (or starts again after the strikes had worn off).
             Admit::Warn("rate_limited", message())
         } else {
             Admit::Drop
@@ -171,6 +174,23 @@ mod tests {
             l.audio(640),
             Admit::Close(1008, "audio faster than real time")
         );
+    }
+
+    #[test]
+    fn strikes_add_up_even_when_some_messages_pass() {
+        let mut l = limits(10);
+        for _ in 0..250 {
+            l.audio(640);
+        }
+        // Two dropped, one admitted, repeatedly: the count still grows to the limit.
+        let mut closed = false;
+        for _ in 0..20 {
+            let a = l.audio(640);
+            let b = l.audio(640);
+            closed |= matches!(a, Admit::Close(..)) || matches!(b, Admit::Close(..));
+            l.strikes = l.strikes.saturating_sub(1); // what an admitted frame does
+        }
+        assert!(closed);
     }
 
     #[test]

@@ -89,9 +89,19 @@ async fn an_audio_flood_is_rate_limited_then_closed_with_1008() {
         (code, reason.as_str()),
         (1008, "audio faster than real time")
     );
-    assert_eq!(errors.len(), 1, "one warning, then silence: {errors:?}");
-    assert_eq!(errors[0]["code"], "rate_limited");
-    assert_eq!(errors[0]["fatal"], false);
+    // A warning when the limiting starts (again, if the bucket let a frame through meanwhile).
+    assert!(!errors.is_empty());
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["code"] == "rate_limited" && e["fatal"] == false),
+        "{errors:?}"
+    );
+    assert!(
+        errors.len() < 50,
+        "not one per dropped frame: {}",
+        errors.len()
+    );
     still_serves(&server).await;
     server.stop().await;
 }
@@ -109,8 +119,11 @@ async fn a_control_flood_is_rate_limited_then_closed_with_1008() {
     let _ = c.ws.flush().await;
     let (code, reason, errors) = until_close(&mut c).await;
     assert_eq!((code, reason.as_str()), (1008, "too many control messages"));
-    assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0]["code"], "rate_limited");
+    assert!(!errors.is_empty());
+    assert!(
+        errors.iter().all(|e| e["code"] == "rate_limited"),
+        "{errors:?}"
+    );
     still_serves(&server).await;
     server.stop().await;
 }
