@@ -67,12 +67,7 @@ async fn keys_guard_ws_and_rest_but_not_health() {
     assert_eq!(server.get("/metrics").await.0, 200);
     // REST takes the header.
     let r = server
-        .request(
-            "POST",
-            "/v1/transcribe",
-            Some("audio/wav"),
-            &fixture_bytes("weather.wav"),
-        )
+        .transcribe(Some("audio/wav"), &fixture_bytes("weather.wav"))
         .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));

@@ -104,9 +104,7 @@ async fn real_interruption_with_client_signals() {
     let mut c = server.connect().await;
     c.send(json!({"type": "text", "text": "tell me a long story"}))
         .await;
-    c.until("audio_start").await;
-    let from = c.log.len();
-    c.until_audio(from, 16000).await; // half a second of the answer has arrived
+    c.until_playing(16000).await; // half a second of the answer has arrived
     c.send(json!({"type": "speech_start"})).await;
     c.send_silence(1500).await;
     c.send(json!({"type": "speech_end"})).await;
@@ -155,9 +153,7 @@ async fn false_alarm_with_client_signals() {
     let mut c = server.connect().await;
     c.send(json!({"type": "text", "text": "what's the weather like today"}))
         .await;
-    c.until("audio_start").await;
-    let from = c.log.len();
-    c.until_audio(from, 16000).await;
+    c.until_playing(16000).await;
     c.say(300).await;
     c.until("playback_paused").await;
     let t = c.until("transcript").await;
@@ -224,9 +220,7 @@ async fn real_interruption_with_server_vad() {
     let server = TestServer::start().await;
     let mut c = server.connect().await;
     speak(&mut c, "story.wav").await;
-    c.until("audio_start").await;
-    let from = c.log.len();
-    c.until_audio(from, 16000).await;
+    c.until_playing(16000).await;
     speak(&mut c, "interrupt.wav").await;
     c.until("playback_paused").await;
     let interrupted = c.until("interrupted").await;
@@ -252,9 +246,7 @@ async fn false_alarm_with_server_vad() {
     let mut c = server.connect().await;
     c.send(json!({"type": "text", "text": "what's the weather like today"}))
         .await;
-    c.until("audio_start").await;
-    let from = c.log.len();
-    c.until_audio(from, 16000).await;
+    c.until_playing(16000).await;
     speak(&mut c, "mhm.wav").await;
     c.until("playback_paused").await;
     assert_eq!(c.until("transcript").await["text"], "mhm");

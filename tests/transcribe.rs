@@ -18,12 +18,7 @@ fn texts(v: &Value) -> Vec<String> {
 async fn a_wav_body_is_transcribed() {
     let server = TestServer::start().await;
     let r = server
-        .request(
-            "POST",
-            "/v1/transcribe",
-            Some("audio/wav"),
-            &fixture_bytes("weather.wav"),
-        )
+        .transcribe(Some("audio/wav"), &fixture_bytes("weather.wav"))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
@@ -62,9 +57,7 @@ async fn long_audio_is_split_into_segments() {
         }
     }
     let body = wav(&audio, 16000, 1, false);
-    let r = server
-        .request("POST", "/v1/transcribe", Some("audio/wav"), &body)
-        .await;
+    let r = server.transcribe(Some("audio/wav"), &body).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     let expected: Vec<&str> = [
@@ -102,12 +95,7 @@ async fn stereo_float_at_48khz_is_converted() {
         })
         .collect();
     let r = server
-        .request(
-            "POST",
-            "/v1/transcribe",
-            Some("audio/wav"),
-            &wav(&stereo, 48000, 2, true),
-        )
+        .transcribe(Some("audio/wav"), &wav(&stereo, 48000, 2, true))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["text"], "can you check my account balance");
@@ -131,9 +119,7 @@ async fn raw_pcm_with_its_rate() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["text"], "what about tomorrow");
-    let r = server
-        .request("POST", "/v1/transcribe", Some("audio/pcm"), &pcm)
-        .await;
+    let r = server.transcribe(Some("audio/pcm"), &pcm).await;
     assert_eq!(
         (r.status, r.json()["error"]["code"].clone()),
         (400, "missing_parameter".into())
@@ -170,33 +156,25 @@ async fn multipart_upload_like_the_common_api() {
         ("model", None, b"whisper-1"),
         ("file", Some("weather.wav"), &audio),
     ]);
-    let r = server
-        .request("POST", "/v1/transcribe", Some(&ct), &body)
-        .await;
+    let r = server.transcribe(Some(&ct), &body).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["text"], "what's the weather like today");
     let (ct, body) = multipart(&[
         ("file", Some("weather.wav"), &audio),
         ("response_format", None, b"text"),
     ]);
-    let r = server
-        .request("POST", "/v1/transcribe", Some(&ct), &body)
-        .await;
+    let r = server.transcribe(Some(&ct), &body).await;
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));
     assert_eq!(r.body, "what's the weather like today");
     let (ct, body) = multipart(&[("model", None, b"whisper-1")]);
-    let r = server
-        .request("POST", "/v1/transcribe", Some(&ct), &body)
-        .await;
+    let r = server.transcribe(Some(&ct), &body).await;
     assert_eq!(
         (r.status, r.json()["error"]["code"].clone()),
         (400, "missing_file".into())
     );
     let (ct, body) = multipart(&[("file", Some("a.mp3"), b"ID3\x04\x00\x00\x00\x00\x00\x00")]);
-    let r = server
-        .request("POST", "/v1/transcribe", Some(&ct), &body)
-        .await;
+    let r = server.transcribe(Some(&ct), &body).await;
     assert_eq!(
         (r.status, r.json()["error"]["code"].clone()),
         (415, "unsupported_media_type".into())
@@ -257,7 +235,7 @@ async fn bad_input_gets_a_clear_error() {
         ),
     ];
     for (ct, body, status, code) in cases {
-        let r = server.request("POST", "/v1/transcribe", ct, &body).await;
+        let r = server.transcribe(ct, &body).await;
         assert_eq!(r.status, status, "{ct:?}: {}", r.body);
         let v = r.json();
         assert_eq!(v["error"]["code"], code, "{v}");
@@ -271,12 +249,7 @@ async fn bad_input_gets_a_clear_error() {
 async fn silence_has_no_segments() {
     let server = TestServer::start().await;
     let r = server
-        .request(
-            "POST",
-            "/v1/transcribe",
-            Some("audio/wav"),
-            &wav(&[0.0; 32_000], 16000, 1, false),
-        )
+        .transcribe(Some("audio/wav"), &wav(&[0.0; 32_000], 16000, 1, false))
         .await;
     assert_eq!(r.status, 200);
     let v = r.json();

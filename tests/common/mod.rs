@@ -113,6 +113,12 @@ impl TestServer {
         (r.status, r.body)
     }
 
+    /// `POST /v1/transcribe` with `body` as `content_type`.
+    pub async fn transcribe(&self, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
+        self.request("POST", "/v1/transcribe", content_type, body)
+            .await
+    }
+
     /// An HTTP/1.1 request over a real socket, with `Connection: close`.
     pub async fn request(
         &self,
@@ -330,6 +336,14 @@ impl Client {
         while audio_bytes(&self.log[from..]) < bytes {
             self.next().await;
         }
+    }
+
+    /// Reads until `audio_start`, then until `bytes` more of audio have arrived: the answer is
+    /// audibly playing.
+    pub async fn until_playing(&mut self, bytes: usize) {
+        self.until("audio_start").await;
+        let from = self.log.len();
+        self.until_audio(from, bytes).await;
     }
 
     /// The events of type `ty` received so far.
