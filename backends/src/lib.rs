@@ -8,6 +8,7 @@
 //! Cancellation: every call is cancelled by dropping it. A streaming call returns a `Stream`;
 //! dropping the stream stops the work at once (no task keeps running behind it).
 
+pub mod http;
 pub mod mock;
 pub mod tools;
 
