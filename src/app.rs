@@ -197,11 +197,16 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         "active_sessions": s.active(),
         "max_sessions": s.max(),
         "draining": s.is_draining(),
+        "providers": state.providers.status(),
     });
     let (status, label) = if s.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if s.is_full() {
         (StatusCode::SERVICE_UNAVAILABLE, "full")
+    } else if !state.providers.available() {
+        // Every provider of some stage has an open breaker. It turns half-open (and this ready
+        // again) when the cool-down ends, with or without traffic.
+        (StatusCode::SERVICE_UNAVAILABLE, "providers_unavailable")
     } else {
         (StatusCode::OK, "ready")
     };

@@ -78,6 +78,8 @@ pub struct FileConfig {
     pub timeouts: TimeoutsSection,
     /// `[auth]`: API keys and allowed origins (off by default).
     pub auth: crate::auth::AuthSection,
+    /// `[circuit_breaker]`: when a failing provider is skipped.
+    pub circuit_breaker: CircuitBreakerSection,
     /// `[tools.NAME]`: the tool registry. Default: `check_balance` and `send_email`.
     pub tools: Option<BTreeMap<String, MockToolConfig>>,
 }
@@ -345,8 +347,10 @@ pub enum AsrProvider {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AsrSection {
-    /// The provider.
-    pub provider: AsrProvider,
+    /// The provider (or use `providers` for a fallback chain).
+    pub provider: Option<AsrProvider>,
+    /// Providers in order: a failure or timeout moves a request to the next.
+    pub providers: Vec<AsrProvider>,
     /// `[asr.mock]`
     pub mock: MockAsrConfig,
 }
@@ -364,8 +368,10 @@ pub enum LlmProvider {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmSection {
-    /// The provider.
-    pub provider: LlmProvider,
+    /// The provider (or use `providers` for a fallback chain).
+    pub provider: Option<LlmProvider>,
+    /// Providers in order: a failure or timeout moves a request to the next.
+    pub providers: Vec<LlmProvider>,
     /// The system prompt, first in every request.
     pub system_prompt: String,
     /// `[llm.mock]`
@@ -375,7 +381,8 @@ pub struct LlmSection {
 impl Default for LlmSection {
     fn default() -> Self {
         LlmSection {
-            provider: LlmProvider::Mock,
+            provider: None,
+            providers: Vec::new(),
             system_prompt: SessionConfig::default().system_prompt,
             mock: MockLlmConfig::default(),
         }
@@ -395,10 +402,62 @@ pub enum TtsProvider {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TtsSection {
-    /// The provider.
-    pub provider: TtsProvider,
+    /// The provider (or use `providers` for a fallback chain).
+    pub provider: Option<TtsProvider>,
+    /// Providers in order: a failure or timeout moves a request to the next.
+    pub providers: Vec<TtsProvider>,
     /// `[tts.mock]`
     pub mock: MockTtsConfig,
+}
+
+/// A stage's providers in order, from `provider` or `providers` (the mock when neither is set).
+///
+/// # Errors
+/// `ConfigError::Invalid` naming `<stage>.providers` when both keys are set, the list is empty or
+/// a provider appears twice.
+pub fn provider_chain<P: Copy + PartialEq + Default + std::fmt::Debug>(
+    stage: &str,
+    provider: Option<P>,
+    providers: &[P],
+) -> Result<Vec<P>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: format!("{stage}.providers"),
+        message,
+    };
+    match (provider, providers) {
+        (Some(_), [_, ..]) => Err(invalid(format!(
+            "and `{stage}.provider` are both set; keep one (`providers` lists a fallback chain)"
+        ))),
+        (Some(p), []) => Ok(vec![p]),
+        (None, []) => Ok(vec![P::default()]),
+        (None, list) => {
+            for (i, p) in list.iter().enumerate() {
+                if list[..i].contains(p) {
+                    return Err(invalid(format!("lists {p:?} twice")));
+                }
+            }
+            Ok(list.to_vec())
+        }
+    }
+}
+
+/// `[circuit_breaker]`: when a stage skips a failing provider (see `fallback.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerSection {
+    /// Consecutive failures that open a provider's breaker; 0 disables breakers.
+    pub failure_threshold: u32,
+    /// How long an open breaker skips its provider before one request probes it.
+    pub cooldown_ms: u64,
+}
+
+impl Default for CircuitBreakerSection {
+    fn default() -> Self {
+        CircuitBreakerSection {
+            failure_threshold: 5,
+            cooldown_ms: 30_000,
+        }
+    }
 }
 
 /// The validated configuration.
@@ -542,6 +601,18 @@ impl Config {
             return Err(invalid(
                 "audio.max_utterance_ms",
                 "must be at least 1000".into(),
+            ));
+        }
+        provider_chain("asr", file.asr.provider, &file.asr.providers)?;
+        provider_chain("llm", file.llm.provider, &file.llm.providers)?;
+        provider_chain("tts", file.tts.provider, &file.tts.providers)?;
+        if file.circuit_breaker.cooldown_ms > 3_600_000 {
+            return Err(invalid(
+                "circuit_breaker.cooldown_ms",
+                format!(
+                    "is {}; expected at most 3600000 (an hour)",
+                    file.circuit_breaker.cooldown_ms
+                ),
             ));
         }
         let v = &file.vad;
@@ -785,6 +856,14 @@ mod tests {
         assert!(err("[vad]\nframe_ms = 25\n").contains("vad.frame_ms"));
         assert!(err("[audio]\noutput_sample_rate = 44100\n").contains("audio.output_sample_rate"));
         assert!(err("[asr]\nprovider = \"whisper\"\n").contains("whisper"));
+        let both = err("[llm]\nprovider = \"mock\"\nproviders = [\"mock\"]\n");
+        assert!(
+            both.contains("`llm.providers`") && both.contains("both set"),
+            "{both}"
+        );
+        assert!(err("[tts]\nproviders = [\"mock\", \"mock\"]\n").contains("twice"));
+        assert!(err("[circuit_breaker]\ncooldown_ms = 99999999\n")
+            .contains("circuit_breaker.cooldown_ms"));
         assert!(err("[server]\nmax_sessions = \"many\"\n").contains("max_sessions"));
     }
 }

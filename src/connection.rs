@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -25,14 +24,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
-use voxd_backends::{LlmEvent, LlmRequest, ProviderError};
+use voxd_backends::{LlmEvent, LlmRequest};
 use voxd_core::resample::StreamResampler;
 use voxd_core::ResponseStatus;
-use voxd_core::{
-    Event, Output, ProviderEvent, ProviderFailure, SampleRate, Session, Time, ToolCall, TurnId,
-};
+use voxd_core::{Event, Output, ProviderEvent, SampleRate, Session, Time, ToolCall, TurnId};
 
 use crate::app::AppState;
+use crate::fallback::{failure, timed_out};
 use crate::limits::{Admit, ClientLimits};
 use crate::metrics::WireCounts;
 use crate::protocol::{self, ClientMessage, ServerMessage, PROTOCOL_VERSION};
@@ -390,7 +388,10 @@ impl Driver {
                             failure,
                         } => {
                             warn!(turn_id = turn.0, stage = stage.as_str(), provider = %failure.provider, error = %failure.message, "provider failed");
-                            metrics.provider_error(*stage, &failure.provider);
+                            // ASR, LLM and TTS failures are counted by their fallback chains.
+                            if *stage == voxd_core::Stage::Tool {
+                                metrics.provider_error(*stage, &failure.provider);
+                            }
                         }
                         _ => {}
                     }
@@ -412,45 +413,46 @@ impl Driver {
                     }
                 }
                 Output::StartAsr { turn, audio } => {
-                    let asr = Arc::clone(&self.app.providers.asr);
+                    let app = Arc::clone(&self.app);
                     let limit = self.timeouts.asr;
                     self.spawn(turn, move |events| async move {
-                        let result = match tokio::time::timeout(limit, asr.transcribe(audio)).await
-                        {
-                            Ok(r) => r.map(|t| t.text).map_err(failure),
-                            Err(_) => Err(timed_out(asr.name(), "no transcript", limit)),
-                        };
+                        let chain = &app.providers.asr;
+                        let result = chain
+                            .call(&app.metrics, limit, "no transcript", |asr| {
+                                let audio = Arc::clone(&audio);
+                                async move { asr.transcribe(audio).await.map(|t| t.text) }
+                            })
+                            .await;
                         let _ = events.send((turn, ProviderEvent::Transcript(result))).await;
                     });
                 }
                 Output::StartLlm { turn, messages } => {
-                    let llm = Arc::clone(&self.app.providers.llm);
-                    let tools = self.app.providers.tool_specs.to_vec();
+                    let app = Arc::clone(&self.app);
                     let (first, stall) = (self.timeouts.llm_first_token, self.timeouts.llm_stall);
                     self.spawn(turn, move |events| async move {
-                        let mut stream = llm.stream(LlmRequest { messages, tools });
-                        let mut started = false;
-                        loop {
-                            let item = match next_within(&mut stream, &mut started, first, stall)
-                                .await
-                            {
-                                Ok(Some(item)) => item,
-                                Ok(None) => break,
-                                Err(limit) => {
-                                    let what = if started {
-                                        "the reply stalled: no token"
-                                    } else {
-                                        "no first token"
-                                    };
-                                    let f = timed_out(llm.name(), what, limit);
-                                    let _ = events.send((turn, ProviderEvent::LlmFailed(f))).await;
-                                    return;
-                                }
-                            };
-                            let event = match item {
+                        let chain = &app.providers.llm;
+                        let request = LlmRequest {
+                            messages,
+                            tools: app.providers.tool_specs.to_vec(),
+                        };
+                        let opened = chain
+                            .open(&app.metrics, first, "no first token", |llm| {
+                                llm.stream(request.clone())
+                            })
+                            .await;
+                        let (i, mut stream, mut item) = match opened {
+                            Ok((i, stream, first)) => (i, stream, first.map(Ok)),
+                            Err(f) => {
+                                let _ = events.send((turn, ProviderEvent::LlmFailed(f))).await;
+                                return;
+                            }
+                        };
+                        while let Some(next) = item {
+                            let event = match next {
                                 Ok(LlmEvent::Token(t)) => ProviderEvent::LlmToken(t),
                                 Ok(LlmEvent::ToolCall(c)) => ProviderEvent::LlmToolCall(c),
                                 Err(e) => {
+                                    chain.failed(i, &app.metrics);
                                     let _ = events
                                         .send((turn, ProviderEvent::LlmFailed(failure(e))))
                                         .await;
@@ -460,46 +462,73 @@ impl Driver {
                             if events.send((turn, event)).await.is_err() {
                                 return;
                             }
+                            item = match tokio::time::timeout(stall, stream.next()).await {
+                                Ok(next) => next,
+                                Err(_) => {
+                                    chain.failed(i, &app.metrics);
+                                    let f = timed_out(
+                                        chain.name(i),
+                                        "the reply stalled: no token",
+                                        stall,
+                                    );
+                                    let _ = events.send((turn, ProviderEvent::LlmFailed(f))).await;
+                                    return;
+                                }
+                            };
                         }
                         let _ = events.send((turn, ProviderEvent::LlmDone)).await;
                     });
                 }
                 Output::StartTts { turn, seq, text } => {
-                    let tts = Arc::clone(&self.app.providers.tts);
+                    let app = Arc::clone(&self.app);
                     let rate = self.app.config.session.output_rate;
                     let (first, stall) = (self.timeouts.tts_first_audio, self.timeouts.tts_stall);
                     self.spawn(turn, move |events| async move {
-                        let mut stream = tts.synthesize(text, rate);
-                        let mut started = false;
-                        loop {
-                            let item =
-                                match next_within(&mut stream, &mut started, first, stall).await {
-                                    Ok(Some(item)) => item,
-                                    Ok(None) => break,
-                                    Err(limit) => {
-                                        let what = if started {
-                                            "the audio stalled: nothing more"
-                                        } else {
-                                            "no audio"
-                                        };
-                                        let failure = timed_out(tts.name(), what, limit);
-                                        let _ = events
-                                            .send((turn, ProviderEvent::TtsFailed { seq, failure }))
-                                            .await;
-                                        return;
-                                    }
-                                };
-                            let event = match item {
-                                Ok(samples) => ProviderEvent::TtsAudio { seq, samples },
-                                Err(e) => ProviderEvent::TtsFailed {
-                                    seq,
-                                    failure: failure(e),
-                                },
-                            };
-                            let failed = matches!(event, ProviderEvent::TtsFailed { .. });
-                            if events.send((turn, event)).await.is_err() || failed {
+                        let chain = &app.providers.tts;
+                        let opened = chain
+                            .open(&app.metrics, first, "no audio", |tts| {
+                                tts.synthesize(text.clone(), rate)
+                            })
+                            .await;
+                        let (i, mut stream, mut item) = match opened {
+                            Ok((i, stream, first)) => (i, stream, first.map(Ok)),
+                            Err(failure) => {
+                                let _ = events
+                                    .send((turn, ProviderEvent::TtsFailed { seq, failure }))
+                                    .await;
                                 return;
                             }
+                        };
+                        while let Some(next) = item {
+                            let event = match next {
+                                Ok(samples) => ProviderEvent::TtsAudio { seq, samples },
+                                Err(e) => {
+                                    chain.failed(i, &app.metrics);
+                                    let failure = failure(e);
+                                    let _ = events
+                                        .send((turn, ProviderEvent::TtsFailed { seq, failure }))
+                                        .await;
+                                    return;
+                                }
+                            };
+                            if events.send((turn, event)).await.is_err() {
+                                return;
+                            }
+                            item = match tokio::time::timeout(stall, stream.next()).await {
+                                Ok(next) => next,
+                                Err(_) => {
+                                    chain.failed(i, &app.metrics);
+                                    let failure = timed_out(
+                                        chain.name(i),
+                                        "the audio stalled: nothing more",
+                                        stall,
+                                    );
+                                    let _ = events
+                                        .send((turn, ProviderEvent::TtsFailed { seq, failure }))
+                                        .await;
+                                    return;
+                                }
+                            };
                         }
                         let _ = events.send((turn, ProviderEvent::TtsDone { seq })).await;
                     });
@@ -567,45 +596,6 @@ impl Driver {
             }
             .instrument(info_span!("turn", turn_id = turn.0)),
         );
-    }
-}
-
-fn failure(e: ProviderError) -> ProviderFailure {
-    let provider = match &e {
-        ProviderError::Failed { provider, .. }
-        | ProviderError::Timeout { provider, .. }
-        | ProviderError::InvalidRequest { provider, .. } => provider.clone(),
-    };
-    ProviderFailure {
-        timed_out: matches!(e, ProviderError::Timeout { .. }),
-        provider,
-        message: e.to_string(),
-    }
-}
-
-/// The next item of a provider's stream under its deadlines: `first` for the first item, `stall`
-/// for the gap before each later one. `Err(limit)` when the deadline passed (the caller drops the
-/// stream, which cancels the call).
-async fn next_within<S: futures_util::Stream + Unpin>(
-    stream: &mut S,
-    started: &mut bool,
-    first: Duration,
-    stall: Duration,
-) -> Result<Option<S::Item>, Duration> {
-    let limit = if *started { stall } else { first };
-    let item = tokio::time::timeout(limit, stream.next())
-        .await
-        .map_err(|_| limit)?;
-    *started = true;
-    Ok(item)
-}
-
-/// The failure of a provider that did not answer within `after`.
-fn timed_out(provider: &str, what: &str, after: Duration) -> ProviderFailure {
-    ProviderFailure {
-        provider: provider.to_owned(),
-        message: format!("{provider}: {what} within {} ms", after.as_millis()),
-        timed_out: true,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod fallback;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;

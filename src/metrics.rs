@@ -212,6 +212,43 @@ impl Metrics {
             .increment(1);
     }
 
+    /// A stage moved from provider `from` to `to` after a failure.
+    pub fn fallback(&self, stage: Stage, from: &str, to: &str) {
+        let labels = vec![
+            Label::new("stage", stage.as_str()),
+            Label::new("from", from.to_owned()),
+            Label::new("to", to.to_owned()),
+        ];
+        self.recorder
+            .register_counter(
+                &Key::from_parts("voxd_provider_fallbacks_total", labels),
+                &METADATA,
+            )
+            .increment(1);
+    }
+
+    /// A provider's circuit breaker opened (`open`) or closed again.
+    pub fn circuit(&self, stage: Stage, provider: &str, open: bool) {
+        let labels = vec![
+            Label::new("stage", stage.as_str()),
+            Label::new("provider", provider.to_owned()),
+        ];
+        self.recorder
+            .register_gauge(
+                &Key::from_parts("voxd_provider_circuit_open", labels.clone()),
+                &METADATA,
+            )
+            .set(if open { 1.0 } else { 0.0 });
+        if open {
+            self.recorder
+                .register_counter(
+                    &Key::from_parts("voxd_provider_circuit_opened_total", labels),
+                    &METADATA,
+                )
+                .increment(1);
+        }
+    }
+
     /// An HTTP request finished.
     pub fn http_request(&self, route: &str, status: u16, elapsed: Duration) {
         let labels = vec![
@@ -342,6 +379,23 @@ fn describe(r: &PrometheusRecorder) {
         "voxd_provider_errors_total",
         None,
         "Provider failures, by stage and provider",
+    );
+    c(
+        "voxd_provider_fallbacks_total",
+        None,
+        "Requests moved to the next provider of a stage after a failure, by stage, from and to",
+    );
+    c(
+        "voxd_provider_circuit_opened_total",
+        None,
+        "Times a provider's circuit breaker opened, by stage and provider",
+    );
+    r.describe_gauge(
+        KeyName::from_const_str("voxd_provider_circuit_open"),
+        None,
+        SharedString::const_str(
+            "1 while a provider's circuit breaker is open, by stage and provider",
+        ),
     );
     c(
         "voxd_ws_messages_total",

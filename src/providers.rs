@@ -1,25 +1,41 @@
-//! Builds the configured providers once at start-up; sessions share them through `Arc`s.
+//! Builds the configured providers once at start-up; sessions share them through `Arc`s. Each
+//! stage is a fallback chain (`fallback.rs`): `[asr] providers = ["openai", "mock"]` tries the
+//! first and moves to the next on a failure or timeout.
 
 use std::sync::Arc;
 
 use voxd_backends::mock::{MockAsr, MockLlm, MockTts};
 use voxd_backends::{Asr, BuildError, Llm, ToolRegistry, ToolSpec, Tts};
+use voxd_core::Stage;
 
-use crate::config::{AsrProvider, Config, LlmProvider, TtsProvider};
+use crate::config::{provider_chain, AsrProvider, Config, LlmProvider, TtsProvider};
+use crate::fallback::{BreakerConfig, Chain};
 
 /// The providers every session uses.
 #[derive(Clone)]
 pub struct Providers {
     /// Speech to text.
-    pub asr: Arc<dyn Asr>,
+    pub asr: Arc<Chain<dyn Asr>>,
     /// The language model.
-    pub llm: Arc<dyn Llm>,
+    pub llm: Arc<Chain<dyn Llm>>,
     /// Text to speech.
-    pub tts: Arc<dyn Tts>,
+    pub tts: Arc<Chain<dyn Tts>>,
     /// The tools the LLM may call.
     pub tools: Arc<ToolRegistry>,
     /// The tools' specs, offered to the LLM in every request.
     pub tool_specs: Arc<[ToolSpec]>,
+}
+
+fn chain_error(e: crate::config::ConfigError) -> BuildError {
+    match e {
+        crate::config::ConfigError::Invalid { key, message } => {
+            BuildError::Invalid { key, message }
+        }
+        other => BuildError::Invalid {
+            key: "config".into(),
+            message: other.to_string(),
+        },
+    }
 }
 
 impl Providers {
@@ -29,23 +45,58 @@ impl Providers {
     /// A `BuildError` when a provider's configuration or files are unusable.
     pub fn build(config: &Config) -> Result<Providers, BuildError> {
         let file = &config.file;
-        let asr: Arc<dyn Asr> = match file.asr.provider {
-            AsrProvider::Mock => Arc::new(MockAsr::new(file.asr.mock.clone(), &config.base_dir)?),
+        let breaker = BreakerConfig {
+            failure_threshold: file.circuit_breaker.failure_threshold,
+            cooldown: std::time::Duration::from_millis(file.circuit_breaker.cooldown_ms),
         };
-        let llm: Arc<dyn Llm> = match file.llm.provider {
-            LlmProvider::Mock => Arc::new(MockLlm::new(file.llm.mock.clone())?),
-        };
-        let tts: Arc<dyn Tts> = match file.tts.provider {
-            TtsProvider::Mock => Arc::new(MockTts::new(file.tts.mock.clone())?),
-        };
+        let mut asr: Vec<Arc<dyn Asr>> = Vec::new();
+        for p in
+            provider_chain("asr", file.asr.provider, &file.asr.providers).map_err(chain_error)?
+        {
+            asr.push(match p {
+                AsrProvider::Mock => {
+                    Arc::new(MockAsr::new(file.asr.mock.clone(), &config.base_dir)?)
+                }
+            });
+        }
+        let mut llm: Vec<Arc<dyn Llm>> = Vec::new();
+        for p in
+            provider_chain("llm", file.llm.provider, &file.llm.providers).map_err(chain_error)?
+        {
+            llm.push(match p {
+                LlmProvider::Mock => Arc::new(MockLlm::new(file.llm.mock.clone())?),
+            });
+        }
+        let mut tts: Vec<Arc<dyn Tts>> = Vec::new();
+        for p in
+            provider_chain("tts", file.tts.provider, &file.tts.providers).map_err(chain_error)?
+        {
+            tts.push(match p {
+                TtsProvider::Mock => Arc::new(MockTts::new(file.tts.mock.clone())?),
+            });
+        }
         let tools = ToolRegistry::from_mock_config(&config.tools)?;
         let tool_specs = tools.specs().into();
         Ok(Providers {
-            asr,
-            llm,
-            tts,
+            asr: Arc::new(Chain::new(Stage::Asr, asr, breaker)),
+            llm: Arc::new(Chain::new(Stage::Llm, llm, breaker)),
+            tts: Arc::new(Chain::new(Stage::Tts, tts, breaker)),
             tools: Arc::new(tools),
             tool_specs,
         })
+    }
+
+    /// Every stage's providers and breakers, for `/health/ready`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "asr": self.asr.status(),
+            "llm": self.llm.status(),
+            "tts": self.tts.status(),
+        })
+    }
+
+    /// Whether every stage has a provider that would take a request now.
+    pub fn available(&self) -> bool {
+        self.asr.available() && self.llm.available() && self.tts.available()
     }
 }

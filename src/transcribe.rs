@@ -26,6 +26,8 @@ use voxd_core::vad::{VadConfig, VoiceDetector};
 use voxd_core::SampleRate;
 
 use crate::app::{error_response, AppState};
+use crate::fallback::Chain;
+use crate::metrics::Metrics;
 
 /// `[transcribe]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -221,21 +223,25 @@ async fn run(
 
     let asr_started = Instant::now();
     let texts = transcribe_regions(
-        Arc::clone(&state.providers.asr),
+        &state.providers.asr,
+        &state.metrics,
+        state.config.session_timeouts().asr,
         audio.into(),
         &regions,
         cfg.max_concurrent_segments,
     )
     .await
     .map_err(|e| {
-        state
-            .metrics
-            .provider_error(voxd_core::Stage::Asr, state.providers.asr.name());
-        tracing::warn!(error = %e, "transcription failed");
+        tracing::warn!(provider = %e.provider, error = %e.message, "transcription failed");
+        let (status, code) = if e.timed_out {
+            (StatusCode::GATEWAY_TIMEOUT, "asr_timeout")
+        } else {
+            (StatusCode::BAD_GATEWAY, "asr_failed")
+        };
         TranscribeError::new(
-            StatusCode::BAD_GATEWAY,
-            "asr_failed",
-            format!("the speech-to-text provider failed: {e}"),
+            status,
+            code,
+            format!("the speech-to-text provider failed: {}", e.message),
         )
     })?;
     let asr_ms = ms_since(asr_started);
@@ -366,16 +372,20 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> TranscribeErr
 /// # Errors
 /// The first provider failure.
 pub async fn transcribe_regions(
-    asr: Arc<dyn voxd_backends::Asr>,
+    asr: &Chain<dyn voxd_backends::Asr>,
+    metrics: &Metrics,
+    limit: std::time::Duration,
     audio: Arc<[i16]>,
     regions: &[(usize, usize)],
     max_concurrent: usize,
-) -> Result<Vec<String>, voxd_backends::ProviderError> {
+) -> Result<Vec<String>, voxd_core::ProviderFailure> {
     stream::iter(regions.iter().copied())
         .map(|(start, end)| {
-            let asr = Arc::clone(&asr);
             let piece: Arc<[i16]> = audio[start..end].into();
-            async move { asr.transcribe(piece).await.map(|t| t.text) }
+            asr.call(metrics, limit, "no transcript", move |asr| {
+                let piece = Arc::clone(&piece);
+                async move { asr.transcribe(piece).await.map(|t| t.text) }
+            })
         })
         .buffered(max_concurrent.max(1))
         .try_collect()
@@ -640,7 +650,14 @@ mod tests {
         let audio: Arc<[i16]> = vec![0i16; 20_000].into();
         let regions: Vec<(usize, usize)> = (0..20).map(|i| (i * 1000, i * 1000 + i + 1)).collect();
         let started = tokio::time::Instant::now();
-        let texts = transcribe_regions(asr.clone(), audio, &regions, 8)
+        let providers: Vec<Arc<dyn voxd_backends::Asr>> = vec![asr.clone()];
+        let breaker = crate::fallback::BreakerConfig {
+            failure_threshold: 5,
+            cooldown: std::time::Duration::from_secs(1),
+        };
+        let chain = Chain::new(voxd_core::Stage::Asr, providers, breaker);
+        let limit = std::time::Duration::from_secs(1);
+        let texts = transcribe_regions(&chain, &Metrics::new(), limit, audio, &regions, 8)
             .await
             .unwrap();
         let expected: Vec<String> = (1..=20).map(|n: usize| n.to_string()).collect();

@@ -127,6 +127,46 @@ async fn a_failing_llm_fails_the_turn_with_llm_failed() {
     server.stop().await;
 }
 
+/// Consecutive failures open the stage's circuit breaker: `/health/ready` turns 503 and shows
+/// which provider is skipped, the metrics too, and the breaker lets a probe through after its
+/// cool-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_failures_open_the_breaker_and_readiness_shows_it() {
+    let breaker = "[circuit_breaker]\nfailure_threshold = 2\ncooldown_ms = 600000\n";
+    let server = server("llm.mock", "failure_rate = 1.0", breaker).await;
+    let mut c = server.connect().await;
+    for _ in 0..2 {
+        c.send(json!({"type": "text", "text": "what about tomorrow"}))
+            .await;
+        assert_provider_error(&c.until("error").await, "llm_failed");
+        assert_eq!(c.until("response_done").await["status"], "failed");
+    }
+    let (status, body) = server.get("/health/ready").await;
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "providers_unavailable");
+    assert_eq!(v["providers"]["llm"][0]["provider"], "mock");
+    assert_eq!(v["providers"]["llm"][0]["state"], "open");
+    assert_eq!(v["providers"]["llm"][0]["consecutive_failures"], 2);
+    assert_eq!(v["providers"]["asr"][0]["state"], "closed");
+    let metrics = server.get("/metrics").await.1;
+    assert!(
+        metrics.contains("voxd_provider_circuit_open{stage=\"llm\",provider=\"mock\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("voxd_provider_errors_total{stage=\"llm\",provider=\"mock\"} 2"),
+        "{metrics}"
+    );
+    // With every LLM skipped, the stage still tries its provider rather than failing untried,
+    // and the session goes on.
+    c.send(json!({"type": "text", "text": "what about tomorrow"}))
+        .await;
+    assert_provider_error(&c.until("error").await, "llm_failed");
+    assert_eq!(c.until("response_done").await["status"], "failed");
+    server.stop().await;
+}
+
 /// A tool that takes too long: its result is an error the model answers with, and the turn
 /// completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
