@@ -31,6 +31,9 @@ use crate::sessions::{Refusal, SessionManager};
 const WS_READ_BUFFER: usize = 4 * 1024;
 /// Write buffer of a session's WebSocket, in bytes (flushed after every batch of outputs).
 const WS_WRITE_BUFFER: usize = 8 * 1024;
+/// Most a session's WebSocket buffers in user space when the socket does not drain; a write past
+/// it fails and ends the session. Well above one batch of outputs (a few audio frames and events).
+const WS_MAX_WRITE_BUFFER: usize = 256 * 1024;
 
 /// What every request handler and session shares.
 pub struct AppState {
@@ -182,6 +185,7 @@ async fn ws_upgrade(
         .max_frame_size(max)
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             tracker.track_future(crate::connection::run(socket, state, permit, rate, cancel))
         })
@@ -273,9 +277,15 @@ pub async fn serve(
         })
     };
     // Small control messages must not wait for Nagle's algorithm (~40 ms on loopback).
-    let listener = listener.tap_io(|tcp| {
+    let send_buffer = state.config.file.server.send_buffer_bytes;
+    let listener = listener.tap_io(move |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        if send_buffer > 0 {
+            if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+                tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+            }
         }
     });
     let served = axum::serve(

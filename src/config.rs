@@ -199,6 +199,10 @@ pub struct ServerSection {
     /// A client that takes longer than this to accept what voxd sends (its socket buffer stays
     /// full) is disconnected, in ms.
     pub send_timeout_ms: u64,
+    /// The kernel send buffer of each connection (`SO_SNDBUF`), in bytes; 0 leaves it to the
+    /// kernel's autotuning (up to `net.ipv4.tcp_wmem`, often 4 MiB). It bounds what a client that
+    /// stopped reading can pin in kernel memory until `send_timeout_ms` closes it.
+    pub send_buffer_bytes: usize,
     /// On SIGTERM/SIGINT, responses in progress may finish for this long before every session is
     /// closed, in seconds.
     pub drain_timeout_s: u64,
@@ -212,6 +216,7 @@ impl Default for ServerSection {
             retry_after_s: 1,
             max_message_bytes: 1 << 20,
             send_timeout_ms: 10_000,
+            send_buffer_bytes: 64 * 1024,
             drain_timeout_s: 30,
         }
     }
@@ -562,6 +567,15 @@ impl Config {
             return Err(invalid(
                 "server.send_timeout_ms",
                 format!("is {}; expected 100 to 600000", s.send_timeout_ms),
+            ));
+        }
+        if s.send_buffer_bytes != 0 && !(4096..=16 << 20).contains(&s.send_buffer_bytes) {
+            return Err(invalid(
+                "server.send_buffer_bytes",
+                format!(
+                    "is {}; expected 0 (the kernel decides) or 4096 to 16777216",
+                    s.send_buffer_bytes
+                ),
             ));
         }
         let a = &file.audio;

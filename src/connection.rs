@@ -42,25 +42,40 @@ const WIRE_FLUSH_MESSAGES: u64 = 256;
 
 /// Why the session loop ended, and the close frame to send, if any.
 struct Exit {
+    /// The `reason` label of `voxd_sessions_closed_total` (docs/metrics.md lists them).
+    label: &'static str,
+    /// The reason for the log and the close frame.
     reason: &'static str,
     close: Option<(u16, &'static str)>,
 }
 
 impl Exit {
     /// The connection is gone or unusable: nothing to send.
-    fn quiet(reason: &'static str) -> Exit {
+    fn quiet(label: &'static str, reason: &'static str) -> Exit {
         Exit {
+            label,
             reason,
             close: None,
         }
     }
 
     /// voxd closes the session with `code`.
-    fn close(code: u16, reason: &'static str) -> Exit {
+    fn close(label: &'static str, code: u16, reason: &'static str) -> Exit {
         Exit {
+            label,
             reason,
             close: Some((code, reason)),
         }
+    }
+
+    /// A close decided by the client limits (`limits.rs`): 1009 for size, 1008 for rate.
+    fn limit(code: u16, reason: &'static str) -> Exit {
+        let label = if code == 1009 {
+            "message_too_big"
+        } else {
+            "rate_limited"
+        };
+        Exit::close(label, code, reason)
     }
 }
 
@@ -198,16 +213,16 @@ impl Driver {
                         last_message = Instant::now();
                     }
                     match msg {
-                    None => break Exit::quiet("client closed"),
+                    None => break Exit::quiet("client_closed", "client closed"),
                     Some(Err(e)) => {
                         debug!(error = %e, "socket error");
-                        break Exit::quiet("socket error");
+                        break Exit::quiet("socket_error", "socket error");
                     }
                     Some(Ok(Message::Close(_))) => {
                         // Complete the closing handshake: the reply is queued by the WebSocket
                         // layer and goes out with this flush.
                         let _ = tokio::time::timeout(CLOSE_TIMEOUT, tx.close()).await;
-                        break Exit::quiet("client closed");
+                        break Exit::quiet("client_closed", "client closed");
                     }
                     Some(Ok(Message::Text(t))) => {
                         self.wire.in_text += 1;
@@ -215,7 +230,7 @@ impl Driver {
                             Admit::Yes => self.on_text(t.as_str(), &mut replies),
                             Admit::Warn(code, message) => replies.push(error_json(code, &message)),
                             Admit::Drop => {}
-                            Admit::Close(code, reason) => break Exit::close(code, reason),
+                            Admit::Close(code, reason) => break Exit::limit(code, reason),
                         }
                     }
                     Some(Ok(Message::Binary(b))) => {
@@ -225,7 +240,7 @@ impl Driver {
                             Admit::Yes => self.on_audio(&b, &mut replies),
                             Admit::Warn(code, message) => replies.push(error_json(code, &message)),
                             Admit::Drop => {}
-                            Admit::Close(code, reason) => break Exit::close(code, reason),
+                            Admit::Close(code, reason) => break Exit::limit(code, reason),
                         }
                     }
                     Some(Ok(_)) => {} // ping/pong frames are answered by the WebSocket layer
@@ -234,7 +249,11 @@ impl Driver {
                 () = &mut idle => {
                     let due = last_message + idle_timeout;
                     if Instant::now() >= due {
-                        break Exit::close(1000, "idle timeout: no message from the client");
+                        break Exit::close(
+                            "idle_timeout",
+                            1000,
+                            "idle timeout: no message from the client",
+                        );
                     }
                     idle.as_mut().reset(due);
                 }
@@ -248,7 +267,7 @@ impl Driver {
                     self.core.handle_timeout(now);
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                () = &mut cancelled => break Exit::close(1001, "server shutting down"),
+                () = &mut cancelled => break Exit::close("shutdown", 1001, "server shutting down"),
                 () = &mut drained, if !draining => {
                     draining = true;
                     let deadline_ms = self.app.sessions.drain_remaining().as_millis() as u64;
@@ -266,16 +285,17 @@ impl Driver {
             };
             match tokio::time::timeout(send_timeout, write).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => break Exit::quiet("send failed"),
-                // The client stopped reading: its socket buffer stayed full.
-                Err(_) => break Exit::quiet("slow consumer"),
+                Ok(Err(_)) => break Exit::quiet("send_failed", "send failed"),
+                // The client stopped reading: its socket buffer stayed full. The close frame is
+                // best effort (bounded by CLOSE_TIMEOUT): it reaches a client that reads again.
+                Err(_) => break Exit::close("slow_consumer", 1008, "slow consumer"),
             }
             if self.wire.messages() >= WIRE_FLUSH_MESSAGES {
                 self.app.metrics.add_wire(&mut self.wire);
             }
             // Draining: once no response is in progress, the session is done.
             if draining && self.core.current_response().is_none() {
-                break Exit::close(1001, "server shutting down");
+                break Exit::close("drained", 1001, "server shutting down");
             }
         };
         if let Some((code, reason)) = exit.close {
@@ -301,6 +321,7 @@ impl Driver {
             token.cancel();
         }
         self.tasks.abort_all();
+        self.app.metrics.session_closed(exit.label);
         exit.reason
     }
 

@@ -212,6 +212,16 @@ impl Metrics {
             .increment(1);
     }
 
+    /// A session ended; `reason` is one of the fixed labels in docs/metrics.md.
+    pub fn session_closed(&self, reason: &'static str) {
+        self.recorder
+            .register_counter(
+                &key("voxd_sessions_closed_total", &[("reason", reason)]),
+                &METADATA,
+            )
+            .increment(1);
+    }
+
     /// A stage moved from provider `from` to `to` after a failure.
     pub fn fallback(&self, stage: Stage, from: &str, to: &str) {
         let labels = vec![
@@ -379,6 +389,11 @@ fn describe(r: &PrometheusRecorder) {
         "voxd_provider_errors_total",
         None,
         "Provider failures, by stage and provider",
+    );
+    c(
+        "voxd_sessions_closed_total",
+        None,
+        "Sessions ended, by reason (client_closed, idle_timeout, rate_limited, message_too_big, slow_consumer, shutdown, drained, send_failed, socket_error)",
     );
     c(
         "voxd_provider_fallbacks_total",

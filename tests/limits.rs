@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Client, TestServer, PATIENCE};
+use common::{wait_for, Client, TestServer, PATIENCE};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -91,6 +91,23 @@ async fn an_audio_flood_is_rate_limited_then_closed_with_1008() {
     );
     // A warning when the limiting starts (again, if the bucket let a frame through meanwhile).
     assert!(!errors.is_empty());
+    let counted = || {
+        let server = &server;
+        async move {
+            let m = server.get("/metrics").await.1;
+            m.contains("voxd_sessions_closed_total{reason=\"rate_limited\"} 1")
+        }
+    };
+    for _ in 0..100 {
+        if counted().await {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        counted().await,
+        "the close is counted in voxd_sessions_closed_total"
+    );
     assert!(
         errors
             .iter()
@@ -125,5 +142,54 @@ async fn a_control_flood_is_rate_limited_then_closed_with_1008() {
         "{errors:?}"
     );
     still_serves(&server).await;
+    server.stop().await;
+}
+
+/// A client that stops reading mid-answer: once its socket buffers are full, voxd closes it as a
+/// slow consumer after `send_timeout_ms` and frees its place. It buffered a bounded amount (not
+/// the whole answer), and another session's turn completes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let server =
+        TestServer::start_with("[server]\nsend_timeout_ms = 300\nsend_buffer_bytes = 4096\n").await;
+    // A tiny receive buffer, so that the client's kernel does not absorb the answer for it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(
+        server.ws_url(""),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    slow.send(Message::text(
+        json!({"type": "text", "text": "tell me a long story"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    // ... and never read. Meanwhile another session talks.
+    let mut other = server.connect().await;
+    other
+        .send(json!({"type": "text", "text": "what about tomorrow"}))
+        .await;
+    let active = || server.state.sessions.active() == 1;
+    wait_for(active).await;
+    assert_eq!(other.until("response_done").await["status"], "completed");
+    let metrics = server.get("/metrics").await.1;
+    assert!(
+        metrics.contains("voxd_sessions_closed_total{reason=\"slow_consumer\"} 1"),
+        "{metrics}"
+    );
+    // What reached the stalled client is a bounded slice of the ~19 s story, not all of it.
+    let mut audio = 0usize;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(PATIENCE, slow.next()).await {
+        match m {
+            Message::Binary(b) => audio += b.len(),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    let five_seconds = 5 * 16_000 * 2;
+    assert!(audio < five_seconds, "{audio} bytes of audio were buffered");
     server.stop().await;
 }

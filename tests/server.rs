@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::time::Duration;
 
-use common::{Client, TestServer, PATIENCE};
+use common::{wait_for, Client, TestServer, PATIENCE};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -103,22 +102,6 @@ async fn health_probes() {
     assert_eq!(v["status"], "ready");
     assert_eq!(v["max_sessions"], 1000);
     server.stop().await;
-}
-
-/// Polls a condition (bounded): for state that settles asynchronously after a socket closes.
-#[track_caller]
-fn wait_for(cond: impl Fn() -> bool) -> impl std::future::Future<Output = ()> {
-    let caller = std::panic::Location::caller();
-    async move {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while !cond() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "condition at {caller} never held"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
 }
 
 /// Open and close 1000 sessions (some mid-turn, with provider calls running): the registry and

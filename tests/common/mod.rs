@@ -436,3 +436,19 @@ pub fn fixture(name: &str) -> Vec<i16> {
     assert_eq!(r.spec().sample_rate, 16000);
     r.samples::<i16>().map(Result::unwrap).collect()
 }
+
+/// Polls a condition (bounded): for state that settles asynchronously after a socket closes.
+#[track_caller]
+pub fn wait_for(cond: impl Fn() -> bool) -> impl std::future::Future<Output = ()> {
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition at {caller} never held"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
