@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 use voxd_core::SampleRate;
 
+use crate::auth::Identity;
 use crate::config::{Config, SUPPORTED_RATES};
 use crate::metrics::Metrics;
 use crate::providers::Providers;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Per-IP and per-key admission quotas.
+    pub quotas: Arc<crate::quotas::Quotas>,
 }
 
 impl AppState {
@@ -56,7 +59,14 @@ impl AppState {
     /// When a provider cannot be built from its configuration.
     pub fn new(config: Config) -> Result<Arc<AppState>, voxd_backends::BuildError> {
         let providers = Providers::build(&config)?;
+        let quotas = crate::quotas::Quotas::from_config(&config.file.quotas).map_err(|e| {
+            voxd_backends::BuildError::Invalid {
+                key: "quotas".into(),
+                message: e.to_string(),
+            }
+        })?;
         Ok(Arc::new(AppState {
+            quotas: Arc::new(quotas),
             sessions: SessionManager::new(config.file.server.max_sessions),
             config,
             providers,
@@ -72,10 +82,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     // The transcribe handler enforces `max_body_bytes` itself (with a JSON 413); this only lifts
     // axum's 2 MB default for the multipart extractor to the same limit.
     let body_limit = DefaultBodyLimit::max(state.config.transcribe.max_body_bytes);
-    let mut guarded = Router::new().route("/ws", get(ws_upgrade)).route(
-        "/v1/transcribe",
-        post(crate::transcribe::transcribe).layer(body_limit),
-    );
+    let mut guarded = Router::new()
+        .route("/ws", get(ws_upgrade))
+        .route("/v1/tokens", post(crate::auth::mint))
+        .route(
+            "/v1/transcribe",
+            post(crate::transcribe::transcribe).layer(body_limit),
+        );
     if state.config.file.metrics.enabled {
         guarded = guarded.route("/metrics", get(metrics));
     }
@@ -153,6 +166,9 @@ fn unavailable(state: &AppState, refusal: Refusal) -> Response {
 async fn ws_upgrade(
     State(state): State<Arc<AppState>>,
     Query(params): Query<HashMap<String, String>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(who): Extension<Identity>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let rate = match params.get("sample_rate") {
@@ -167,6 +183,24 @@ async fn ws_upgrade(
                 )
             }
         },
+    };
+    let ip = crate::quotas::client_ip(peer.ip(), &headers, state.quotas.trust_x_forwarded_for);
+    let quota = match state.quotas.admit(ip, who.key_id()) {
+        Ok(guard) => guard,
+        Err(refusal) => {
+            state.metrics.refused_by(refusal.code());
+            tracing::debug!(%ip, key_id = who.key_id(), code = refusal.code(), "session refused by a quota");
+            let mut resp = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                refusal.code(),
+                &refusal.message(),
+            );
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(refusal.retry_after_s()),
+            );
+            return resp;
+        }
     };
     let cancel = CancellationToken::new();
     let permit = match state.sessions.try_admit(cancel.clone()) {
@@ -187,7 +221,10 @@ async fn ws_upgrade(
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| {
-            tracker.track_future(crate::connection::run(socket, state, permit, rate, cancel))
+            tracker.track_future(async move {
+                crate::connection::run(socket, state, permit, rate, cancel).await;
+                drop(quota);
+            })
         })
 }
 
@@ -245,6 +282,7 @@ pub async fn serve(
         loop {
             tick.tick().await;
             upkeep_state.metrics.upkeep();
+            upkeep_state.quotas.sweep();
         }
     });
     // The listener stays open while sessions drain, so probes see 503 rather than a refused

@@ -80,6 +80,8 @@ pub struct FileConfig {
     pub auth: crate::auth::AuthSection,
     /// `[circuit_breaker]`: when a failing provider is skipped.
     pub circuit_breaker: CircuitBreakerSection,
+    /// `[quotas]`: per-IP and per-key session rates and counts (off by default).
+    pub quotas: crate::quotas::QuotasSection,
     /// `[tools.NAME]`: the tool registry. Default: `check_balance` and `send_email`.
     pub tools: Option<BTreeMap<String, MockToolConfig>>,
 }
@@ -617,6 +619,7 @@ impl Config {
                 "must be at least 1000".into(),
             ));
         }
+        crate::quotas::Quotas::from_config(&file.quotas)?;
         provider_chain("asr", file.asr.provider, &file.asr.providers)?;
         provider_chain("llm", file.llm.provider, &file.llm.providers)?;
         provider_chain("tts", file.tts.provider, &file.tts.providers)?;

@@ -14,5 +14,6 @@ pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod providers;
+pub mod quotas;
 pub mod sessions;
 pub mod transcribe;

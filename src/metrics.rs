@@ -139,6 +139,16 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
+    /// A `/ws` upgrade refused by a quota; `reason` is the refusal's code.
+    pub fn refused_by(&self, reason: &'static str) {
+        self.recorder
+            .register_counter(
+                &key("voxd_sessions_refused_total", &[("reason", reason)]),
+                &METADATA,
+            )
+            .increment(1);
+    }
+
     /// A refused `/ws` upgrade.
     pub fn refused(&self, draining: bool) {
         if draining {

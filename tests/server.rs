@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::{wait_for, Client, TestServer, PATIENCE};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
