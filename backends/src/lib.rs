@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod mock;
+pub mod openai;
 pub mod tools;
 
 use std::sync::Arc;
