@@ -8,9 +8,11 @@
 //! Cancellation: every call is cancelled by dropping it. A streaming call returns a `Stream`;
 //! dropping the stream stops the work at once (no task keeps running behind it).
 
+pub mod espeak;
 pub mod http;
 pub mod mock;
 pub mod openai;
+mod pcm;
 pub mod tools;
 
 use std::sync::Arc;
