@@ -7,24 +7,33 @@
 //!
 //! Cancellation: every call is cancelled by dropping it. A streaming call returns a `Stream`;
 //! dropping the stream stops the work at once (no task keeps running behind it).
+//!
+//! Speech to text comes in two shapes: `Asr` transcribes a whole utterance after it ended;
+//! `StreamingAsr` takes the audio while the user speaks and reports words as they are recognised,
+//! so the transcript is ready moments after the end of speech.
 
 pub mod espeak;
 pub mod http;
 pub mod mock;
 pub mod openai;
 mod pcm;
+pub mod stream_asr;
 pub mod tools;
 
+use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
-use futures_util::stream::BoxStream;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, FusedStream, Stream};
 use voxd_core::{ChatMessage, SampleRate, ToolCall};
 
 pub use tools::{Tool, ToolRegistry, ToolSpec};
 
 /// A failure of a provider call. `Display` is safe to show to a client: it never carries secrets.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
     /// The provider answered with an error.
     #[error("{provider} failed: {message}")]
@@ -94,6 +103,151 @@ pub trait Asr: Send + Sync + 'static {
     /// # Errors
     /// A `ProviderError` when the provider fails or times out.
     async fn transcribe(&self, audio: Arc<[i16]>) -> Result<Transcript, ProviderError>;
+}
+
+/// What a recognition stream reports while it hears an utterance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsrUpdate {
+    /// A provisional hypothesis: later updates replace it. Useful to show the user what is heard
+    /// or to judge an interruption early; never to act on as the user's words.
+    Interim {
+        /// The utterance as currently heard: the final segments so far, then the provisional
+        /// words of the segment in progress, joined by single spaces.
+        text: String,
+    },
+    /// A segment of the utterance became final: it will not change any more.
+    Final {
+        /// This segment's text; empty only for an endpoint with no new words.
+        segment: String,
+        /// Every final segment since the stream opened, joined by single spaces.
+        text: String,
+        /// The provider heard the speaker pause after this segment (its own endpointing). A hint:
+        /// the utterance ends when the driver calls `AsrStream::finalize`.
+        speech_final: bool,
+    },
+    /// The answer to `AsrStream::finalize`: the utterance's whole transcript (every final segment,
+    /// joined by single spaces, trimmed). Always the stream's last item.
+    Finalized(Transcript),
+}
+
+/// The provider side of an `AsrStream`: what a `StreamingAsr` implements for one open stream.
+/// Drivers use `AsrStream`, which wraps it and enforces the end of the stream.
+///
+/// Implementations do their IO only inside `poll_update` (or in one task of their own that ends
+/// when the value is dropped); `push` and `finalize` queue and return at once.
+pub trait RecognitionStream: Send + 'static {
+    /// Queues 16 kHz mono PCM16 audio to be sent. Never waits.
+    ///
+    /// # Errors
+    /// The stream's failure once it failed (the same error `poll_update` yields), or
+    /// `ProviderError::InvalidRequest` for audio after `finalize`.
+    fn push(&mut self, audio: &[i16]) -> Result<(), ProviderError>;
+
+    /// Asks for the utterance's final transcript; `poll_update` answers with
+    /// `AsrUpdate::Finalized` or an error. Never waits; calling it again does nothing.
+    ///
+    /// # Errors
+    /// The stream's failure once it failed.
+    fn finalize(&mut self) -> Result<(), ProviderError>;
+
+    /// Does the stream's IO and returns its next update. After `Finalized`, an error or `None`,
+    /// the caller polls no more.
+    fn poll_update(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<AsrUpdate, ProviderError>>>;
+}
+
+/// One open recognition stream: one utterance's audio in, `AsrUpdate`s out.
+///
+/// Invariants, for every provider:
+/// - **One utterance.** The transcript is everything recognised since the stream opened; after
+///   `Finalized` the stream is over. Open a new stream for the next utterance.
+/// - **`push` never waits.** Audio is queued and written whenever the stream is polled. The queue
+///   is bounded by the provider's backlog limit: when the provider or the network is slower than
+///   real time for longer than that, the stream fails (a transcript with holes in it would be
+///   wrong, not late).
+/// - **Progress needs polling.** Sending audio, keep-alives, reading results and timeouts all
+///   happen while the stream is polled, so a driver keeps `next()` in its `select!` for the
+///   stream's whole life, including while it waits idle for speech.
+/// - **Every failure is reported once,** as the stream's `Err` item, after which it yields `None`;
+///   `push` and `finalize` return the same error from then on, so their errors need no handling
+///   beyond no longer pushing.
+/// - **Dropping cancels.** It closes the provider's connection at once; no task survives it.
+pub struct AsrStream {
+    inner: Box<dyn RecognitionStream>,
+    ended: bool,
+}
+
+impl AsrStream {
+    /// Wraps a provider's stream.
+    pub fn new(inner: impl RecognitionStream) -> AsrStream {
+        AsrStream {
+            inner: Box::new(inner),
+            ended: false,
+        }
+    }
+
+    /// Queues 20 ms (or any length) of 16 kHz mono PCM16 audio. Never waits.
+    ///
+    /// # Errors
+    /// The stream's failure once it failed (it is also yielded by the stream, once), or
+    /// `ProviderError::InvalidRequest` for audio after `finalize`.
+    pub fn push(&mut self, audio: &[i16]) -> Result<(), ProviderError> {
+        self.inner.push(audio)
+    }
+
+    /// Ends the utterance: the stream answers with `AsrUpdate::Finalized`, or with an error
+    /// within the provider's finalize timeout. Never waits; calling it again does nothing.
+    ///
+    /// # Errors
+    /// The stream's failure once it failed.
+    pub fn finalize(&mut self) -> Result<(), ProviderError> {
+        self.inner.finalize()
+    }
+}
+
+impl Stream for AsrStream {
+    type Item = Result<AsrUpdate, ProviderError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let item = std::task::ready!(this.inner.poll_update(cx));
+        // Fused here, whatever the provider does after its last item.
+        this.ended = matches!(item, None | Some(Err(_) | Ok(AsrUpdate::Finalized(_))));
+        Poll::Ready(item)
+    }
+}
+
+impl FusedStream for AsrStream {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
+
+impl fmt::Debug for AsrStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsrStream")
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Speech to text while the user speaks. Object-safe: drivers hold an `Arc<dyn StreamingAsr>`.
+///
+/// One stream serves one utterance. A driver may open the next stream before the user speaks
+/// (at session start and after each utterance) so that no connect time is spent at speech start;
+/// the provider keeps an idle stream alive with keep-alives as long as it is polled.
+pub trait StreamingAsr: Send + Sync + 'static {
+    /// The provider's name, for logs, metrics and error codes.
+    fn name(&self) -> &str;
+
+    /// Opens one recognition stream. The future resolves once the provider accepted the stream
+    /// (or the connect timeout passed); dropping it abandons the connect.
+    fn open(&self) -> BoxFuture<'static, Result<AsrStream, ProviderError>>;
 }
 
 /// A request to the language model: the conversation so far and the tools it may call.
