@@ -348,6 +348,10 @@ pub enum AsrProvider {
     /// `backends::mock::MockAsr`.
     #[default]
     Mock,
+    /// `backends::openai::OpenAiAsr`: `/v1/audio/transcriptions`.
+    Openai,
+    /// `backends::stream_asr::StreamAsrProvider`: streaming speech to text over a WebSocket.
+    Stream,
 }
 
 /// `[asr]`
@@ -360,6 +364,10 @@ pub struct AsrSection {
     pub providers: Vec<AsrProvider>,
     /// `[asr.mock]`
     pub mock: MockAsrConfig,
+    /// `[asr.openai]`
+    pub openai: voxd_backends::openai::OpenAiAsrConfig,
+    /// `[asr.stream]`
+    pub stream: voxd_backends::stream_asr::StreamAsrConfig,
 }
 
 /// Which LLM provider serves a stage.
@@ -369,6 +377,8 @@ pub enum LlmProvider {
     /// `backends::mock::MockLlm`.
     #[default]
     Mock,
+    /// `backends::openai::OpenAiLlm`: streamed Chat Completions.
+    Openai,
 }
 
 /// `[llm]`
@@ -383,6 +393,8 @@ pub struct LlmSection {
     pub system_prompt: String,
     /// `[llm.mock]`
     pub mock: MockLlmConfig,
+    /// `[llm.openai]`
+    pub openai: voxd_backends::openai::OpenAiLlmConfig,
 }
 
 impl Default for LlmSection {
@@ -392,6 +404,7 @@ impl Default for LlmSection {
             providers: Vec::new(),
             system_prompt: SessionConfig::default().system_prompt,
             mock: MockLlmConfig::default(),
+            openai: voxd_backends::openai::OpenAiLlmConfig::default(),
         }
     }
 }
@@ -403,6 +416,10 @@ pub enum TtsProvider {
     /// `backends::mock::MockTts`.
     #[default]
     Mock,
+    /// `backends::openai::OpenAiTts`: `/v1/audio/speech` as streamed PCM.
+    Openai,
+    /// `backends::espeak::EspeakTts`: a local espeak-ng voice.
+    Espeak,
 }
 
 /// `[tts]`
@@ -415,6 +432,10 @@ pub struct TtsSection {
     pub providers: Vec<TtsProvider>,
     /// `[tts.mock]`
     pub mock: MockTtsConfig,
+    /// `[tts.openai]`
+    pub openai: voxd_backends::openai::OpenAiTtsConfig,
+    /// `[tts.espeak]`
+    pub espeak: voxd_backends::espeak::EspeakTtsConfig,
 }
 
 /// A stage's providers in order, from `provider` or `providers` (the mock when neither is set).

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
+use voxd_backends::espeak::EspeakTts;
 use voxd_backends::mock::{MockAsr, MockLlm, MockTts};
+use voxd_backends::openai::{OpenAiAsr, OpenAiLlm, OpenAiTts};
+use voxd_backends::stream_asr::StreamAsrProvider;
 use voxd_backends::{Asr, BuildError, Llm, ToolRegistry, ToolSpec, Tts};
 use voxd_core::Stage;
 
@@ -45,6 +48,7 @@ impl Providers {
     /// A `BuildError` when a provider's configuration or files are unusable.
     pub fn build(config: &Config) -> Result<Providers, BuildError> {
         let file = &config.file;
+        let base_dir = &config.base_dir;
         let breaker = BreakerConfig {
             failure_threshold: file.circuit_breaker.failure_threshold,
             cooldown: std::time::Duration::from_millis(file.circuit_breaker.cooldown_ms),
@@ -54,8 +58,10 @@ impl Providers {
             provider_chain("asr", file.asr.provider, &file.asr.providers).map_err(chain_error)?
         {
             asr.push(match p {
-                AsrProvider::Mock => {
-                    Arc::new(MockAsr::new(file.asr.mock.clone(), &config.base_dir)?)
+                AsrProvider::Mock => Arc::new(MockAsr::new(file.asr.mock.clone(), base_dir)?),
+                AsrProvider::Openai => Arc::new(OpenAiAsr::new(file.asr.openai.clone(), base_dir)?),
+                AsrProvider::Stream => {
+                    Arc::new(StreamAsrProvider::new(file.asr.stream.clone(), base_dir)?)
                 }
             });
         }
@@ -65,6 +71,7 @@ impl Providers {
         {
             llm.push(match p {
                 LlmProvider::Mock => Arc::new(MockLlm::new(file.llm.mock.clone())?),
+                LlmProvider::Openai => Arc::new(OpenAiLlm::new(file.llm.openai.clone(), base_dir)?),
             });
         }
         let mut tts: Vec<Arc<dyn Tts>> = Vec::new();
@@ -73,6 +80,8 @@ impl Providers {
         {
             tts.push(match p {
                 TtsProvider::Mock => Arc::new(MockTts::new(file.tts.mock.clone())?),
+                TtsProvider::Openai => Arc::new(OpenAiTts::new(file.tts.openai.clone(), base_dir)?),
+                TtsProvider::Espeak => Arc::new(EspeakTts::new(file.tts.espeak.clone(), base_dir)?),
             });
         }
         let tools = ToolRegistry::from_mock_config(&config.tools)?;
