@@ -876,8 +876,28 @@ mod tests {
     #[test]
     fn the_shipped_configs_are_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for file in ["config.toml", "scripts/peer-workload.toml"] {
-            let config = Config::load(&root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let espeak = std::process::Command::new("espeak-ng")
+            .arg("--version")
+            .output()
+            .is_ok();
+        for file in [
+            "config.toml",
+            "scripts/peer-workload.toml",
+            "examples/config.openai.toml",
+            "examples/config.espeak.toml",
+        ] {
+            let mut config =
+                Config::load(&root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            // The keys' env vars are the user's; building needs no network, only the settings.
+            let f = &mut config.file;
+            f.asr.openai.api_key_env = None;
+            f.asr.stream.api_key_env = None;
+            f.llm.openai.api_key_env = None;
+            f.tts.openai.api_key_env = None;
+            if !espeak && file.contains("espeak") || !espeak && file.contains("openai") {
+                eprintln!("{file}: parsed; not built, since espeak-ng is not installed");
+                continue;
+            }
             crate::providers::Providers::build(&config).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
     }

@@ -1,0 +1,266 @@
+//! Real providers over /ws: voxd configured for OpenAI-compatible ASR, LLM and TTS, pointed at a
+//! local server that speaks those protocols (multipart transcription, streamed chat completions
+//! with tool-call deltas, streamed PCM speech); a fallback from a dead provider to the mock; and the
+//! local espeak-ng voice when it is installed.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use common::{wait_for, TestServer};
+use serde_json::{json, Value};
+
+/// What the stub server saw.
+#[derive(Default)]
+struct Seen {
+    chat_requests: Vec<Value>,
+    transcriptions: usize,
+    speech_inputs: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+/// One SSE event carrying a chat-completion chunk.
+fn sse(delta: &Value, finish: Option<&str>) -> String {
+    let chunk = json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "stub",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    });
+    format!("data: {chunk}\n\n")
+}
+
+/// The events of a streamed reply, cut into pieces at awkward places (inside `data:` lines and
+/// inside multi-byte characters).
+fn awkward_chunks(events: &str) -> Vec<Result<Bytes, std::io::Error>> {
+    events
+        .as_bytes()
+        .chunks(7)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect()
+}
+
+async fn chat(State(seen): State<Shared>, Json(request): Json<Value>) -> Response {
+    let messages = request["messages"].as_array().cloned().unwrap_or_default();
+    seen.lock().unwrap().chat_requests.push(request);
+    let last = messages.last().cloned().unwrap_or(Value::Null);
+    let mut events = String::from(": stub keep-alive comment\n\n");
+    if last["role"] == "tool" {
+        // The answer after the tool result, quoting it.
+        let balance = serde_json::from_str::<Value>(last["content"].as_str().unwrap_or("{}"))
+            .ok()
+            .and_then(|v| v["balance"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        for piece in ["Your balance ", "is ", &balance, " — all good."] {
+            events.push_str(&sse(&json!({"content": piece}), None));
+        }
+        events.push_str(&sse(&json!({}), Some("stop")));
+    } else if last["content"]
+        .as_str()
+        .is_some_and(|t| t.contains("balance"))
+    {
+        // A tool call whose arguments arrive in fragments over several chunks.
+        events.push_str(&sse(
+            &json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_stub_1", "type": "function",
+                "function": {"name": "check_balance", "arguments": ""}}]}),
+            None,
+        ));
+        for frag in ["{\"acc", "ount\": \"", "checking\"", "}"] {
+            events.push_str(&sse(
+                &json!({"tool_calls": [{"index": 0, "function": {"arguments": frag}}]}),
+                None,
+            ));
+        }
+        events.push_str(&sse(&json!({}), Some("tool_calls")));
+    } else {
+        for piece in ["Tomorrow ", "looks ", "sunny. ", "Enjoy ", "it!"] {
+            events.push_str(&sse(&json!({"content": piece}), None));
+        }
+        events.push_str(&sse(&json!({}), Some("stop")));
+    }
+    events.push_str("data: [DONE]\n\n");
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(futures_util::stream::iter(
+            awkward_chunks(&events),
+        )))
+        .unwrap()
+}
+
+async fn transcriptions(State(seen): State<Shared>, body: Bytes) -> Response {
+    // The multipart body carries a WAV file; the provider's own tests check its fields.
+    assert!(
+        body.windows(4).any(|w| w == b"RIFF"),
+        "no WAV in the upload"
+    );
+    seen.lock().unwrap().transcriptions += 1;
+    Json(json!({"text": "  can you check my account balance "})).into_response()
+}
+
+async fn speech(State(seen): State<Shared>, Json(request): Json<Value>) -> Response {
+    let text = request["input"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(request["response_format"], "pcm");
+    // 24 kHz PCM16: 20 ms of a tone per character, streamed in odd-sized pieces.
+    let samples = text.chars().count() * 480;
+    let pcm: Vec<u8> = (0..samples)
+        .flat_map(|i| {
+            let v = ((i as f32 * 0.11).sin() * 4000.0) as i16;
+            v.to_le_bytes()
+        })
+        .collect();
+    seen.lock().unwrap().speech_inputs.push(text);
+    let pieces: Vec<Result<Bytes, std::io::Error>> = pcm
+        .chunks(1001)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "audio/pcm")
+        .body(Body::from_stream(futures_util::stream::iter(pieces)))
+        .unwrap()
+}
+
+/// An OpenAI-compatible server on 127.0.0.1.
+async fn stub() -> (SocketAddr, Shared) {
+    let seen = Shared::default();
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/audio/transcriptions", post(transcriptions))
+        .route("/v1/audio/speech", post(speech))
+        .with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_through_openai_compatible_asr_llm_and_tts_with_a_tool_call() {
+    let (addr, seen) = stub().await;
+    let base = format!("http://{addr}/v1");
+    let server = TestServer::start_with(&format!(
+        "[asr]\nprovider = \"openai\"\n[asr.openai]\nbase_url = \"{base}\"\n\
+         [llm]\nprovider = \"openai\"\n[llm.openai]\nbase_url = \"{base}\"\nmodel = \"stub\"\n\
+         [tts]\nprovider = \"openai\"\n[tts.openai]\nbase_url = \"{base}\"\n"
+    ))
+    .await;
+    let mut c = server.connect().await;
+    // Speech in: the utterance goes to /v1/audio/transcriptions as a WAV.
+    c.send(json!({"type": "speech_start"})).await;
+    c.send_audio(&vec![1200i16; 16_000], 16_000).await;
+    c.send(json!({"type": "speech_end"})).await;
+    let t = c.until("transcript").await;
+    assert_eq!(t["text"], "can you check my account balance");
+    let call = c.until("tool_call").await;
+    assert_eq!(call["name"], "check_balance");
+    assert_eq!(call["arguments"], json!({"account": "checking"}));
+    let result = c.until("tool_result").await;
+    let balance = result["result"]["balance"].as_str().unwrap().to_owned();
+    let done = c.until("response_done").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let spoken = c.spoken(None);
+    assert_eq!(spoken, format!("Your balance is {balance} — all good."));
+    // The answer's audio came from /v1/audio/speech, resampled from 24 kHz to the session's rate.
+    let audio_bytes = common::audio_bytes(&c.log);
+    let chars = seen.lock().unwrap().speech_inputs.concat().chars().count();
+    let expected = chars * 320 * 2; // 20 ms per character at 16 kHz
+    assert!(
+        audio_bytes.abs_diff(expected) < 2 * 320 * 2,
+        "{audio_bytes} bytes of audio for {chars} characters"
+    );
+    // The second round sent the tool call and its result back, in OpenAI's shapes.
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.transcriptions, 1);
+    assert_eq!(seen.chat_requests.len(), 2);
+    let first = &seen.chat_requests[0];
+    assert_eq!(first["stream"], true);
+    assert_eq!(first["model"], "stub");
+    assert!(first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["function"]["name"] == "check_balance"));
+    let second = seen.chat_requests[1]["messages"].as_array().unwrap();
+    let n = second.len();
+    assert_eq!(second[n - 2]["tool_calls"][0]["id"], "call_stub_1");
+    assert_eq!(second[n - 1]["role"], "tool");
+    assert_eq!(second[n - 1]["tool_call_id"], "call_stub_1");
+    drop(seen);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_llm_falls_back_to_the_next_provider() {
+    // A port with nothing listening: connections are refused at once.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let server = TestServer::start_with(&format!(
+        "[llm]\nproviders = [\"openai\", \"mock\"]\n[llm.openai]\nbase_url = \"http://{dead_addr}/v1\"\n"
+    ))
+    .await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "text", "text": "what about tomorrow"}))
+        .await;
+    let done = c.until("response_done").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        c.events("error").is_empty(),
+        "a recovered failure is not the client's business"
+    );
+    let metrics = server.get("/metrics").await.1;
+    assert!(
+        metrics
+            .contains("voxd_provider_fallbacks_total{stage=\"llm\",from=\"openai\",to=\"mock\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("voxd_provider_errors_total{stage=\"llm\",provider=\"openai\"} 1"),
+        "{metrics}"
+    );
+    let ready = server.get("/health/ready").await.1;
+    let v: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(v["providers"]["llm"][0]["provider"], "openai");
+    assert_eq!(v["providers"]["llm"][0]["consecutive_failures"], 1);
+    assert_eq!(v["providers"]["llm"][1]["state"], "closed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_espeak_voice_speaks_a_reply() {
+    if std::process::Command::new("espeak-ng")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping the_espeak_voice_speaks_a_reply: espeak-ng not installed (apt-get install espeak-ng)");
+        return;
+    }
+    let server = TestServer::start_with("[tts]\nprovider = \"espeak\"\n").await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "text", "text": "what about tomorrow"}))
+        .await;
+    let done = c.until("response_done").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let pcm: Vec<i16> = c
+        .log
+        .iter()
+        .filter_map(|i| match i {
+            common::Item::Audio(a) => Some(a),
+            common::Item::Event(_) => None,
+        })
+        .flat_map(|a| a.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])))
+        .collect();
+    // Real speech: a second or more, and far from silence.
+    assert!(pcm.len() > 16_000, "{} samples", pcm.len());
+    let rms = (pcm.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / pcm.len() as f64).sqrt();
+    assert!(rms > 300.0, "rms {rms}");
+    let active = || server.state.sessions.active() == 1;
+    wait_for(active).await;
+    server.stop().await;
+}
