@@ -174,7 +174,15 @@ async fn a_turn_through_openai_compatible_asr_llm_and_tts_with_a_tool_call() {
         "{audio_bytes} bytes of audio for {chars} characters"
     );
     // The second round sent the tool call and its result back, in OpenAI's shapes.
-    let seen = seen.lock().unwrap();
+    let (transcriptions, chat_requests) = {
+        let seen = seen.lock().unwrap();
+        (seen.transcriptions, seen.chat_requests.clone())
+    };
+    let seen = Seen {
+        transcriptions,
+        chat_requests,
+        speech_inputs: Vec::new(),
+    };
     assert_eq!(seen.transcriptions, 1);
     assert_eq!(seen.chat_requests.len(), 2);
     let first = &seen.chat_requests[0];
@@ -190,7 +198,6 @@ async fn a_turn_through_openai_compatible_asr_llm_and_tts_with_a_tool_call() {
     assert_eq!(second[n - 2]["tool_calls"][0]["id"], "call_stub_1");
     assert_eq!(second[n - 1]["role"], "tool");
     assert_eq!(second[n - 1]["tool_call_id"], "call_stub_1");
-    drop(seen);
     server.stop().await;
 }
 
