@@ -18,13 +18,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
-use voxd_backends::{LlmEvent, LlmRequest};
+use voxd_backends::{AsrStream, AsrUpdate, LlmEvent, LlmRequest, ProviderError};
 use voxd_core::resample::StreamResampler;
 use voxd_core::ResponseStatus;
 use voxd_core::{Event, Output, ProviderEvent, SampleRate, Session, Time, ToolCall, TurnId};
@@ -127,6 +128,64 @@ struct Driver {
     wire: WireCounts,
     limits: ClientLimits,
     timeouts: crate::config::Timeouts,
+    /// The streaming ASR's recognition stream for the utterance being captured or finalized.
+    live: Option<LiveAsr>,
+}
+
+/// One utterance's recognition stream: audio goes to the provider while the user speaks, so the
+/// transcript is ready moments after the end of speech. See ARCHITECTURE.md, "Streaming ASR".
+struct LiveAsr {
+    turn: TurnId,
+    /// Connecting; the utterance's audio waits in the core meanwhile and is caught up on connect.
+    opening: Option<BoxFuture<'static, Result<AsrStream, ProviderError>>>,
+    stream: Option<AsrStream>,
+    /// Samples of the utterance sent so far.
+    pushed: usize,
+    /// The utterance as handed to transcription once it ended: the stream is finalizing, and this
+    /// is what the whole-utterance fallback transcribes if the stream fails.
+    ended: Option<Arc<[i16]>>,
+    /// The stream failed before the utterance ended; the whole-utterance path transcribes it.
+    failed: bool,
+}
+
+impl LiveAsr {
+    /// Sends the samples of `audio` not sent yet (and, once the utterance ended, finalizes).
+    fn catch_up(&mut self, audio: &[i16]) {
+        let Some(stream) = &mut self.stream else {
+            return;
+        };
+        if audio.len() > self.pushed {
+            // A push error also comes out of the stream, once; it is handled there.
+            let _ = stream.push(&audio[self.pushed..]);
+            self.pushed = audio.len();
+        }
+        if self.ended.is_some() {
+            let _ = stream.finalize();
+        }
+    }
+}
+
+/// What the live stream did.
+enum LiveEvent {
+    /// It connected, or failed to.
+    Opened(Result<AsrStream, ProviderError>),
+    /// It yielded an update (`None`: it ended).
+    Update(Option<Result<AsrUpdate, ProviderError>>),
+}
+
+/// The live stream's next event (pending forever when there is no stream).
+async fn live_event(live: &mut Option<LiveAsr>) -> LiveEvent {
+    match live {
+        Some(LiveAsr {
+            opening: Some(opening),
+            ..
+        }) => LiveEvent::Opened(opening.await),
+        Some(LiveAsr {
+            stream: Some(stream),
+            ..
+        }) => LiveEvent::Update(stream.next().await),
+        _ => std::future::pending().await,
+    }
 }
 
 impl Driver {
@@ -153,7 +212,136 @@ impl Driver {
             wire: WireCounts::default(),
             limits: ClientLimits::new(&app_limits, input_rate),
             timeouts: app_timeouts,
+            live: None,
         }
+    }
+
+    /// Sends the utterance being captured to the streaming ASR, opening a stream for a new one.
+    fn feed_live(&mut self) {
+        if self.app.providers.streaming_asr.is_none() {
+            return;
+        }
+        let Some((turn, _)) = self.core.utterance() else {
+            return;
+        };
+        if self.live.as_ref().is_none_or(|l| l.turn != turn) {
+            let Some(provider) = self.app.providers.streaming_asr.clone() else {
+                return;
+            };
+            // A new utterance; an older stream still finalizing keeps its place until the new
+            // one needs it, then the whole-utterance path takes over for it.
+            if let Some(old) = self.live.take() {
+                if let Some(ended) = old.ended {
+                    self.transcribe_whole(old.turn, ended);
+                }
+            }
+            self.live = Some(LiveAsr {
+                turn,
+                opening: Some(provider.open()),
+                stream: None,
+                pushed: 0,
+                ended: None,
+                failed: false,
+            });
+        }
+        if let (Some(l), Some((_, audio))) = (&mut self.live, self.core.utterance()) {
+            if !l.failed {
+                l.catch_up(audio);
+            }
+        }
+    }
+
+    /// The live stream connected (or failed to).
+    fn on_live_opened(&mut self, result: Result<AsrStream, ProviderError>) {
+        let Some(l) = &mut self.live else { return };
+        l.opening = None;
+        match result {
+            Ok(stream) => {
+                l.stream = Some(stream);
+                let turn = l.turn;
+                match (&l.ended, self.core.utterance()) {
+                    (Some(ended), _) => {
+                        let ended = Arc::clone(ended);
+                        l.catch_up(&ended);
+                    }
+                    (None, Some((t, audio))) if t == turn => l.catch_up(audio),
+                    _ => {}
+                }
+            }
+            Err(e) => self.live_failed(e),
+        }
+    }
+
+    /// The live stream failed: the utterance goes the whole-utterance way (through the fallback
+    /// chain) now if it ended, or when it ends.
+    fn live_failed(&mut self, e: ProviderError) {
+        let Some(l) = &mut self.live else { return };
+        warn!(turn_id = l.turn.0, error = %e, "streaming ASR failed; transcribing the whole utterance instead");
+        self.app.providers.asr.failed(0, &self.app.metrics);
+        l.failed = true;
+        l.stream = None;
+        l.opening = None;
+        if let Some(ended) = l.ended.take() {
+            let turn = l.turn;
+            self.live = None;
+            self.transcribe_whole(turn, ended);
+        }
+    }
+
+    /// An update from the live stream.
+    fn on_live_update(
+        &mut self,
+        update: Option<Result<AsrUpdate, ProviderError>>,
+        replies: &mut Vec<String>,
+    ) {
+        let Some(turn) = self.live.as_ref().map(|l| l.turn) else {
+            return;
+        };
+        let now = self.now();
+        match update {
+            Some(Ok(AsrUpdate::Interim { text })) => {
+                replies.push(interim(turn, &text));
+            }
+            Some(Ok(AsrUpdate::Final {
+                text, speech_final, ..
+            })) => {
+                replies.push(interim(turn, &text));
+                if speech_final {
+                    // The provider heard the end of speech: no need to wait for the hangover.
+                    self.core.handle_endpoint(now, turn);
+                }
+            }
+            Some(Ok(AsrUpdate::Finalized(transcript))) => {
+                self.live = None;
+                self.app.providers.asr.succeeded(0, &self.app.metrics);
+                self.core.handle_provider(
+                    now,
+                    turn,
+                    ProviderEvent::Transcript(Ok(transcript.text)),
+                );
+            }
+            Some(Err(e)) => self.live_failed(e),
+            None => self.live_failed(ProviderError::Failed {
+                provider: "stream".into(),
+                message: "the recognition stream ended without a final transcript".into(),
+            }),
+        }
+    }
+
+    /// Transcribes a whole utterance through the ASR chain, in the session's task set.
+    fn transcribe_whole(&mut self, turn: TurnId, audio: Arc<[i16]>) {
+        let app = Arc::clone(&self.app);
+        let limit = self.timeouts.asr;
+        self.spawn(turn, move |events| async move {
+            let chain = &app.providers.asr;
+            let result = chain
+                .call(&app.metrics, limit, "no transcript", |asr| {
+                    let audio = Arc::clone(&audio);
+                    async move { asr.transcribe(audio).await.map(|t| t.text) }
+                })
+                .await;
+            let _ = events.send((turn, ProviderEvent::Transcript(result))).await;
+        });
     }
 
     fn now(&self) -> Time {
@@ -267,6 +455,10 @@ impl Driver {
                     self.core.handle_timeout(now);
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                e = live_event(&mut self.live) => match e {
+                    LiveEvent::Opened(result) => self.on_live_opened(result),
+                    LiveEvent::Update(update) => self.on_live_update(update, &mut replies),
+                },
                 () = &mut cancelled => break Exit::close("shutdown", 1001, "server shutting down"),
                 () = &mut drained, if !draining => {
                     draining = true;
@@ -328,7 +520,10 @@ impl Driver {
     fn on_text(&mut self, frame: &str, replies: &mut Vec<String>) {
         let now = self.now();
         match protocol::parse_client(frame) {
-            Ok(ClientMessage::SpeechStart) => self.core.handle_speech_start(now),
+            Ok(ClientMessage::SpeechStart) => {
+                self.core.handle_speech_start(now);
+                self.feed_live();
+            }
             Ok(ClientMessage::SpeechEnd) => self.core.handle_speech_end(now),
             Ok(ClientMessage::Text(t)) => self.core.handle_text(now, &t),
             Ok(ClientMessage::Ping(id)) => {
@@ -361,6 +556,7 @@ impl Driver {
                 self.core.handle_audio(now, &self.resampled);
             }
         }
+        self.feed_live();
     }
 
     /// Acts on every output of the core, in order, then flushes the socket if anything was
@@ -432,20 +628,30 @@ impl Driver {
                     if let Some(token) = self.turns.remove(&turn) {
                         token.cancel();
                     }
+                    if self.live.as_ref().is_some_and(|l| l.turn == turn) {
+                        // Dropping the stream closes its socket.
+                        self.live = None;
+                    }
                 }
-                Output::StartAsr { turn, audio } => {
-                    let app = Arc::clone(&self.app);
-                    let limit = self.timeouts.asr;
-                    self.spawn(turn, move |events| async move {
-                        let chain = &app.providers.asr;
-                        let result = chain
-                            .call(&app.metrics, limit, "no transcript", |asr| {
-                                let audio = Arc::clone(&audio);
-                                async move { asr.transcribe(audio).await.map(|t| t.text) }
-                            })
-                            .await;
-                        let _ = events.send((turn, ProviderEvent::Transcript(result))).await;
-                    });
+                Output::StartAsr {
+                    turn,
+                    audio,
+                    carried,
+                } => {
+                    let live = self
+                        .live
+                        .as_mut()
+                        .filter(|l| l.turn == turn && !l.failed && carried == 0);
+                    if let Some(l) = live {
+                        // The stream heard the whole utterance as it was spoken: finalize it.
+                        l.ended = Some(Arc::clone(&audio));
+                        l.catch_up(&audio);
+                    } else {
+                        if self.live.as_ref().is_some_and(|l| l.turn == turn) {
+                            self.live = None;
+                        }
+                        self.transcribe_whole(turn, audio);
+                    }
                 }
                 Output::StartLlm { turn, messages } => {
                     let app = Arc::clone(&self.app);
@@ -618,6 +824,16 @@ impl Driver {
             .instrument(info_span!("turn", turn_id = turn.0)),
         );
     }
+}
+
+/// A `transcript` event with `final: false`: what the streaming ASR has heard so far.
+fn interim(turn: TurnId, text: &str) -> String {
+    ServerMessage::Transcript {
+        turn_id: turn.0,
+        text,
+        is_final: false,
+    }
+    .to_json()
 }
 
 fn text(s: String) -> Message {

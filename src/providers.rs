@@ -8,7 +8,7 @@ use voxd_backends::espeak::EspeakTts;
 use voxd_backends::mock::{MockAsr, MockLlm, MockTts};
 use voxd_backends::openai::{OpenAiAsr, OpenAiLlm, OpenAiTts};
 use voxd_backends::stream_asr::StreamAsrProvider;
-use voxd_backends::{Asr, BuildError, Llm, ToolRegistry, ToolSpec, Tts};
+use voxd_backends::{Asr, BuildError, Llm, StreamingAsr, ToolRegistry, ToolSpec, Tts};
 use voxd_core::Stage;
 
 use crate::config::{provider_chain, AsrProvider, Config, LlmProvider, TtsProvider};
@@ -19,6 +19,9 @@ use crate::fallback::{BreakerConfig, Chain};
 pub struct Providers {
     /// Speech to text.
     pub asr: Arc<Chain<dyn Asr>>,
+    /// The first ASR provider's streaming side, when it has one (`stream`): sessions send it the
+    /// audio while the user speaks. The chain's other providers are the fallback.
+    pub streaming_asr: Option<Arc<dyn StreamingAsr>>,
     /// The language model.
     pub llm: Arc<Chain<dyn Llm>>,
     /// Text to speech.
@@ -54,6 +57,7 @@ impl Providers {
             cooldown: std::time::Duration::from_millis(file.circuit_breaker.cooldown_ms),
         };
         let mut asr: Vec<Arc<dyn Asr>> = Vec::new();
+        let mut streaming_asr: Option<Arc<dyn StreamingAsr>> = None;
         for p in
             provider_chain("asr", file.asr.provider, &file.asr.providers).map_err(chain_error)?
         {
@@ -61,7 +65,11 @@ impl Providers {
                 AsrProvider::Mock => Arc::new(MockAsr::new(file.asr.mock.clone(), base_dir)?),
                 AsrProvider::Openai => Arc::new(OpenAiAsr::new(file.asr.openai.clone(), base_dir)?),
                 AsrProvider::Stream => {
-                    Arc::new(StreamAsrProvider::new(file.asr.stream.clone(), base_dir)?)
+                    let p = Arc::new(StreamAsrProvider::new(file.asr.stream.clone(), base_dir)?);
+                    if asr.is_empty() {
+                        streaming_asr = Some(p.clone());
+                    }
+                    p
                 }
             });
         }
@@ -88,6 +96,7 @@ impl Providers {
         let tool_specs = tools.specs().into();
         Ok(Providers {
             asr: Arc::new(Chain::new(Stage::Asr, asr, breaker)),
+            streaming_asr,
             llm: Arc::new(Chain::new(Stage::Llm, llm, breaker)),
             tts: Arc::new(Chain::new(Stage::Tts, tts, breaker)),
             tools: Arc::new(tools),

@@ -271,3 +271,181 @@ async fn the_espeak_voice_speaks_a_reply() {
     wait_for(active).await;
     server.stop().await;
 }
+
+/// What the streaming-ASR stub saw, across its connections.
+#[derive(Default)]
+struct Listen {
+    connections: usize,
+    /// Audio bytes received before `Finalize`, per connection.
+    bytes_before_finalize: Vec<usize>,
+    finalized: usize,
+}
+
+fn results(text: &str, is_final: bool, speech_final: bool, from_finalize: bool) -> String {
+    json!({
+        "type": "Results", "channel_index": [0, 1], "duration": 0.5, "start": 0.0,
+        "is_final": is_final, "speech_final": speech_final, "from_finalize": from_finalize,
+        "channel": {"alternatives": [{"transcript": text, "confidence": 0.93}]},
+    })
+    .to_string()
+}
+
+/// A live speech-to-text server in Deepgram's listen shape. It "recognises" by byte count: an
+/// interim result after 0.3 s of audio, then (with `endpoint_after_ms`) a final result marked
+/// `speech_final` once that much audio arrived; `Finalize` gets the rest as a `from_finalize`
+/// result, `CloseStream` gets `Metadata` and a normal close.
+async fn listen_stub(endpoint_after_ms: Option<usize>) -> (String, Arc<Mutex<Listen>>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    const TEXT: &str = "what's the weather like today";
+    let seen = Arc::new(Mutex::new(Listen::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/listen", listener.local_addr().unwrap());
+    let report = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = Arc::clone(&report);
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                seen.lock().unwrap().connections += 1;
+                let (mut bytes, mut interim_sent, mut final_sent) = (0usize, false, false);
+                while let Some(Ok(m)) = ws.next().await {
+                    let mut out = Vec::new();
+                    match m {
+                        Message::Binary(b) => {
+                            bytes += b.len();
+                            if !interim_sent && bytes >= 32 * 300 {
+                                interim_sent = true;
+                                out.push(results("what's the", false, false, false));
+                            }
+                            if !final_sent && endpoint_after_ms.is_some_and(|ms| bytes >= 32 * ms) {
+                                final_sent = true;
+                                out.push(results(TEXT, true, true, false));
+                            }
+                        }
+                        Message::Text(t) if t.contains("\"Finalize\"") => {
+                            {
+                                let mut s = seen.lock().unwrap();
+                                s.bytes_before_finalize.push(bytes);
+                                s.finalized += 1;
+                            }
+                            let rest = if final_sent { "" } else { TEXT };
+                            out.push(results(rest, true, true, true));
+                        }
+                        Message::Text(t) if t.contains("\"CloseStream\"") => {
+                            let _ = ws
+                                .send(Message::text(r#"{"type":"Metadata","request_id":"stub","duration":1.0,"channels":1}"#))
+                                .await;
+                            let _ = ws.close(None).await;
+                            return;
+                        }
+                        Message::Close(_) => return,
+                        _ => {}
+                    }
+                    for o in out {
+                        if ws.send(Message::text(o)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// Reads until the final transcript, skipping interim ones.
+async fn until_final(c: &mut common::Client) -> Value {
+    loop {
+        let t = c.until("transcript").await;
+        if t["final"] == true {
+            return t;
+        }
+    }
+}
+
+/// With a streaming ASR the audio goes to the provider while the user speaks: the provider has
+/// the utterance before `speech_end`, interim transcripts reach the client as `final: false`, and
+/// `Finalize` only flushes the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_asr_hears_the_user_while_they_speak() {
+    let (url, seen) = listen_stub(None).await;
+    let server = TestServer::start_with(&format!(
+        "[asr]\nprovider = \"stream\"\n[asr.stream]\nurl = \"{url}\"\n"
+    ))
+    .await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "speech_start"})).await;
+    c.send_audio(&common::fixture("weather.wav"), 16_000).await;
+    // Before speech_end: the provider is hearing the utterance and says so.
+    let interim = c.until("transcript").await;
+    assert_eq!(interim["final"], false, "{interim}");
+    assert_eq!(interim["text"], "what's the");
+    c.send(json!({"type": "speech_end"})).await;
+    let t = until_final(&mut c).await;
+    assert_eq!(t["text"], "what's the weather like today");
+    let done = c.until("response_done").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let seen = seen.lock().unwrap();
+    assert_eq!((seen.connections, seen.finalized), (1, 1));
+    let utterance = common::fixture("weather.wav").len() * 2;
+    assert_eq!(
+        seen.bytes_before_finalize[0], utterance,
+        "every sample, each once"
+    );
+    drop(seen);
+    server.stop().await;
+}
+
+/// The provider's endpoint (`speech_final`) ends a server-VAD utterance without waiting for the
+/// VAD's hangover: here the hangover is 5 s and the audio stops 1 s after the speech, so only the
+/// endpoint can end the turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_endpoint_ends_the_utterance_before_the_vad_hangover() {
+    let speech_ms = common::fixture("weather.wav").len() / 16;
+    let (url, seen) = listen_stub(Some(speech_ms + 300)).await;
+    let server = TestServer::start_with(&format!(
+        "[vad]\nhangover_ms = 5000\n[asr]\nprovider = \"stream\"\n[asr.stream]\nurl = \"{url}\"\n"
+    ))
+    .await;
+    let mut c = server.connect().await;
+    let mut audio = common::fixture("weather.wav");
+    audio.extend(std::iter::repeat_n(0, 16 * 1000));
+    c.send_audio(&audio, 16_000).await;
+    c.until("speech_started").await;
+    c.until("speech_stopped").await;
+    let t = until_final(&mut c).await;
+    assert_eq!(t["text"], "what's the weather like today");
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    assert_eq!(seen.lock().unwrap().finalized, 1);
+    server.stop().await;
+}
+
+/// A streaming ASR that cannot be reached: each utterance falls back to the next provider of
+/// the chain (the mock here), whole, and the turn completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_streaming_asr_falls_back_to_the_whole_utterance_path() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let server = TestServer::start_with(&format!(
+        "[asr]\nproviders = [\"stream\", \"mock\"]\n[asr.stream]\nurl = \"ws://{dead_addr}/v1/listen\"\n"
+    ))
+    .await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "speech_start"})).await;
+    c.send_audio(&common::fixture("weather.wav"), 16_000).await;
+    c.send(json!({"type": "speech_end"})).await;
+    let t = c.until("transcript").await;
+    assert_eq!(t["text"], "what's the weather like today");
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    let metrics = server.get("/metrics").await.1;
+    assert!(
+        metrics
+            .contains("voxd_provider_fallbacks_total{stage=\"asr\",from=\"stream\",to=\"mock\"}"),
+        "{metrics}"
+    );
+    server.stop().await;
+}

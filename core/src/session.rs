@@ -351,6 +351,11 @@ pub enum Output {
         turn: TurnId,
         /// The audio.
         audio: Arc<[i16]>,
+        /// Samples at the start of `audio` carried over from a turn cancelled before its
+        /// transcript; they were not part of the utterance as `Session::utterance` showed it. A
+        /// driver that streamed the utterance to a streaming ASR can use that stream's result only
+        /// when this is 0.
+        carried: usize,
     },
     /// Start streaming an LLM reply for the conversation.
     StartLlm {
@@ -747,6 +752,28 @@ impl Session {
         self.user.is_some()
     }
 
+    /// The utterance being captured: its turn and its audio so far (pre-roll and any joined
+    /// fragment included). A driver with a streaming ASR sends it on as it grows.
+    pub fn utterance(&self) -> Option<(TurnId, &[i16])> {
+        self.user.as_ref().map(|u| (u.turn, u.audio.as_slice()))
+    }
+
+    /// A streaming ASR reports that the speech of `turn` is final (its endpoint), before the
+    /// server VAD's hangover has passed: the utterance ends now. Ignored unless `turn` is the
+    /// utterance being captured by server VAD (a client that sends its own `speech_end` decides
+    /// when it stops).
+    pub fn handle_endpoint(&mut self, now: Time, turn: TurnId) {
+        let vad_utterance = self
+            .user
+            .as_ref()
+            .is_some_and(|u| u.turn == turn && u.source == Source::Vad);
+        if vad_utterance {
+            self.end_speech(now);
+            self.check_interruption(now);
+        }
+        self.pump(now);
+    }
+
     /// Microphone audio: mono PCM16 at 16 kHz (the owner resamples other rates first).
     pub fn handle_audio(&mut self, now: Time, samples: &[i16]) {
         if samples.is_empty() {
@@ -983,23 +1010,35 @@ impl Session {
             self.outputs.push_back(Output::StartAsr {
                 turn: u.turn,
                 audio,
+                carried: 0,
             });
         } else {
             // Speech that began while idle supersedes anything started meanwhile (a `text` turn).
             self.interrupt_response(now);
             let mut audio = std::mem::take(&mut self.carry_audio);
+            let carried = audio.len();
             audio.extend_from_slice(&u.audio);
-            self.start_asr_response(now, u.turn, audio);
+            self.start_asr_response(now, u.turn, audio, carried);
         }
         self.sync_hold(now);
     }
 
-    fn start_asr_response(&mut self, speech_end: Time, turn: TurnId, audio: Vec<i16>) {
+    fn start_asr_response(
+        &mut self,
+        speech_end: Time,
+        turn: TurnId,
+        audio: Vec<i16>,
+        carried: usize,
+    ) {
         let audio: Arc<[i16]> = Arc::from(audio);
         let mut r = Response::new(turn, speech_end, self.cfg.min_clause_chars);
         r.asr_audio = Some(audio.clone());
         self.response = Some(r);
-        self.outputs.push_back(Output::StartAsr { turn, audio });
+        self.outputs.push_back(Output::StartAsr {
+            turn,
+            audio,
+            carried,
+        });
     }
 
     /// A barge-in candidate that has lasted `min_interruption` is an interruption, decided now.
@@ -1059,8 +1098,9 @@ impl Session {
         } else {
             // The cancelled turn's words are unknown: transcribe both utterances together.
             let mut audio = std::mem::take(&mut self.carry_audio);
+            let carried = audio.len();
             audio.extend_from_slice(&j.audio);
-            self.start_asr_response(j.ended_at, j.turn, audio);
+            self.start_asr_response(j.ended_at, j.turn, audio, carried);
         }
         self.sync_hold(now);
     }

@@ -62,6 +62,8 @@ struct Sim {
     interrupted: HashSet<TurnId>,
     done: HashMap<TurnId, usize>,
     started: HashSet<TurnId>,
+    /// Every transcription started: turn, audio length, carried samples.
+    asr_calls: Vec<(TurnId, usize, usize)>,
 }
 
 impl Sim {
@@ -91,6 +93,7 @@ impl Sim {
             interrupted: HashSet::new(),
             done: HashMap::new(),
             started: HashSet::new(),
+            asr_calls: Vec::new(),
         }
     }
 
@@ -125,7 +128,12 @@ impl Sim {
                     assert_eq!(self.done[turn], 1, "two response_done for {turn}");
                     assert!(!self.paused.contains(turn), "done while paused");
                 }
-                Output::StartAsr { turn, audio } => {
+                Output::StartAsr {
+                    turn,
+                    audio,
+                    carried,
+                } => {
+                    self.asr_calls.push((*turn, audio.len(), *carried));
                     let text = if self.asr_answers.is_empty() {
                         transcript_for(audio.len())
                     } else {
@@ -940,6 +948,61 @@ fn server_vad_drives_turns_over_voiced_audio() {
         "{duration:?}"
     );
     assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+}
+
+#[test]
+fn a_streaming_asr_endpoint_ends_vad_speech_before_the_hangover() {
+    let mut sim = Sim::with(SessionConfig::default());
+    sim.audio(300, 0);
+    sim.voice(1000);
+    let (turn, audio) = sim.s.utterance().expect("speaking");
+    // The utterance so far holds the pre-roll and every voiced frame, for a streaming ASR.
+    assert!(audio.len() >= 16 * 1000, "{}", audio.len());
+    // 100 ms of silence: the VAD's 500 ms hangover has not passed, the provider says "final".
+    sim.audio(100, 0);
+    assert!(sim.s.user_speaking());
+    let before = sim.asr_calls.len();
+    sim.s.handle_endpoint(sim.now, TurnId(99)); // another turn's endpoint changes nothing
+    sim.drain();
+    assert!(sim.s.user_speaking());
+    sim.s.handle_endpoint(sim.now, turn);
+    sim.drain();
+    assert!(!sim.s.user_speaking());
+    let asr = sim.asr_calls[before..].iter().find(|c| c.0 == turn);
+    let &(_, len, carried) = asr.expect("the transcription starts at the endpoint");
+    assert_eq!(carried, 0);
+    assert!(len >= 16 * 1100);
+    sim.settle();
+    assert_eq!(sim.done_of(turn).0, ResponseStatus::Completed);
+    // The VAD goes on: the next utterance is detected as usual.
+    sim.voice(1000);
+    assert!(sim.s.user_speaking());
+}
+
+#[test]
+fn an_endpoint_does_not_end_an_utterance_the_client_signals() {
+    let mut sim = Sim::new();
+    sim.speech_start();
+    sim.audio(500, 0);
+    let (turn, _) = sim.s.utterance().unwrap();
+    sim.s.handle_endpoint(sim.now, turn);
+    assert!(sim.s.user_speaking(), "the client's speech_end decides");
+    sim.speech_end();
+    sim.settle();
+    sim.assert_all_done();
+}
+
+#[test]
+fn carried_audio_is_marked_so_a_streamed_transcript_is_not_used_for_it() {
+    let mut sim = Sim::new();
+    sim.asr_ms = 1000;
+    sim.say(1000);
+    sim.run_ms(20);
+    sim.say(1000);
+    let carried = sim.asr_calls.iter().find(|c| c.0 == TurnId(2));
+    assert_eq!(carried, Some(&(TurnId(2), 32_000, 16_000)));
+    sim.settle();
+    sim.assert_all_done();
 }
 
 #[test]
