@@ -163,14 +163,16 @@ impl VoiceDetector {
             self.frame.extend_from_slice(&samples[..take]);
             samples = &samples[take..];
             if self.frame.len() == self.frame_len {
-                // The frame is never empty and always a valid length, so libfvad cannot fail.
-                let classified = self.vad.0.is_voice_segment(&self.frame).unwrap_or(false);
                 let energy: f64 = self
                     .frame
                     .iter()
                     .map(|&x| f64::from(x) * f64::from(x))
                     .sum();
-                let voiced = classified && energy / self.frame_len as f64 >= self.min_mean_square;
+                // A frame under the energy gate is unvoiced whatever libfvad would say, so libfvad
+                // is not asked. The frame is never empty and always a valid length, so libfvad
+                // cannot fail.
+                let voiced = energy / self.frame_len as f64 >= self.min_mean_square
+                    && self.vad.0.is_voice_segment(&self.frame).unwrap_or(false);
                 self.frame.clear();
                 self.step(voiced, &mut on_event);
             }
