@@ -275,7 +275,7 @@ impl Auth {
     fn accepts(&self, candidate: &[u8]) -> Option<&str> {
         let mut found = None;
         for (k, id) in self.keys.iter().zip(&self.ids) {
-            let mut diff = (k.len() ^ candidate.len()) as u8;
+            let mut diff = u8::from(k.len() != candidate.len());
             for (i, b) in k.iter().enumerate() {
                 diff |= b ^ candidate.get(i).copied().unwrap_or(0);
             }
@@ -395,7 +395,10 @@ pub async fn require(State(state): State<Arc<AppState>>, request: Request, next:
         let needs_key = path != "/metrics" || auth.protect_metrics;
         let allow_query = path == "/ws";
         if needs_key {
-            let who = presented(&request, allow_query).and_then(|k| auth.identify(&k));
+            let who = presented(&request, allow_query)
+                .and_then(|k| auth.identify(&k))
+                // Tokens are for browsers' sessions and transcriptions, not for reading metrics.
+                .filter(|who| path != "/metrics" || matches!(who, Identity::Key(_)));
             if let Some(who) = who {
                 request.extensions_mut().insert(who);
             } else {
@@ -505,6 +508,9 @@ mod tests {
         assert!(a.accepts(b"0123456789abcde").is_none());
         assert!(a.accepts(b"0123456789abcdefg").is_none());
         assert!(a.accepts(b"").is_none());
+        // Lengths that differ by a multiple of 256 still differ.
+        let long = format!("0123456789abcdef{}", "x".repeat(256));
+        assert!(a.accepts(long.as_bytes()).is_none());
         assert!(!auth(&[]).enabled());
     }
 

@@ -5,10 +5,12 @@
 //! `voxd_core::session`): events and audio go to the socket, provider calls are spawned, turns are
 //! cancelled. Nothing else owns session state.
 //!
-//! Tasks: each provider call runs in its own task in the session's `JoinSet`, under the
-//! cancellation token of its turn. `CancelTurn` cancels the token, which drops the call's future or
-//! stream at once (a dropped stream stops the provider's work). When the socket closes, the
-//! `JoinSet` is dropped and aborts whatever is left: no task of a session outlives it.
+//! Tasks: each provider call runs in its own task in the session's `JoinSet`; the driver keeps each
+//! turn's abort handles. `CancelTurn` aborts them, which drops the calls' futures or streams at
+//! their next poll (a dropped stream stops the provider's work). An abort handle costs nothing
+//! while the task runs, where a cancellation token would be polled (and its lock taken) on every
+//! wake-up of every call. When the socket closes, the `JoinSet` aborts whatever is left: no task of
+//! a session outlives it.
 //!
 //! Backpressure: provider events travel on a bounded channel (`EVENT_QUEUE`); a provider that
 //! produces faster than the session consumes waits on `send`. Writes to the socket are awaited in
@@ -21,17 +23,19 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use voxd_backends::{AsrStream, AsrUpdate, LlmEvent, LlmRequest, ProviderError};
 use voxd_core::resample::StreamResampler;
 use voxd_core::ResponseStatus;
-use voxd_core::{Event, Output, ProviderEvent, SampleRate, Session, Time, ToolCall, TurnId};
+use voxd_core::{
+    Event, Output, ProviderEvent, ProviderFailure, SampleRate, Session, Time, ToolCall, TurnId,
+};
 
 use crate::app::AppState;
-use crate::fallback::{failure, timed_out};
+use crate::fallback::{failure, timed_out, Attempt};
 use crate::limits::{Admit, ClientLimits};
 use crate::metrics::WireCounts;
 use crate::protocol::{self, ClientMessage, ServerMessage, PROTOCOL_VERSION};
@@ -123,14 +127,20 @@ struct Driver {
     events_tx: mpsc::Sender<(TurnId, ProviderEvent)>,
     events_rx: mpsc::Receiver<(TurnId, ProviderEvent)>,
     tasks: JoinSet<()>,
-    turns: HashMap<TurnId, CancellationToken>,
+    turns: HashMap<TurnId, Vec<AbortHandle>>,
     cancel: CancellationToken,
     wire: WireCounts,
     limits: ClientLimits,
     timeouts: crate::config::Timeouts,
-    /// The streaming ASR's recognition stream for the utterance being captured or finalized.
-    live: Option<LiveAsr>,
+    /// The streaming ASR's recognition streams: the utterance being captured, and utterances that
+    /// ended and are finalizing (at most `MAX_LIVE_STREAMS` in all).
+    live: Vec<LiveAsr>,
 }
+
+/// Recognition streams a session keeps open at once. Each is one provider connection; past this
+/// many (utterances ending faster than their streams finalize), a new utterance goes the
+/// whole-utterance way.
+const MAX_LIVE_STREAMS: usize = 3;
 
 /// One utterance's recognition stream: audio goes to the provider while the user speaks, so the
 /// transcript is ready moments after the end of speech. See ARCHITECTURE.md, "Streaming ASR".
@@ -144,8 +154,11 @@ struct LiveAsr {
     /// The utterance as handed to transcription once it ended: the stream is finalizing, and this
     /// is what the whole-utterance fallback transcribes if the stream fails.
     ended: Option<Arc<[i16]>>,
-    /// The stream failed before the utterance ended; the whole-utterance path transcribes it.
+    /// Not streaming (the stream failed, or none was opened); the whole-utterance path
+    /// transcribes the utterance when it ends.
     failed: bool,
+    /// The provider itself failed on this utterance (it already counted against its breaker).
+    provider_failed: bool,
 }
 
 impl LiveAsr {
@@ -165,7 +178,7 @@ impl LiveAsr {
     }
 }
 
-/// What the live stream did.
+/// What a live stream did.
 enum LiveEvent {
     /// It connected, or failed to.
     Opened(Result<AsrStream, ProviderError>),
@@ -173,19 +186,22 @@ enum LiveEvent {
     Update(Option<Result<AsrUpdate, ProviderError>>),
 }
 
-/// The live stream's next event (pending forever when there is no stream).
-async fn live_event(live: &mut Option<LiveAsr>) -> LiveEvent {
-    match live {
-        Some(LiveAsr {
-            opening: Some(opening),
-            ..
-        }) => LiveEvent::Opened(opening.await),
-        Some(LiveAsr {
-            stream: Some(stream),
-            ..
-        }) => LiveEvent::Update(stream.next().await),
-        _ => std::future::pending().await,
-    }
+/// The next event of any live stream, with its turn (pending forever when there is none).
+fn live_event(live: &mut [LiveAsr]) -> impl std::future::Future<Output = (TurnId, LiveEvent)> + '_ {
+    std::future::poll_fn(move |cx| {
+        for l in live.iter_mut() {
+            if let Some(opening) = &mut l.opening {
+                if let std::task::Poll::Ready(r) = opening.as_mut().poll(cx) {
+                    return std::task::Poll::Ready((l.turn, LiveEvent::Opened(r)));
+                }
+            } else if let Some(stream) = &mut l.stream {
+                if let std::task::Poll::Ready(u) = stream.poll_next_unpin(cx) {
+                    return std::task::Poll::Ready((l.turn, LiveEvent::Update(u)));
+                }
+            }
+        }
+        std::task::Poll::Pending
+    })
 }
 
 impl Driver {
@@ -212,7 +228,7 @@ impl Driver {
             wire: WireCounts::default(),
             limits: ClientLimits::new(&app_limits, input_rate),
             timeouts: app_timeouts,
-            live: None,
+            live: Vec::new(),
         }
     }
 
@@ -224,41 +240,45 @@ impl Driver {
         let Some((turn, _)) = self.core.utterance() else {
             return;
         };
-        if self.live.as_ref().is_none_or(|l| l.turn != turn) {
+        if !self.live.iter().any(|l| l.turn == turn) {
+            // Streams of utterances that never ended (dismissed) go; finalizing ones stay.
+            self.live.retain(|l| l.ended.is_some());
             let Some(provider) = self.app.providers.streaming_asr.clone() else {
                 return;
             };
-            // A new utterance; an older stream still finalizing keeps its place until the new
-            // one needs it, then the whole-utterance path takes over for it.
-            if let Some(old) = self.live.take() {
-                if let Some(ended) = old.ended {
-                    self.transcribe_whole(old.turn, ended);
-                }
-            }
-            self.live = Some(LiveAsr {
+            // A provider whose breaker is open is not even tried: the utterance goes the
+            // whole-utterance way through the fallbacks.
+            let skip = self.live.len() >= MAX_LIVE_STREAMS || self.app.providers.asr.is_open(0);
+            self.live.push(LiveAsr {
                 turn,
-                opening: Some(provider.open()),
+                opening: (!skip).then(|| provider.open()),
                 stream: None,
                 pushed: 0,
                 ended: None,
-                failed: false,
+                failed: skip,
+                provider_failed: false,
             });
         }
-        if let (Some(l), Some((_, audio))) = (&mut self.live, self.core.utterance()) {
+        if let (Some(l), Some((_, audio))) = (
+            self.live.iter_mut().find(|l| l.turn == turn),
+            self.core.utterance(),
+        ) {
             if !l.failed {
                 l.catch_up(audio);
             }
         }
     }
 
-    /// The live stream connected (or failed to).
-    fn on_live_opened(&mut self, result: Result<AsrStream, ProviderError>) {
-        let Some(l) = &mut self.live else { return };
-        l.opening = None;
-        match result {
-            Ok(stream) => {
+    /// A live stream's event.
+    fn on_live_event(&mut self, turn: TurnId, event: LiveEvent, replies: &mut Vec<String>) {
+        let Some(at) = self.live.iter().position(|l| l.turn == turn) else {
+            return;
+        };
+        match event {
+            LiveEvent::Opened(Ok(stream)) => {
+                let l = &mut self.live[at];
+                l.opening = None;
                 l.stream = Some(stream);
-                let turn = l.turn;
                 match (&l.ended, self.core.utterance()) {
                     (Some(ended), _) => {
                         let ended = Arc::clone(ended);
@@ -268,74 +288,75 @@ impl Driver {
                     _ => {}
                 }
             }
-            Err(e) => self.live_failed(e),
+            LiveEvent::Opened(Err(e)) | LiveEvent::Update(Some(Err(e))) => self.live_failed(at, e),
+            LiveEvent::Update(None) => self.live_failed(
+                at,
+                ProviderError::Failed {
+                    provider: "stream".into(),
+                    message: "the recognition stream ended without a final transcript".into(),
+                },
+            ),
+            LiveEvent::Update(Some(Ok(update))) => {
+                let now = self.now();
+                match update {
+                    AsrUpdate::Interim { text } => replies.push(interim(turn, &text)),
+                    AsrUpdate::Final {
+                        text, speech_final, ..
+                    } => {
+                        replies.push(interim(turn, &text));
+                        if speech_final {
+                            // The provider heard the end of speech: no need to wait for the
+                            // VAD's hangover.
+                            self.core.handle_endpoint(now, turn);
+                        }
+                    }
+                    AsrUpdate::Finalized(transcript) => {
+                        self.live.remove(at);
+                        self.app.providers.asr.succeeded(0, &self.app.metrics);
+                        self.core.handle_provider(
+                            now,
+                            turn,
+                            ProviderEvent::Transcript(Ok(transcript.text)),
+                        );
+                    }
+                }
+            }
         }
     }
 
-    /// The live stream failed: the utterance goes the whole-utterance way (through the fallback
+    /// Live stream `at` failed: its utterance goes the whole-utterance way (through the fallback
     /// chain) now if it ended, or when it ends.
-    fn live_failed(&mut self, e: ProviderError) {
-        let Some(l) = &mut self.live else { return };
+    fn live_failed(&mut self, at: usize, e: ProviderError) {
+        let l = &mut self.live[at];
         warn!(turn_id = l.turn.0, error = %e, "streaming ASR failed; transcribing the whole utterance instead");
         self.app.providers.asr.failed(0, &self.app.metrics);
         l.failed = true;
+        l.provider_failed = true;
         l.stream = None;
         l.opening = None;
-        if let Some(ended) = l.ended.take() {
-            let turn = l.turn;
-            self.live = None;
-            self.transcribe_whole(turn, ended);
-        }
-    }
-
-    /// An update from the live stream.
-    fn on_live_update(
-        &mut self,
-        update: Option<Result<AsrUpdate, ProviderError>>,
-        replies: &mut Vec<String>,
-    ) {
-        let Some(turn) = self.live.as_ref().map(|l| l.turn) else {
-            return;
-        };
-        let now = self.now();
-        match update {
-            Some(Ok(AsrUpdate::Interim { text })) => {
-                replies.push(interim(turn, &text));
+        if l.ended.is_some() {
+            let l = self.live.remove(at);
+            if let Some(ended) = l.ended {
+                self.transcribe_whole(l.turn, ended, true);
             }
-            Some(Ok(AsrUpdate::Final {
-                text, speech_final, ..
-            })) => {
-                replies.push(interim(turn, &text));
-                if speech_final {
-                    // The provider heard the end of speech: no need to wait for the hangover.
-                    self.core.handle_endpoint(now, turn);
-                }
-            }
-            Some(Ok(AsrUpdate::Finalized(transcript))) => {
-                self.live = None;
-                self.app.providers.asr.succeeded(0, &self.app.metrics);
-                self.core.handle_provider(
-                    now,
-                    turn,
-                    ProviderEvent::Transcript(Ok(transcript.text)),
-                );
-            }
-            Some(Err(e)) => self.live_failed(e),
-            None => self.live_failed(ProviderError::Failed {
-                provider: "stream".into(),
-                message: "the recognition stream ended without a final transcript".into(),
-            }),
         }
     }
 
     /// Transcribes a whole utterance through the ASR chain, in the session's task set.
-    fn transcribe_whole(&mut self, turn: TurnId, audio: Arc<[i16]>) {
+    /// `after_stream`: the streaming provider (link 0) just failed on this utterance, so the chain
+    /// starts at its fallback, if it has one.
+    fn transcribe_whole(&mut self, turn: TurnId, audio: Arc<[i16]>, after_stream: bool) {
         let app = Arc::clone(&self.app);
         let limit = self.timeouts.asr;
+        let from = usize::from(after_stream && app.providers.asr.len() > 1);
+        if from == 1 {
+            let chain = &app.providers.asr;
+            app.metrics.fallback(chain.stage(), chain.name(0), chain.name(1));
+        }
         self.spawn(turn, move |events| async move {
             let chain = &app.providers.asr;
             let result = chain
-                .call(&app.metrics, limit, "no transcript", |asr| {
+                .call_from(from, &app.metrics, limit, "no transcript", |asr| {
                     let audio = Arc::clone(&audio);
                     async move { asr.transcribe(audio).await.map(|t| t.text) }
                 })
@@ -366,6 +387,7 @@ impl Driver {
             encoding: "pcm_s16le",
         };
         if tx.send(text(ready.to_json())).await.is_err() {
+            self.app.metrics.session_closed("client_closed");
             return "client gone before ready";
         }
         let send_timeout =
@@ -455,10 +477,7 @@ impl Driver {
                     self.core.handle_timeout(now);
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                e = live_event(&mut self.live) => match e {
-                    LiveEvent::Opened(result) => self.on_live_opened(result),
-                    LiveEvent::Update(update) => self.on_live_update(update, &mut replies),
-                },
+                (turn, e) = live_event(&mut self.live) => self.on_live_event(turn, e, &mut replies),
                 () = &mut cancelled => break Exit::close("shutdown", 1001, "server shutting down"),
                 () = &mut drained, if !draining => {
                     draining = true;
@@ -508,9 +527,6 @@ impl Driver {
                 Ok::<_, axum::Error>(())
             };
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
-        }
-        for token in self.turns.values() {
-            token.cancel();
         }
         self.tasks.abort_all();
         self.app.metrics.session_closed(exit.label);
@@ -625,13 +641,11 @@ impl Driver {
                     wrote = true;
                 }
                 Output::CancelTurn(turn) => {
-                    if let Some(token) = self.turns.remove(&turn) {
-                        token.cancel();
+                    for task in self.turns.remove(&turn).into_iter().flatten() {
+                        task.abort();
                     }
-                    if self.live.as_ref().is_some_and(|l| l.turn == turn) {
-                        // Dropping the stream closes its socket.
-                        self.live = None;
-                    }
+                    // Dropping a stream closes its socket.
+                    self.live.retain(|l| l.turn != turn);
                 }
                 Output::StartAsr {
                     turn,
@@ -640,17 +654,23 @@ impl Driver {
                 } => {
                     let live = self
                         .live
-                        .as_mut()
-                        .filter(|l| l.turn == turn && !l.failed && carried == 0);
+                        .iter_mut()
+                        .find(|l| l.turn == turn && !l.failed && carried == 0);
                     if let Some(l) = live {
                         // The stream heard the whole utterance as it was spoken: finalize it.
                         l.ended = Some(Arc::clone(&audio));
                         l.catch_up(&audio);
                     } else {
-                        if self.live.as_ref().is_some_and(|l| l.turn == turn) {
-                            self.live = None;
-                        }
-                        self.transcribe_whole(turn, audio);
+                        // A stream that failed already counted its failure: start at the
+                        // fallback.
+                        let after_stream = self.app.providers.streaming_asr.is_some()
+                            && (self.app.providers.asr.is_open(0)
+                                || self
+                                    .live
+                                    .iter()
+                                    .any(|l| l.turn == turn && l.provider_failed));
+                        self.live.retain(|l| l.turn != turn);
+                        self.transcribe_whole(turn, audio, after_stream);
                     }
                 }
                 Output::StartLlm { turn, messages } => {
@@ -667,43 +687,24 @@ impl Driver {
                                 llm.stream(request.clone())
                             })
                             .await;
-                        let (i, mut stream, mut item) = match opened {
-                            Ok((i, stream, first)) => (i, stream, first.map(Ok)),
-                            Err(f) => {
-                                let _ = events.send((turn, ProviderEvent::LlmFailed(f))).await;
-                                return;
-                            }
+                        let relay = Relay {
+                            metrics: &app.metrics,
+                            events: &events,
+                            turn,
+                            stall,
+                            stalled: "the reply stalled: no token",
                         };
-                        while let Some(next) = item {
-                            let event = match next {
-                                Ok(LlmEvent::Token(t)) => ProviderEvent::LlmToken(t),
-                                Ok(LlmEvent::ToolCall(c)) => ProviderEvent::LlmToolCall(c),
-                                Err(e) => {
-                                    chain.failed(i, &app.metrics);
-                                    let _ = events
-                                        .send((turn, ProviderEvent::LlmFailed(failure(e))))
-                                        .await;
-                                    return;
-                                }
-                            };
-                            if events.send((turn, event)).await.is_err() {
-                                return;
-                            }
-                            item = match tokio::time::timeout(stall, stream.next()).await {
-                                Ok(next) => next,
-                                Err(_) => {
-                                    chain.failed(i, &app.metrics);
-                                    let f = timed_out(
-                                        chain.name(i),
-                                        "the reply stalled: no token",
-                                        stall,
-                                    );
-                                    let _ = events.send((turn, ProviderEvent::LlmFailed(f))).await;
-                                    return;
-                                }
-                            };
-                        }
-                        let _ = events.send((turn, ProviderEvent::LlmDone)).await;
+                        relay
+                            .run(
+                                opened,
+                                |e| match e {
+                                    LlmEvent::Token(t) => ProviderEvent::LlmToken(t),
+                                    LlmEvent::ToolCall(c) => ProviderEvent::LlmToolCall(c),
+                                },
+                                ProviderEvent::LlmFailed,
+                                ProviderEvent::LlmDone,
+                            )
+                            .await;
                     });
                 }
                 Output::StartTts { turn, seq, text } => {
@@ -717,47 +718,21 @@ impl Driver {
                                 tts.synthesize(text.clone(), rate)
                             })
                             .await;
-                        let (i, mut stream, mut item) = match opened {
-                            Ok((i, stream, first)) => (i, stream, first.map(Ok)),
-                            Err(failure) => {
-                                let _ = events
-                                    .send((turn, ProviderEvent::TtsFailed { seq, failure }))
-                                    .await;
-                                return;
-                            }
+                        let relay = Relay {
+                            metrics: &app.metrics,
+                            events: &events,
+                            turn,
+                            stall,
+                            stalled: "the audio stalled: nothing more",
                         };
-                        while let Some(next) = item {
-                            let event = match next {
-                                Ok(samples) => ProviderEvent::TtsAudio { seq, samples },
-                                Err(e) => {
-                                    chain.failed(i, &app.metrics);
-                                    let failure = failure(e);
-                                    let _ = events
-                                        .send((turn, ProviderEvent::TtsFailed { seq, failure }))
-                                        .await;
-                                    return;
-                                }
-                            };
-                            if events.send((turn, event)).await.is_err() {
-                                return;
-                            }
-                            item = match tokio::time::timeout(stall, stream.next()).await {
-                                Ok(next) => next,
-                                Err(_) => {
-                                    chain.failed(i, &app.metrics);
-                                    let failure = timed_out(
-                                        chain.name(i),
-                                        "the audio stalled: nothing more",
-                                        stall,
-                                    );
-                                    let _ = events
-                                        .send((turn, ProviderEvent::TtsFailed { seq, failure }))
-                                        .await;
-                                    return;
-                                }
-                            };
-                        }
-                        let _ = events.send((turn, ProviderEvent::TtsDone { seq })).await;
+                        relay
+                            .run(
+                                opened,
+                                |samples| ProviderEvent::TtsAudio { seq, samples },
+                                |failure| ProviderEvent::TtsFailed { seq, failure },
+                                ProviderEvent::TtsDone { seq },
+                            )
+                            .await;
                     });
                 }
                 Output::StartTool { turn, call } => {
@@ -802,27 +777,74 @@ impl Driver {
         Ok(())
     }
 
-    /// Runs a provider call for `turn` in the session's task set, under the turn's token.
+    /// Runs a provider call for `turn` in the session's task set; `CancelTurn` aborts it.
     fn spawn<F, Fut>(&mut self, turn: TurnId, work: F)
     where
         F: FnOnce(mpsc::Sender<(TurnId, ProviderEvent)>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let token = self
-            .turns
-            .entry(turn)
-            .or_insert_with(|| self.cancel.child_token())
-            .clone();
         let fut = work(self.events_tx.clone());
-        self.tasks.spawn(
-            async move {
-                tokio::select! {
-                    () = token.cancelled() => {}
-                    () = fut => {}
-                }
+        let task = self
+            .tasks
+            .spawn(fut.instrument(info_span!("turn", turn_id = turn.0)));
+        self.turns.entry(turn).or_default().push(task);
+    }
+}
+
+/// Relays an opened provider stream to its session: each item as an event, under the stall
+/// deadline, then `done`; a failure as one event. The attempt is settled with the outcome, so a
+/// provider that fails mid-stream counts against its breaker.
+struct Relay<'a> {
+    metrics: &'a crate::metrics::Metrics,
+    events: &'a mpsc::Sender<(TurnId, ProviderEvent)>,
+    turn: TurnId,
+    stall: std::time::Duration,
+    stalled: &'static str,
+}
+
+impl Relay<'_> {
+    async fn run<P, S, T>(
+        &self,
+        opened: Result<(Attempt<'_, P>, S, Option<T>), ProviderFailure>,
+        item_event: impl Fn(T) -> ProviderEvent,
+        failed_event: impl Fn(ProviderFailure) -> ProviderEvent,
+        done: ProviderEvent,
+    ) where
+        P: ?Sized + crate::fallback::Named,
+        S: futures_util::Stream<Item = Result<T, ProviderError>> + Unpin,
+    {
+        let send = |e| self.events.send((self.turn, e));
+        let (attempt, mut stream, mut item) = match opened {
+            Ok((attempt, stream, first)) => (attempt, stream, first.map(Ok)),
+            Err(f) => {
+                let _ = send(failed_event(f)).await;
+                return;
             }
-            .instrument(info_span!("turn", turn_id = turn.0)),
-        );
+        };
+        while let Some(next) = item {
+            let event = match next {
+                Ok(x) => item_event(x),
+                Err(e) => {
+                    attempt.failed(true, self.metrics);
+                    let _ = send(failed_event(failure(e))).await;
+                    return;
+                }
+            };
+            if send(event).await.is_err() {
+                return;
+            }
+            item = match tokio::time::timeout(self.stall, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let f = timed_out(attempt.name(), self.stalled, self.stall);
+                    attempt.failed(true, self.metrics);
+                    let _ = send(failed_event(f)).await;
+                    return;
+                }
+            };
+        }
+        attempt.succeeded(self.metrics);
+        let _ = send(done).await;
     }
 }
 

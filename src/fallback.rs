@@ -132,6 +132,16 @@ impl<P: ?Sized + Named> Chain<P> {
         &self.links[0].provider
     }
 
+    /// How many providers the chain has.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Whether the chain has no provider (never: `new` needs one).
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
     /// The stage this chain serves.
     pub fn stage(&self) -> Stage {
         self.stage
@@ -153,38 +163,58 @@ impl<P: ?Sized + Named> Chain<P> {
         }
     }
 
-    /// Whether a request may use link `i` now; claims the probe of a half-open breaker.
-    fn admits(&self, i: usize, now: u64) -> bool {
+    /// Whether a request may use link `i` now, and whether it claimed the probe of a half-open
+    /// breaker (`Some(true)`).
+    fn admits(&self, i: usize, now: u64) -> Option<bool> {
         match self.state(i, now) {
-            BreakerState::Closed => true,
-            BreakerState::Open => false,
+            BreakerState::Closed => Some(false),
+            BreakerState::Open => None,
             BreakerState::HalfOpen => self.links[i]
                 .breaker
                 .probing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok(),
+                .is_ok()
+                .then_some(true),
         }
     }
 
-    /// The first link at or after `from` that a request may use. When `from` is 0 and every breaker
-    /// is open, the one whose cool-down ends first.
-    fn candidate(&self, from: usize) -> Option<usize> {
+    /// The first link at or after `from` that a request may use, as an attempt. With
+    /// `last_resort` (a request's first attempt), when none is usable, the link whose cool-down
+    /// ends first: a request is never failed untried.
+    fn attempt(&self, from: usize, last_resort: bool) -> Option<Attempt<'_, P>> {
         let now = self.now_ms();
-        if let Some(i) = (from..self.links.len()).find(|&i| self.admits(i, now)) {
-            return Some(i);
+        for i in from..self.links.len() {
+            if let Some(probe) = self.admits(i, now) {
+                return Some(Attempt {
+                    chain: self,
+                    index: i,
+                    probe,
+                    settled: false,
+                });
+            }
         }
-        if from > 0 {
+        if !last_resort {
             return None;
         }
         (0..self.links.len())
             .min_by_key(|&i| self.links[i].breaker.open_until.load(Ordering::Acquire))
+            .map(|index| Attempt {
+                chain: self,
+                index,
+                probe: false,
+                settled: false,
+            })
     }
 
-    /// Records that link `i` answered.
-    pub fn succeeded(&self, i: usize, metrics: &Metrics) {
+    /// Whether `e` says something about the provider's health. A request the provider refused as
+    /// invalid (bad input from a client) does not count against its breaker.
+    fn counts(e: &ProviderError) -> bool {
+        !matches!(e, ProviderError::InvalidRequest { .. })
+    }
+
+    fn record_success(&self, i: usize, metrics: &Metrics) {
         let b = &self.links[i].breaker;
         b.consecutive.store(0, Ordering::Release);
-        b.probing.store(false, Ordering::Release);
         if b.open_until.swap(0, Ordering::AcqRel) != 0 {
             metrics.circuit(self.stage, self.links[i].provider.provider_name(), false);
             tracing::info!(
@@ -195,15 +225,16 @@ impl<P: ?Sized + Named> Chain<P> {
         }
     }
 
-    /// Records that link `i` failed (also counted in `voxd_provider_errors_total`).
-    pub fn failed(&self, i: usize, metrics: &Metrics) {
+    fn record_failure(&self, i: usize, probe: bool, counted: bool, metrics: &Metrics) {
         let name = self.links[i].provider.provider_name();
         metrics.provider_error(self.stage, name);
+        if !counted {
+            return;
+        }
         let b = &self.links[i].breaker;
         let n = b.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
         let threshold = self.config.failure_threshold;
-        let was_probe = b.probing.swap(false, Ordering::AcqRel);
-        if threshold > 0 && (n >= threshold || was_probe) {
+        if threshold > 0 && (n >= threshold || probe) {
             let until = self.now_ms() + self.config.cooldown.as_millis() as u64;
             if b.open_until.swap(until, Ordering::AcqRel) == 0 {
                 metrics.circuit(self.stage, name, true);
@@ -245,7 +276,58 @@ impl<P: ?Sized + Named> Chain<P> {
         }
     }
 
-    /// Runs `call` on each usable provider in turn, each under `limit`, until one answers.
+    /// Runs `call` on each usable provider in turn, from link `from`, each under `limit`, until
+    /// one answers.
+    ///
+    /// # Errors
+    /// The last provider's failure when all failed (or, past link 0, when none is usable).
+    pub async fn call_from<T, F, Fut>(
+        &self,
+        from: usize,
+        metrics: &Metrics,
+        limit: Duration,
+        what: &str,
+        call: F,
+    ) -> Result<T, ProviderFailure>
+    where
+        F: Fn(Arc<P>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        let mut at = self.attempt(from, true);
+        let mut last = None;
+        while let Some(attempt) = at {
+            let i = attempt.index;
+            let provider = Arc::clone(&self.links[i].provider);
+            let why = match tokio::time::timeout(limit, call(provider)).await {
+                Ok(Ok(v)) => {
+                    attempt.succeeded(metrics);
+                    return Ok(v);
+                }
+                Ok(Err(e)) => {
+                    let counted = Self::counts(&e);
+                    attempt.failed(counted, metrics);
+                    failure(e)
+                }
+                Err(_) => {
+                    attempt.failed(true, metrics);
+                    timed_out(self.links[i].provider.provider_name(), what, limit)
+                }
+            };
+            at = self.attempt(i + 1, false);
+            self.moving_on(i, at.as_ref().map(|a| a.index), &why, metrics);
+            last = Some(why);
+        }
+        Err(last.unwrap_or_else(|| ProviderFailure {
+            provider: self.links[from.min(self.links.len() - 1)]
+                .provider
+                .provider_name()
+                .to_owned(),
+            message: "no provider is available: every fallback's circuit is open".to_owned(),
+            timed_out: false,
+        }))
+    }
+
+    /// `call_from(0, ...)`: the whole chain.
     ///
     /// # Errors
     /// The last provider's failure when all failed.
@@ -260,29 +342,13 @@ impl<P: ?Sized + Named> Chain<P> {
         F: Fn(Arc<P>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
-        let mut at = self.candidate(0);
-        let mut last = None;
-        while let Some(i) = at {
-            let provider = Arc::clone(&self.links[i].provider);
-            let why = match tokio::time::timeout(limit, call(provider)).await {
-                Ok(Ok(v)) => {
-                    self.succeeded(i, metrics);
-                    return Ok(v);
-                }
-                Ok(Err(e)) => failure(e),
-                Err(_) => timed_out(self.links[i].provider.provider_name(), what, limit),
-            };
-            self.failed(i, metrics);
-            at = self.candidate(i + 1);
-            self.moving_on(i, at, &why, metrics);
-            last = Some(why);
-        }
-        Err(last.expect("a chain has at least one provider"))
+        self.call_from(0, metrics, limit, what, call).await
     }
 
     /// Opens a stream on each usable provider in turn until one yields its first item within
-    /// `first`. Returns the provider's index (for `succeeded`/`failed` later), the stream and its
-    /// first item (`None`: the stream ended empty, which is an answer too).
+    /// `first`. Returns the attempt (settle it with `succeeded` when the stream ends well, or
+    /// `failed`), the stream and its first item (`None`: the stream ended empty, an answer too).
+    /// A stream that fails after its first item counts against its provider like any failure.
     ///
     /// # Errors
     /// The last provider's failure when all failed.
@@ -292,39 +358,107 @@ impl<P: ?Sized + Named> Chain<P> {
         first: Duration,
         what: &str,
         start: F,
-    ) -> Result<(usize, S, Option<T>), ProviderFailure>
+    ) -> Result<(Attempt<'_, P>, S, Option<T>), ProviderFailure>
     where
         F: Fn(&P) -> S,
         S: Stream<Item = Result<T, ProviderError>> + Unpin,
     {
-        let mut at = self.candidate(0);
+        let mut at = self.attempt(0, true);
         let mut last = None;
-        while let Some(i) = at {
+        while let Some(attempt) = at {
+            let i = attempt.index;
             let mut stream = start(&self.links[i].provider);
             let why = match tokio::time::timeout(first, stream.next()).await {
-                Ok(Some(Ok(item))) => {
-                    self.succeeded(i, metrics);
-                    return Ok((i, stream, Some(item)));
+                Ok(Some(Ok(item))) => return Ok((attempt, stream, Some(item))),
+                Ok(None) => return Ok((attempt, stream, None)),
+                Ok(Some(Err(e))) => {
+                    let counted = Self::counts(&e);
+                    attempt.failed(counted, metrics);
+                    failure(e)
                 }
-                Ok(None) => {
-                    self.succeeded(i, metrics);
-                    return Ok((i, stream, None));
+                Err(_) => {
+                    attempt.failed(true, metrics);
+                    timed_out(self.links[i].provider.provider_name(), what, first)
                 }
-                Ok(Some(Err(e))) => failure(e),
-                Err(_) => timed_out(self.links[i].provider.provider_name(), what, first),
             };
             drop(stream);
-            self.failed(i, metrics);
-            at = self.candidate(i + 1);
-            self.moving_on(i, at, &why, metrics);
+            at = self.attempt(i + 1, false);
+            self.moving_on(i, at.as_ref().map(|a| a.index), &why, metrics);
             last = Some(why);
         }
-        Err(last.expect("a chain has at least one provider"))
+        Err(last.expect("link 0 always gets an attempt"))
+    }
+
+    /// Whether link `i`'s breaker is open (it would be skipped now).
+    pub fn is_open(&self, i: usize) -> bool {
+        self.state(i, self.now_ms()) == BreakerState::Open
+    }
+
+    /// Records a failure of link `i` outside an attempt (a streaming ASR's stream, which lives in
+    /// the session's driver).
+    pub fn failed(&self, i: usize, metrics: &Metrics) {
+        self.record_failure(i, false, true, metrics);
+    }
+
+    /// Records a success of link `i` outside an attempt.
+    pub fn succeeded(&self, i: usize, metrics: &Metrics) {
+        self.record_success(i, metrics);
     }
 
     /// The name of link `i`.
     pub fn name(&self, i: usize) -> &str {
         self.links[i].provider.provider_name()
+    }
+}
+
+/// One request's use of one provider of a chain. Settle it with `succeeded` or `failed`; dropping
+/// it unsettled (the request was cancelled: a barge-in, a closed session) records nothing but
+/// gives back a half-open breaker's probe, so a cancelled probe cannot leave the breaker stuck.
+pub struct Attempt<'a, P: ?Sized + Named> {
+    chain: &'a Chain<P>,
+    index: usize,
+    /// This request is the half-open breaker's probe.
+    probe: bool,
+    settled: bool,
+}
+
+impl<P: ?Sized + Named> Attempt<'_, P> {
+    /// The provider's name.
+    pub fn name(&self) -> &str {
+        self.chain.name(self.index)
+    }
+
+    /// The provider answered in full.
+    pub fn succeeded(mut self, metrics: &Metrics) {
+        self.settled = true;
+        self.chain.record_success(self.index, metrics);
+        self.release();
+    }
+
+    /// The provider failed; `counted`: the failure says something about its health.
+    pub fn failed(mut self, counted: bool, metrics: &Metrics) {
+        self.settled = true;
+        self.chain
+            .record_failure(self.index, self.probe, counted, metrics);
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if self.probe {
+            self.probe = false;
+            self.chain.links[self.index]
+                .breaker
+                .probing
+                .store(false, Ordering::Release);
+        }
+    }
+}
+
+impl<P: ?Sized + Named> Drop for Attempt<'_, P> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.release();
+        }
     }
 }
 
@@ -446,6 +580,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_gives_the_probe_back() {
+        let (a, b) = (flaky("a", true), flaky("b", false));
+        let c = chain(&a, &b);
+        let m = Metrics::new();
+        ask(&c, &m).await.unwrap();
+        ask(&c, &m).await.unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        a.failing.store(false, Ordering::SeqCst);
+        // The probe's request is dropped before `a` answers (a barge-in, a closed session).
+        let hanging = c.call(&m, Duration::from_secs(1), "x", |_| {
+            std::future::pending::<Result<(), ProviderError>>()
+        });
+        let probe = tokio::time::timeout(Duration::from_millis(1), hanging).await;
+        assert!(probe.is_err(), "the probe was still waiting");
+        assert_eq!(c.status()[0].state, BreakerState::HalfOpen);
+        // The next request may probe again, and `a` is back.
+        assert_eq!(ask(&c, &m).await.unwrap(), "a");
+        assert_eq!(c.status()[0].state, BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalid_requests_do_not_count_against_the_provider() {
+        let (a, b) = (flaky("a", false), flaky("b", false));
+        let c = chain(&a, &b);
+        let m = Metrics::new();
+        for _ in 0..5 {
+            let r = c
+                .call(&m, Duration::from_secs(1), "x", |_| async {
+                    Err::<(), _>(ProviderError::InvalidRequest {
+                        provider: "a".into(),
+                        message: "bad input".into(),
+                    })
+                })
+                .await;
+            assert!(r.is_err());
+        }
+        assert!(c.status().iter().all(|l| l.state == BreakerState::Closed));
+        assert_eq!(c.status()[0].consecutive_failures, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_failed_probe_reopens_and_an_all_open_stage_still_tries() {
         let (a, b) = (flaky("a", true), flaky("b", true));
         let c = chain(&a, &b);
@@ -519,14 +694,17 @@ mod tests {
             },
         );
         let m = Metrics::new();
-        let (i, mut rest, first) = c
+        let (attempt, mut rest, first) = c
             .open(&m, Duration::from_millis(500), "no audio", |p| {
                 p.synthesize("hi".into(), voxd_core::SampleRate::INTERNAL)
             })
             .await
             .unwrap();
-        assert_eq!((c.name(i), first), ("works", Some(vec![1])));
+        assert_eq!((attempt.name(), first), ("works", Some(vec![1])));
         assert_eq!(rest.next().await.unwrap().unwrap(), vec![2]);
+        // A stream that fails after its first item counts against its provider.
+        attempt.failed(true, &m);
+        assert_eq!(c.status()[2].consecutive_failures, 1);
         let text = m.render();
         assert!(text.contains("from=\"hangs\",to=\"fails\"} 1"), "{text}");
         assert!(text.contains("from=\"fails\",to=\"works\"} 1"), "{text}");

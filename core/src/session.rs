@@ -895,6 +895,8 @@ impl Session {
             // Nothing followed the candidate's start: a false alarm. The client's later
             // `speech_end`, if any, finds no speech in progress and is ignored.
             if let Some(u) = self.user.take() {
+                // Nothing of the candidate's turn may run on (a streaming ASR's stream).
+                self.outputs.push_back(Output::CancelTurn(u.turn));
                 self.emit(Event::FalseAlarm { turn: u.turn });
             }
             self.sync_hold(now);

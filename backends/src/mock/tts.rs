@@ -193,9 +193,9 @@ fn lookup(table: &[f64], phase: u64) -> f64 {
 }
 
 impl Voice {
-    /// Sample `i` of the utterance; depends on nothing but `self` and `i`.
-    fn sample(&self, i: u64) -> i16 {
-        let (wave_table, sine) = tables();
+    /// Sample `i` of the utterance; depends on nothing but `self` and `i` (the tables are
+    /// constant, passed in so the hot loop does not reload them per sample).
+    fn sample(&self, wave_table: &[f64], sine: &[f64], i: u64) -> i16 {
         let wave = lookup(wave_table, i.wrapping_mul(self.wave_step));
         // Between 30% and 100% of the amplitude, like syllables.
         let envelope = 0.65
@@ -217,7 +217,10 @@ impl Voice {
 
     /// Samples `start..end`.
     fn chunk(&self, start: u64, end: u64) -> Vec<i16> {
-        (start..end).map(|i| self.sample(i)).collect()
+        let (wave_table, sine) = tables();
+        (start..end)
+            .map(|i| self.sample(wave_table, sine, i))
+            .collect()
     }
 }
 
