@@ -202,8 +202,7 @@ async fn ws_upgrade(
             return resp;
         }
     };
-    let cancel = CancellationToken::new();
-    let permit = match state.sessions.try_admit(cancel.clone()) {
+    let permit = match state.sessions.try_admit() {
         Ok(p) => p,
         Err(refusal) => {
             state.metrics.refused(refusal == Refusal::Draining);
@@ -222,7 +221,7 @@ async fn ws_upgrade(
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
-                crate::connection::run(socket, state, permit, rate, cancel).await;
+                crate::connection::run(socket, state, permit, rate).await;
                 drop(quota);
             })
         })

@@ -25,7 +25,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use voxd_backends::{AsrStream, AsrUpdate, LlmEvent, LlmRequest, ProviderError};
 use voxd_core::resample::StreamResampler;
@@ -39,7 +38,7 @@ use crate::fallback::{failure, timed_out, Attempt};
 use crate::limits::{Admit, ClientLimits};
 use crate::metrics::WireCounts;
 use crate::protocol::{self, ClientMessage, ServerMessage, PROTOCOL_VERSION};
-use crate::sessions::Permit;
+use crate::sessions::{Permit, Signal, CLOSE, DRAIN};
 
 /// Wire counts are added to the shared metrics after this many messages (and at the end), so
 /// the per-frame path writes no shared memory.
@@ -92,20 +91,14 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 const EVENT_QUEUE: usize = 64;
 
 /// Runs one session until its socket closes or the server shuts down.
-pub async fn run(
-    socket: WebSocket,
-    app: Arc<AppState>,
-    permit: Permit,
-    input_rate: SampleRate,
-    cancel: CancellationToken,
-) {
+pub async fn run(socket: WebSocket, app: Arc<AppState>, permit: Permit, input_rate: SampleRate) {
     let id = permit.id();
     let span = info_span!("session", session_id = %id);
     async move {
         info!(input_rate = input_rate.hz(), "session started");
         app.metrics.sessions_total.increment(1);
         app.metrics.sessions_active.increment(1.0);
-        let mut driver = Driver::new(Arc::clone(&app), input_rate, cancel);
+        let mut driver = Driver::new(Arc::clone(&app), input_rate, permit.signal());
         let reason = driver.run(socket, &id.to_string()).await;
         app.metrics.add_wire(&mut driver.wire);
         app.metrics.sessions_active.decrement(1.0);
@@ -128,7 +121,8 @@ struct Driver {
     events_rx: mpsc::Receiver<(TurnId, ProviderEvent)>,
     tasks: JoinSet<()>,
     turns: HashMap<TurnId, Vec<AbortHandle>>,
-    cancel: CancellationToken,
+    /// Drain and close requests from the registry.
+    signal: Arc<Signal>,
     wire: WireCounts,
     limits: ClientLimits,
     timeouts: crate::config::Timeouts,
@@ -205,7 +199,7 @@ fn live_event(live: &mut [LiveAsr]) -> impl std::future::Future<Output = (TurnId
 }
 
 impl Driver {
-    fn new(app: Arc<AppState>, input_rate: SampleRate, cancel: CancellationToken) -> Self {
+    fn new(app: Arc<AppState>, input_rate: SampleRate, signal: Arc<Signal>) -> Self {
         let resampler = (input_rate != SampleRate::INTERNAL).then(|| {
             StreamResampler::new(input_rate, SampleRate::INTERNAL)
                 .expect("the handler admits only supported input rates")
@@ -224,7 +218,7 @@ impl Driver {
             events_rx,
             tasks: JoinSet::new(),
             turns: HashMap::new(),
-            cancel,
+            signal,
             wire: WireCounts::default(),
             limits: ClientLimits::new(&app_limits, input_rate),
             timeouts: app_timeouts,
@@ -351,7 +345,8 @@ impl Driver {
         let from = usize::from(after_stream && app.providers.asr.len() > 1);
         if from == 1 {
             let chain = &app.providers.asr;
-            app.metrics.fallback(chain.stage(), chain.name(0), chain.name(1));
+            app.metrics
+                .fallback(chain.stage(), chain.name(0), chain.name(1));
         }
         self.spawn(turn, move |events| async move {
             let chain = &app.providers.asr;
@@ -396,11 +391,8 @@ impl Driver {
         let sleep = tokio::time::sleep_until(far);
         tokio::pin!(sleep);
         let mut armed: Option<Time> = None;
-        // Created once: re-creating it every turn of the loop would re-register its waker.
-        let cancelled = self.cancel.clone().cancelled_owned();
-        tokio::pin!(cancelled);
-        let drained = self.app.sessions.drain_token().cancelled_owned();
-        tokio::pin!(drained);
+        let signal = Arc::clone(&self.signal);
+        let mut seen = 0u8;
         let mut draining = false;
         // The idle timer is re-armed only when it fires (from the last message's time), so a
         // message costs a clock read, not a timer update.
@@ -478,11 +470,16 @@ impl Driver {
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 (turn, e) = live_event(&mut self.live) => self.on_live_event(turn, e, &mut replies),
-                () = &mut cancelled => break Exit::close("shutdown", 1001, "server shutting down"),
-                () = &mut drained, if !draining => {
-                    draining = true;
-                    let deadline_ms = self.app.sessions.drain_remaining().as_millis() as u64;
-                    replies.push(ServerMessage::Shutdown { deadline_ms }.to_json());
+                flags = signal.raised(seen) => {
+                    seen = flags;
+                    if flags & CLOSE != 0 {
+                        break Exit::close("shutdown", 1001, "server shutting down");
+                    }
+                    if flags & DRAIN != 0 && !draining {
+                        draining = true;
+                        let deadline_ms = self.app.sessions.drain_remaining().as_millis() as u64;
+                        replies.push(ServerMessage::Shutdown { deadline_ms }.to_json());
+                    }
                 }
             }
             // Every write of this turn of the loop is bounded by the send timeout.

@@ -4,13 +4,58 @@
 //! both win. A `Permit` is the session's place: dropping it (when the session's task ends, however
 //! it ends) frees the slot and removes the session from the registry.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio_util::sync::CancellationToken;
+use futures_util::task::AtomicWaker;
 use uuid::Uuid;
+
+/// `Signal` flag: the server is draining; finish the response in progress, then close.
+pub const DRAIN: u8 = 1;
+/// `Signal` flag: close now (the drain deadline passed).
+pub const CLOSE: u8 = 2;
+
+/// How the registry tells one session to drain or close: a flag word and a waker, no lock. The
+/// session polls it on every wake-up, so it must cost next to nothing (a cancellation token's
+/// poll takes a lock).
+#[derive(Debug, Default)]
+pub struct Signal {
+    flags: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    /// Raises `flag` and wakes the session.
+    pub fn raise(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// The flags raised so far.
+    pub fn flags(&self) -> u8 {
+        self.flags.load(Ordering::SeqCst)
+    }
+
+    /// Resolves with the flags once one not in `seen` is raised.
+    pub fn raised(&self, seen: u8) -> impl std::future::Future<Output = u8> + '_ {
+        std::future::poll_fn(move |cx| {
+            let f = self.flags.load(Ordering::Acquire);
+            if f & !seen != 0 {
+                return std::task::Poll::Ready(f);
+            }
+            self.waker.register(cx.waker());
+            // A raise between the load and the registration would otherwise be missed.
+            let f = self.flags.load(Ordering::Acquire);
+            if f & !seen != 0 {
+                std::task::Poll::Ready(f)
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+}
 
 /// A session's id: a random UUID, sent in `ready` and carried by every log line of the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,8 +72,8 @@ impl std::fmt::Display for SessionId {
 pub struct SessionEntry {
     /// When it was admitted.
     pub started: Instant,
-    /// Cancelling it closes the session.
-    pub cancel: CancellationToken,
+    /// Raising its flags drains or closes the session.
+    pub signal: Arc<Signal>,
 }
 
 /// Why a session was refused.
@@ -49,8 +94,6 @@ pub struct SessionManager {
     draining: AtomicBool,
     total: AtomicU64,
     refused: AtomicU64,
-    /// Cancelled when draining starts: every session watches it.
-    drain: CancellationToken,
     /// When the drain ends and the remaining sessions are closed.
     drain_deadline: OnceLock<Instant>,
 }
@@ -65,7 +108,6 @@ impl SessionManager {
             draining: AtomicBool::new(false),
             total: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            drain: CancellationToken::new(),
             drain_deadline: OnceLock::new(),
         })
     }
@@ -74,7 +116,7 @@ impl SessionManager {
     ///
     /// # Errors
     /// `Refusal::Full` at capacity, `Refusal::Draining` during shutdown.
-    pub fn try_admit(self: &Arc<Self>, cancel: CancellationToken) -> Result<Permit, Refusal> {
+    pub fn try_admit(self: &Arc<Self>) -> Result<Permit, Refusal> {
         if self.is_draining() {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Draining);
@@ -91,15 +133,21 @@ impl SessionManager {
         }
         self.total.fetch_add(1, Ordering::Relaxed);
         let id = SessionId(Uuid::new_v4());
+        let signal = Arc::new(Signal::default());
         self.sessions.insert(
             id,
             SessionEntry {
                 started: Instant::now(),
-                cancel,
+                signal: Arc::clone(&signal),
             },
         );
+        // A drain that began while this session was being inserted may have missed it.
+        if self.draining.load(Ordering::SeqCst) {
+            signal.raise(DRAIN);
+        }
         Ok(Permit {
             id,
+            signal,
             manager: Arc::clone(self),
         })
     }
@@ -144,13 +192,10 @@ impl SessionManager {
     /// finish its response in progress and close within `timeout`.
     pub fn drain(&self, timeout: Duration) {
         let _ = self.drain_deadline.set(Instant::now() + timeout);
-        self.draining.store(true, Ordering::Release);
-        self.drain.cancel();
-    }
-
-    /// A token cancelled when draining starts.
-    pub fn drain_token(&self) -> CancellationToken {
-        self.drain.clone()
+        self.draining.store(true, Ordering::SeqCst);
+        for entry in &self.sessions {
+            entry.signal.raise(DRAIN);
+        }
     }
 
     /// Time left until the drain deadline (zero when not draining or past it).
@@ -162,9 +207,9 @@ impl SessionManager {
 
     /// Closes every live session now (the drain deadline has passed).
     pub fn close_all(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.store(true, Ordering::SeqCst);
         for entry in &self.sessions {
-            entry.cancel.cancel();
+            entry.signal.raise(CLOSE);
         }
     }
 }
@@ -173,6 +218,7 @@ impl SessionManager {
 #[derive(Debug)]
 pub struct Permit {
     id: SessionId,
+    signal: Arc<Signal>,
     manager: Arc<SessionManager>,
 }
 
@@ -180,6 +226,11 @@ impl Permit {
     /// The session's id.
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    /// How the registry tells the session to drain or close.
+    pub fn signal(&self) -> Arc<Signal> {
+        Arc::clone(&self.signal)
     }
 }
 
@@ -197,34 +248,43 @@ mod tests {
     #[test]
     fn admits_up_to_the_limit_and_releases_on_drop() {
         let m = SessionManager::new(2);
-        let a = m.try_admit(CancellationToken::new()).unwrap();
-        let _b = m.try_admit(CancellationToken::new()).unwrap();
-        assert_eq!(
-            m.try_admit(CancellationToken::new()).unwrap_err(),
-            Refusal::Full
-        );
+        let a = m.try_admit().unwrap();
+        let _b = m.try_admit().unwrap();
+        assert_eq!(m.try_admit().unwrap_err(), Refusal::Full);
         assert_eq!(m.refused(), 1);
         drop(a);
         assert_eq!(m.active(), 1);
         assert_eq!(m.registered(), 1);
-        let _c = m.try_admit(CancellationToken::new()).unwrap();
+        let _c = m.try_admit().unwrap();
         assert_eq!(m.total(), 3);
     }
 
     #[test]
-    fn draining_refuses_new_sessions_and_close_all_cancels_live_ones() {
+    fn draining_refuses_new_sessions_and_close_all_closes_live_ones() {
         let m = SessionManager::new(10);
-        let token = CancellationToken::new();
-        let _a = m.try_admit(token.clone()).unwrap();
+        let a = m.try_admit().unwrap();
+        let signal = a.signal();
+        assert_eq!(signal.flags(), 0);
         m.drain(Duration::from_secs(30));
-        assert!(m.drain_token().is_cancelled());
-        assert!(!token.is_cancelled(), "draining lets sessions finish");
+        assert_eq!(signal.flags(), DRAIN, "draining lets sessions finish");
         assert!(m.drain_remaining() > Duration::from_secs(29));
         m.close_all();
-        assert!(token.is_cancelled());
-        assert_eq!(
-            m.try_admit(CancellationToken::new()).unwrap_err(),
-            Refusal::Draining
-        );
+        assert_eq!(signal.flags(), DRAIN | CLOSE);
+        assert_eq!(m.try_admit().unwrap_err(), Refusal::Draining);
+    }
+
+    #[tokio::test]
+    async fn a_raised_flag_wakes_the_session() {
+        let m = SessionManager::new(1);
+        let a = m.try_admit().unwrap();
+        let signal = a.signal();
+        let waiting = tokio::spawn(async move { signal.raised(0).await });
+        tokio::task::yield_now().await;
+        m.drain(Duration::from_secs(1));
+        assert_eq!(waiting.await.unwrap(), DRAIN);
+        // Already-seen flags do not resolve it again.
+        let signal = a.signal();
+        let again = tokio::time::timeout(Duration::from_millis(10), signal.raised(DRAIN)).await;
+        assert!(again.is_err());
     }
 }
