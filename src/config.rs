@@ -883,6 +883,7 @@ mod tests {
         for file in [
             "config.toml",
             "scripts/peer-workload.toml",
+            "scripts/soak.toml",
             "examples/config.openai.toml",
             "examples/config.espeak.toml",
         ] {
