@@ -482,21 +482,25 @@ impl Driver {
                     }
                 }
             }
-            // Every write of this turn of the loop is bounded by the send timeout.
-            let write = async {
-                let replied = !replies.is_empty();
-                self.wire.out_text += replies.len() as u64;
-                for r in replies {
-                    tx.feed(text(r)).await?;
+            // Most wake-ups (an inbound audio frame) produce nothing to send or start: skip the
+            // output step and its timer.
+            if !replies.is_empty() || self.core.has_output() {
+                // Every write of this turn of the loop is bounded by the send timeout.
+                let write = async {
+                    let replied = !replies.is_empty();
+                    self.wire.out_text += replies.len() as u64;
+                    for r in replies {
+                        tx.feed(text(r)).await?;
+                    }
+                    self.drain(&mut tx, replied).await
+                };
+                match tokio::time::timeout(send_timeout, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Exit::quiet("send_failed", "send failed"),
+                    // The client stopped reading: its socket buffer stayed full. The close frame is
+                    // best effort (bounded by CLOSE_TIMEOUT): it reaches a client that reads again.
+                    Err(_) => break Exit::close("slow_consumer", 1008, "slow consumer"),
                 }
-                self.drain(&mut tx, replied).await
-            };
-            match tokio::time::timeout(send_timeout, write).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => break Exit::quiet("send_failed", "send failed"),
-                // The client stopped reading: its socket buffer stayed full. The close frame is
-                // best effort (bounded by CLOSE_TIMEOUT): it reaches a client that reads again.
-                Err(_) => break Exit::close("slow_consumer", 1008, "slow consumer"),
             }
             if self.wire.messages() >= WIRE_FLUSH_MESSAGES {
                 self.app.metrics.add_wire(&mut self.wire);

@@ -704,6 +704,12 @@ impl Session {
         self.outputs.pop_front()
     }
 
+    /// Whether `poll_output` has something (so an owner can skip its output step, which is most
+    /// wake-ups: an inbound audio frame usually produces nothing).
+    pub fn has_output(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
     /// When `handle_timeout` must be called next, if at all.
     pub fn poll_timeout(&self) -> Option<Time> {
         let mut next: Option<Time> = None;
