@@ -147,7 +147,7 @@ impl Checker {
                 let frame_bytes = self.frame_bytes;
                 let t = self.turns.entry(*turn).or_default();
                 assert!(
-                    !pcm.is_empty() && pcm.len() % 2 == 0 && pcm.len() <= frame_bytes,
+                    !pcm.is_empty() && pcm.len().is_multiple_of(2) && pcm.len() <= frame_bytes,
                     "turn {turn}: an audio frame of {} bytes (whole samples, at most {frame_bytes})",
                     pcm.len()
                 );
