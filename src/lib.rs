@@ -10,6 +10,9 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod fallback;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;

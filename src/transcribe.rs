@@ -77,6 +77,16 @@ impl TranscribeError {
     fn bad(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
 }
 
 impl IntoResponse for TranscribeError {
@@ -665,6 +675,32 @@ mod tests {
         assert_eq!(asr.max.load(std::sync::atomic::Ordering::SeqCst), 8);
         // 20 calls of 100 ms, 8 at a time: 3 rounds of (virtual, paused) time, not 20.
         assert_eq!(started.elapsed(), std::time::Duration::from_millis(300));
+    }
+
+    /// A 16 kHz mono 16-bit WAV whose header claims `claimed` bytes of data, holding `data`.
+    fn wav_claiming(claimed: u32, data: &[u8]) -> Vec<u8> {
+        let mut f = b"RIFF".to_vec();
+        f.extend_from_slice(&claimed.saturating_add(36).to_le_bytes());
+        f.extend_from_slice(b"WAVEfmt ");
+        for field in [16u32, 0x0001_0001, 16_000, 32_000, 0x0010_0002] {
+            f.extend_from_slice(&field.to_le_bytes());
+        }
+        f.extend_from_slice(b"data");
+        f.extend_from_slice(&claimed.to_le_bytes());
+        f.extend_from_slice(data);
+        f
+    }
+
+    #[test]
+    fn a_header_claiming_gigabytes_is_truncated_not_trusted() {
+        // The claimed length sizes nothing: samples are collected as they are read, so this is
+        // an error after 4 samples, not a 16 GB allocation.
+        let e = decode_wav(&wav_claiming(0xFFFF_FFFE, &[1; 8])).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_wav"));
+        let e = decode_wav(&wav_claiming(0xFFFF_FFFF, &[1; 8])).unwrap_err();
+        assert_eq!(e.code, "invalid_wav");
+        let d = decode_wav(&wav_claiming(8, &[0, 64, 0, 192, 0, 0, 0, 0])).unwrap();
+        assert_eq!(d.samples, vec![0.5, -0.5, 0.0, 0.0]);
     }
 
     #[test]

@@ -23,6 +23,8 @@
 //! - audio sent never exceeds audio produced, and after a false alarm the bytes sent continue exactly
 //!   where they stopped: the client receives the same bytes as without the false alarm;
 //! - history holds only what the user heard of the assistant.
+//!
+//! `invariants::Checker` (with the `invariants` feature) states these as an owner observes them.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -1524,6 +1526,9 @@ fn json_string(s: &str) -> String {
     out.push('"');
     out
 }
+
+#[cfg(any(test, feature = "invariants"))]
+pub mod invariants;
 
 #[cfg(test)]
 mod tests;

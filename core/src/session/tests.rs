@@ -3,10 +3,12 @@
 //! `Sim` plays the owner's part: it drains outputs, answers provider calls with scripted providers
 //! whose delays mirror the mock providers' defaults (ASR 50 ms; LLM first token 100 ms, then 10 ms a
 //! token; TTS first audio 50 ms, then chunks 10× faster than real time; tools 300 ms), honours
-//! `CancelTurn`, and wakes the session at its `poll_timeout`. Every step checks the invariants.
+//! `CancelTurn`, and wakes the session at its `poll_timeout`. Every step checks the invariants
+//! (`invariants::Checker`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
+use super::invariants::Checker;
 use super::*;
 
 const ASR_MS: u64 = 50;
@@ -57,10 +59,8 @@ struct Sim {
     same_ids: bool,
     /// TTS chunks arrive at real time instead of 10x faster.
     tts_realtime: bool,
-    // Invariant state.
-    paused: HashSet<TurnId>,
-    interrupted: HashSet<TurnId>,
-    done: HashMap<TurnId, usize>,
+    check: Checker,
+    /// Turns the LLM was asked to answer.
     started: HashSet<TurnId>,
     /// Every transcription started: turn, audio length, carried samples.
     asr_calls: Vec<(TurnId, usize, usize)>,
@@ -76,6 +76,7 @@ impl Sim {
 
     fn with(cfg: SessionConfig) -> Self {
         Sim {
+            check: Checker::new(&cfg),
             s: Session::new(cfg),
             now: Time::ZERO,
             seq: 0,
@@ -89,9 +90,6 @@ impl Sim {
             preamble: "",
             same_ids: false,
             tts_realtime: false,
-            paused: HashSet::new(),
-            interrupted: HashSet::new(),
-            done: HashMap::new(),
             started: HashSet::new(),
             asr_calls: Vec::new(),
         }
@@ -106,28 +104,8 @@ impl Sim {
     fn drain(&mut self) {
         while let Some(o) = self.s.poll_output() {
             let now = self.now;
+            self.check.output(&o);
             match &o {
-                Output::Audio { turn, pcm } => {
-                    assert!(!self.paused.contains(turn), "audio while paused: {turn}");
-                    assert!(!self.interrupted.contains(turn), "audio after interrupted");
-                    assert!(!self.done.contains_key(turn), "audio after response_done");
-                    assert_eq!(pcm.len() % 2, 0);
-                }
-                Output::Event(Event::PlaybackPaused { turn }) => {
-                    assert!(self.paused.insert(*turn), "paused twice");
-                }
-                Output::Event(Event::PlaybackResumed { turn }) => {
-                    assert!(self.paused.remove(turn), "resumed while not paused");
-                }
-                Output::Event(Event::Interrupted { turn, .. }) => {
-                    self.interrupted.insert(*turn);
-                    self.paused.remove(turn);
-                }
-                Output::Event(Event::ResponseDone { turn, .. }) => {
-                    *self.done.entry(*turn).or_default() += 1;
-                    assert_eq!(self.done[turn], 1, "two response_done for {turn}");
-                    assert!(!self.paused.contains(turn), "done while paused");
-                }
                 Output::StartAsr {
                     turn,
                     audio,
@@ -168,10 +146,11 @@ impl Sim {
                     self.cancelled.insert(*turn);
                     self.scheduled.retain(|_, (t, _)| t != turn);
                 }
-                Output::Event(_) => {}
+                Output::Event(_) | Output::Audio { .. } => {}
             }
             self.log.push(Sent { at: now, output: o });
         }
+        self.check.step(&self.s);
     }
 
     fn script_llm(&mut self, turn: TurnId, messages: &[ChatMessage]) {
@@ -272,6 +251,7 @@ impl Sim {
             if next_provider == Some(next) {
                 let key = *self.scheduled.keys().next().unwrap();
                 let (turn, e) = self.scheduled.remove(&key).unwrap();
+                self.check.provider(&self.s, turn, &e);
                 self.s.handle_provider(next, turn, e);
             } else {
                 self.s.handle_timeout(next);
@@ -413,7 +393,7 @@ impl Sim {
     /// Every response the LLM was asked for ended exactly once.
     fn assert_all_done(&self) {
         for t in &self.started {
-            assert_eq!(self.done.get(t), Some(&1), "turn {t} has no response_done");
+            assert_eq!(self.check.done(*t), 1, "turn {t} has no response_done");
         }
     }
 }
@@ -694,7 +674,7 @@ fn false_alarm_resumes_and_the_bytes_equal_an_uninterrupted_response() {
         "byte-identical after a false alarm"
     );
     assert!(
-        !sim.done.contains_key(&TurnId(2)),
+        sim.check.done(TurnId(2)) == 0,
         "a false alarm starts no response"
     );
     // The pause lasted speech (300 ms) + ASR (50 ms): the response ends that much later.
@@ -758,7 +738,7 @@ fn barge_in_timeout_without_speech_end_is_a_false_alarm() {
     sim.speech_end(); // a late speech_end is ignored
     sim.settle();
     assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
-    assert!(!sim.done.contains_key(&TurnId(2)));
+    assert_eq!(sim.check.done(TurnId(2)), 0);
 }
 
 #[test]
@@ -1020,9 +1000,75 @@ fn history_stays_bounded() {
     assert!(matches!(sim.s.history()[0], ChatMessage::User(_)));
 }
 
+/// The checker itself: a promise broken on purpose is caught.
+mod checker {
+    use super::*;
+
+    fn done(turn: TurnId) -> Output {
+        Output::Event(Event::ResponseDone {
+            turn,
+            status: ResponseStatus::Completed,
+            audio_ms: 0.0,
+            timings: Timings::default(),
+            reason: None,
+        })
+    }
+
+    #[test]
+    #[should_panic(expected = "0 produced")]
+    fn audio_that_was_never_produced() {
+        let mut c = Checker::new(&SessionConfig::default());
+        let turn = TurnId(1);
+        c.output(&Output::Event(Event::AudioStart {
+            turn,
+            sample_rate: SampleRate(16_000),
+            ttft: Duration::ZERO,
+        }));
+        c.output(&Output::Audio {
+            turn,
+            pcm: Bytes::from_static(&[1, 0]),
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "audio while paused")]
+    fn audio_while_paused() {
+        let mut sim = Sim::new();
+        sim.text("tell me a story");
+        sim.run_ms(1000);
+        let turn = TurnId(1);
+        sim.check
+            .output(&Output::Event(Event::PlaybackPaused { turn }));
+        sim.run_ms(1000);
+    }
+
+    #[test]
+    #[should_panic(expected = "two response_done")]
+    fn two_response_done() {
+        let mut c = Checker::new(&SessionConfig::default());
+        c.output(&done(TurnId(1)));
+        c.output(&done(TurnId(1)));
+    }
+
+    #[test]
+    #[should_panic(expected = "which no response ending now had played")]
+    fn history_with_words_that_were_not_sent() {
+        let mut sim = Sim::new();
+        sim.text("weather");
+        sim.settle();
+        // A checker that saw the response end but none of its audio: the history's answer was
+        // never heard, as far as it knows.
+        let mut c = Checker::new(&SessionConfig::default());
+        c.output(&done(TurnId(1)));
+        c.step(&sim.s);
+    }
+}
+
 mod properties {
-    //! Random dialogues: whatever the user does and whenever, the invariants hold (`Sim::drain`
-    //! checks them on every output) and every response ends exactly once.
+    //! Random dialogues: whatever the user does and whenever, and however fast the providers
+    //! are, the invariants hold (`Sim::drain` runs the `Checker` on every output: no audio while
+    //! paused or after `interrupted`, one `response_done` per response, audio sent a prefix of
+    //! audio produced, history only what was heard) and every response ends exactly once.
 
     use proptest::prelude::*;
 
@@ -1036,6 +1082,7 @@ mod properties {
         Voice(u64),
         Text(u8),
         Wait(u64),
+        LlmFails(bool),
     }
 
     fn action() -> impl Strategy<Value = Action> {
@@ -1046,6 +1093,7 @@ mod properties {
             (1u64..60).prop_map(|n| Action::Voice(n * 20)),
             (0u8..4).prop_map(Action::Text),
             (1u64..3000).prop_map(Action::Wait),
+            any::<bool>().prop_map(Action::LlmFails),
         ]
     }
 
@@ -1057,11 +1105,15 @@ mod properties {
             actions in proptest::collection::vec(action(), 1..30),
             slow_tools in any::<bool>(),
             server_vad in any::<bool>(),
+            tts_realtime in any::<bool>(),
+            asr_ms in 10u64..1500,
         ) {
             let mut sim = if server_vad { Sim::with(SessionConfig::default()) } else { Sim::new() };
             if slow_tools {
                 sim.tool_ms = 1500;
             }
+            sim.tts_realtime = tts_realtime;
+            sim.asr_ms = asr_ms;
             for a in actions {
                 match a {
                     Action::SpeechStart => sim.speech_start(),
@@ -1070,26 +1122,63 @@ mod properties {
                     Action::Voice(ms) => sim.voice(ms),
                     Action::Text(i) => sim.text(["tell me a story", "balance", "tomorrow", "hi"][i as usize]),
                     Action::Wait(ms) => sim.run_ms(ms),
+                    Action::LlmFails(fails) => sim.llm_fails = fails,
                 }
             }
             sim.speech_end();
             sim.audio(1000, 0); // past any VAD hangover
             sim.settle();
             sim.assert_all_done();
-            // Audio sent per turn never exceeds what TTS produced for it.
-            let mut produced: HashMap<TurnId, usize> = HashMap::new();
-            for s in &sim.log {
-                if let Output::StartTts { turn, text, .. } = &s.output {
-                    *produced.entry(*turn).or_default() +=
-                        (text.len() as f64 / CHARS_PER_SECOND * 16000.0) as usize * 2;
-                }
-            }
-            for (turn, bytes) in &produced {
-                prop_assert!(sim.audio_of(*turn).len() <= *bytes);
+            for t in 1..=sim.s.next_turn {
+                let t = TurnId(t);
+                prop_assert!(sim.check.audio_sent(t) <= sim.check.audio_produced(t));
             }
             // Nothing is left running: no response, no provider call pending.
             prop_assert_eq!(sim.s.current_response(), None);
             prop_assert!(sim.scheduled.is_empty());
+        }
+
+        /// However far into a story the user barges in, and however, the history keeps exactly
+        /// the words the `interrupted` event says were heard, and never more than was sent.
+        #[test]
+        fn history_holds_only_what_was_heard(
+            wait_ms in 0u64..8000,
+            tts_realtime in any::<bool>(),
+            by_voice in any::<bool>(),
+        ) {
+            let mut sim = Sim::new();
+            sim.tts_realtime = tts_realtime;
+            sim.text("tell me a story");
+            sim.run_ms(wait_ms);
+            if by_voice {
+                sim.say(800);
+            } else {
+                sim.text("stop");
+            }
+            sim.settle();
+            sim.assert_all_done();
+            let t1 = TurnId(1);
+            prop_assert_eq!(sim.done_of(t1).0, ResponseStatus::Interrupted);
+            prop_assert!(sim.check.audio_sent(t1) <= sim.check.audio_produced(t1));
+            let heard = sim.heard_text();
+            let words: Vec<&str> = heard.split_whitespace().collect();
+            let story: Vec<&str> = STORY.split_whitespace().collect();
+            prop_assert!(story.starts_with(&words), "{:?}", heard);
+            if sim.check.audio_sent(t1) == 0 {
+                prop_assert!(heard.is_empty());
+            }
+            let history = sim.s.history();
+            if heard.is_empty() {
+                // Nothing heard, nothing recorded: the next words join the unanswered question.
+                prop_assert!(
+                    matches!(&history[0], ChatMessage::User(u) if u.starts_with("tell me a story ")),
+                    "{:?}",
+                    history
+                );
+            } else {
+                let expected = ChatMessage::Assistant { text: heard, tool_calls: vec![] };
+                prop_assert_eq!(&history[1], &expected);
+            }
         }
     }
 }

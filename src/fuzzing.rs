@@ -1,0 +1,965 @@
+//! The fuzz targets' bodies, one function per target.
+//!
+//! The `cargo fuzz` targets in `fuzz/` (nightly, libFuzzer) call these, and so do this module's
+//! tests, which replay the committed corpora (`fuzz/corpus/<target>/`) and a bounded random run on
+//! stable in `cargo test`, so CI exercises the same code. Each body takes arbitrary bytes and panics
+//! when a promise is broken; an error for bad input is a pass. See docs/fuzzing.md.
+//!
+//! Built for tests and with the `fuzzing` feature; not part of the server.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use arbitrary::{Arbitrary, Unstructured};
+use serde_json::Value;
+use voxd_core::session::invariants::Checker;
+use voxd_core::vad::Aggressiveness;
+use voxd_core::{
+    ChatMessage, Event, Output, ProviderEvent, ProviderFailure, SampleRate, Session, SessionConfig,
+    Time, ToolCall, TurnId,
+};
+
+use crate::protocol::{self, ClientMessage, ServerMessage};
+use crate::transcribe::{self, Decoded};
+
+/// Every `code` a client message can be refused with.
+const CLIENT_CODES: &[&str] = &[
+    "invalid_json",
+    "invalid_message",
+    "missing_type",
+    "unknown_type",
+    "invalid_field",
+];
+
+/// An error message echoes at most 64 characters of the client's input, so it stays short
+/// whatever the input.
+const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// `client_message`: a WebSocket frame. As text (when UTF-8), `parse_client` never panics; what
+/// it accepts is a JSON object whose `type` names the variant, with the fields it carries; what it
+/// refuses gets a stable code and a short message. As binary, `check_audio` accepts exactly the
+/// whole numbers of 16-bit samples.
+///
+/// # Panics
+/// When a promise is broken.
+pub fn client_message(data: &[u8]) {
+    assert_eq!(
+        protocol::check_audio(data.len()).is_ok(),
+        data.len().is_multiple_of(2),
+        "check_audio({})",
+        data.len()
+    );
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match protocol::parse_client(text) {
+        Ok(msg) => {
+            let value: Value = serde_json::from_str(text).expect("an accepted message is JSON");
+            let map = value.as_object().expect("an accepted message is an object");
+            let ty = map.get("type").and_then(Value::as_str);
+            match &msg {
+                ClientMessage::SpeechStart => assert_eq!(ty, Some("speech_start")),
+                ClientMessage::SpeechEnd => assert_eq!(ty, Some("speech_end")),
+                ClientMessage::Text(t) => {
+                    assert_eq!(ty, Some("text"));
+                    assert!(!t.trim().is_empty(), "an empty text turn was accepted");
+                    assert_eq!(map.get("text").and_then(Value::as_str), Some(t.as_str()));
+                }
+                ClientMessage::Ping(id) => {
+                    assert_eq!(ty, Some("ping"));
+                    assert_eq!(id.as_ref(), map.get("id"));
+                    let pong = ServerMessage::Pong { id: id.as_ref() }.to_json();
+                    let pong: Value = serde_json::from_str(&pong).expect("a pong is JSON");
+                    assert_eq!(pong["type"], "pong");
+                }
+            }
+        }
+        Err(e) => {
+            assert!(CLIENT_CODES.contains(&e.code), "unknown code {:?}", e.code);
+            assert!(
+                !e.message.is_empty() && e.message.len() <= MAX_ERROR_MESSAGE_BYTES,
+                "an error message of {} bytes",
+                e.message.len()
+            );
+        }
+    }
+}
+
+/// `wav`: a `/v1/transcribe` body. `decode_wav` (or, for a body that is not RIFF, `decode_pcm`
+/// with a rate and channel count taken from its first bytes) then `to_internal` never panic and
+/// never allocate more than the body justifies (a header's claimed length is not trusted); what
+/// they accept has consistent lengths; what they refuse is a 4xx with a known code.
+///
+/// # Panics
+/// When a promise is broken.
+pub fn wav(data: &[u8]) {
+    let decoded = if data.starts_with(b"RIFF") {
+        transcribe::decode_wav(data)
+    } else {
+        // A raw-PCM request: `?sample_rate=` and `?channels=` are strings from the query.
+        let (rate, channels, body) = match data {
+            [r, c, body @ ..] => {
+                let rates = [
+                    "16000",
+                    "8000",
+                    "48000",
+                    "44100",
+                    "7999",
+                    "0",
+                    "x",
+                    "4294967296",
+                ];
+                let rate = rates[usize::from(*r) % rates.len()];
+                let channels = ["1", "2", "8", "0", "9", "-1"];
+                (
+                    Some(rate),
+                    Some(channels[usize::from(*c) % channels.len()]),
+                    body,
+                )
+            }
+            _ => (None, None, data),
+        };
+        transcribe::decode_pcm(body, rate, channels)
+    };
+    let d = match decoded {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(
+                e.status().is_client_error(),
+                "{} for {:?}",
+                e.status(),
+                e.code()
+            );
+            assert!(
+                [
+                    "invalid_wav",
+                    "unsupported_encoding",
+                    "empty_audio",
+                    "missing_parameter",
+                    "invalid_parameter",
+                    "invalid_pcm",
+                ]
+                .contains(&e.code()),
+                "unknown code {:?}",
+                e.code()
+            );
+            return;
+        }
+    };
+    check_decoded(&d, data.len());
+    match transcribe::to_internal(&d) {
+        Ok(audio) => {
+            let frames = (d.samples.len() / usize::from(d.channels)) as u128;
+            let rate = u128::from(d.rate);
+            // `resample_all` promises round(frames * 16000 / rate) samples.
+            let expected = (frames * 16_000 * 2 + rate) / (2 * rate);
+            assert_eq!(
+                audio.len() as u128,
+                expected,
+                "{frames} frames at {rate} Hz"
+            );
+        }
+        Err(e) => assert_eq!(e.code(), "unsupported_sample_rate"),
+    }
+}
+
+fn check_decoded(d: &Decoded, body_len: usize) {
+    assert!(d.channels >= 1, "0 channels accepted");
+    assert_eq!(
+        d.samples.len() % usize::from(d.channels),
+        0,
+        "{} samples of {} channels",
+        d.samples.len(),
+        d.channels
+    );
+    // At least a byte per sample: nothing is invented.
+    assert!(d.samples.len() <= body_len);
+}
+
+/// `session`: a random life of one session. The bytes decode (with `arbitrary`) into a
+/// configuration within the validated ranges and a sequence of inputs: the client's
+/// `speech_start`/`speech_end`, audio frames of any size and loudness (time advancing with them),
+/// `text` turns, waits that fire the session's timeouts, and provider events for the current
+/// response, the last transcription or any other turn (stale, judged or never seen):
+/// transcripts, tokens, tool calls and results, TTS audio for the sentence in synthesis or any
+/// other, successes and failures. The owner follows the drain rule, and `Checker` checks every
+/// output: no audio while paused or after `interrupted`, exactly one `response_done` per response,
+/// audio sent a prefix of audio produced, history only what was heard. Time always moves forward:
+/// a wake-up is never due again at or before the time it was handled.
+///
+/// # Panics
+/// When a promise is broken.
+pub fn session(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let server_vad = bool::arbitrary(&mut u).unwrap_or(false);
+    let tweaks = Option::<Tweaks>::arbitrary(&mut u).unwrap_or(None);
+    let mut d = Driver::new(config(server_vad, tweaks));
+    for _ in 0..MAX_STEPS {
+        if u.is_empty() {
+            break;
+        }
+        let Ok(step) = Step::arbitrary(&mut u) else {
+            break;
+        };
+        d.step(step);
+    }
+    // A text turn interrupts whatever is still in progress; that response, too, ends once.
+    d.text("goodbye");
+}
+
+/// Bounds one run, so that each input stays fast.
+const MAX_STEPS: usize = 400;
+/// Input audio per run, in samples (60 s at 16 kHz).
+const AUDIO_BUDGET: u64 = 60 * 16_000;
+
+/// Settings off their defaults, within the ranges the config loader accepts.
+#[derive(Arbitrary, Debug)]
+struct Tweaks {
+    output_rate: u8,
+    output_frame_ms: u8,
+    playback_lead_ms: u16,
+    pacing_interval_ms: u16,
+    preroll_ms: u16,
+    max_utterance_ms: u16,
+    min_interruption_ms: u16,
+    false_interruption_extra_ms: u16,
+    tool_filler_delay_ms: u16,
+    max_tool_rounds: u8,
+    max_history_messages: u8,
+    max_tts_backlog_ms: u16,
+    min_clause_chars: u8,
+    vad: Option<VadTweaks>,
+}
+
+#[derive(Arbitrary, Debug)]
+struct VadTweaks {
+    aggressiveness: u8,
+    frame_ms: u8,
+    onset_ms: u16,
+    hangover_ms: u16,
+    min_level_dbfs: u8,
+}
+
+fn config(server_vad: bool, tweaks: Option<Tweaks>) -> SessionConfig {
+    let mut cfg = SessionConfig::default();
+    if !server_vad {
+        cfg.vad = None;
+    }
+    let Some(t) = tweaks else { return cfg };
+    let ms = |x: u64| Duration::from_millis(x);
+    cfg.output_rate = SampleRate([8000, 16_000, 24_000, 48_000][usize::from(t.output_rate % 4)]);
+    cfg.output_frame_ms = 10 + u32::from(t.output_frame_ms) % 191;
+    let lead = u64::from(t.playback_lead_ms) % 5001;
+    cfg.playback_lead = ms(lead);
+    cfg.pacing_interval =
+        ms(1 + u64::from(t.pacing_interval_ms) % lead.max(u64::from(cfg.output_frame_ms)));
+    cfg.preroll = ms(u64::from(t.preroll_ms) % 2001);
+    cfg.max_utterance = ms(1000 + u64::from(t.max_utterance_ms) * 9);
+    let min_interruption = 1 + u64::from(t.min_interruption_ms) % 10_000;
+    cfg.min_interruption = ms(min_interruption);
+    cfg.false_interruption_timeout =
+        ms((min_interruption + u64::from(t.false_interruption_extra_ms)).min(60_000));
+    cfg.tool_filler_delay = ms(u64::from(t.tool_filler_delay_ms) % 60_001);
+    cfg.max_tool_rounds = u32::from(t.max_tool_rounds % 8);
+    cfg.max_history_messages = 2 + usize::from(t.max_history_messages % 64);
+    cfg.max_tts_backlog = ms(u64::from(t.max_tts_backlog_ms) % 60_001);
+    cfg.min_clause_chars = usize::from(t.min_clause_chars);
+    if let (Some(v), Some(vad)) = (t.vad, cfg.vad.as_mut()) {
+        vad.aggressiveness = [
+            Aggressiveness::Quality,
+            Aggressiveness::LowBitrate,
+            Aggressiveness::Aggressive,
+            Aggressiveness::VeryAggressive,
+        ][usize::from(v.aggressiveness % 4)];
+        vad.frame_ms = [10, 20, 30][usize::from(v.frame_ms % 3)];
+        vad.onset_ms = u32::from(v.onset_ms) % 5001;
+        vad.hangover_ms = (vad.frame_ms + u32::from(v.hangover_ms)).min(10_000);
+        vad.min_level_dbfs = -f32::from(v.min_level_dbfs % 101);
+    }
+    cfg
+}
+
+/// One input to the session.
+#[derive(Arbitrary, Debug)]
+enum Step {
+    SpeechStart,
+    SpeechEnd,
+    /// `frames` frames of `samples` samples each (up to 100 ms), at real time.
+    Audio {
+        sound: Sound,
+        frames: u8,
+        samples: u16,
+    },
+    Text(Words),
+    /// Time passes (ms); due timeouts fire.
+    Wait(u16),
+    Provider {
+        to: Target,
+        event: Ev,
+    },
+    /// Up to `events` events of well-behaved providers answering the calls in progress, the
+    /// `first`th first: what lets random inputs get a response all the way to its audio.
+    Answer {
+        first: u8,
+        events: u8,
+    },
+    /// A streaming ASR's endpoint (`speech_final`) for the utterance being captured, or for an
+    /// older turn.
+    Endpoint { current: bool },
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Sound {
+    Silence,
+    /// Deterministic noise at a level (peak amplitude / 128).
+    Noise(u8),
+    /// A loud harmonic buzz the VAD takes for speech.
+    Voice,
+    /// Full-scale square wave.
+    Clip,
+}
+
+/// Text for a turn, a transcript or a token.
+#[derive(Arbitrary, Debug)]
+enum Words {
+    Vocab(u8),
+    Raw(String),
+}
+
+const VOCAB: &[&str] = &[
+    "",
+    " ",
+    "mhm",
+    "ok yeah",
+    "Mm-hmm.",
+    "stop",
+    "wait, stop",
+    "what about tomorrow",
+    "check my balance",
+    "Hello",
+    " there. ",
+    "It is sunny",
+    " today",
+    ", ",
+    ". ",
+    "! ",
+    "? ",
+    "\n",
+    "\n\n",
+    "Dr. ",
+    "3.5 ",
+    "e.g. ",
+    "très ",
+    "bien.",
+    "日本語です。",
+    "\u{200b}",
+    "👍🏽 ",
+    "a",
+    " b",
+    "One moment while I check that.",
+    "This clause is rather long and goes on, and on, and on, well past the clause limit; ",
+];
+
+impl Words {
+    fn text(&self) -> String {
+        match self {
+            Words::Vocab(i) => VOCAB[usize::from(*i) % VOCAB.len()].to_owned(),
+            Words::Raw(s) => s.chars().take(200).collect(),
+        }
+    }
+}
+
+/// Which turn a provider event claims to be for.
+#[derive(Arbitrary, Debug)]
+enum Target {
+    /// The current response (else the last turn seen).
+    Response,
+    /// The last turn sent to ASR (a barge-in candidate being judged, often).
+    LastAsr,
+    /// Any turn id up to one past the last seen, 0 included: stale, cancelled or unknown.
+    Any(u8),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Ev {
+    Transcript(Words),
+    AsrFailed { timed_out: bool },
+    Token(Words),
+    ToolCall { id: CallId, name: u8 },
+    LlmDone,
+    LlmFailed { timed_out: bool },
+    TtsAudio { seq: Seq, samples: u16, value: i16 },
+    TtsDone(Seq),
+    TtsFailed { seq: Seq, timed_out: bool },
+    ToolResult { id: CallId, ok: bool },
+}
+
+/// A TTS sentence number.
+#[derive(Arbitrary, Debug)]
+enum Seq {
+    /// The last one started for the turn.
+    Active,
+    Any(u8),
+}
+
+/// A tool call id.
+#[derive(Arbitrary, Debug)]
+enum CallId {
+    /// One of the ids the session started for the turn.
+    Started(u8),
+    Empty,
+    Fixed(u8),
+    Raw(String),
+}
+
+fn failure(timed_out: bool) -> ProviderFailure {
+    ProviderFailure {
+        provider: "fuzz".into(),
+        message: "the \"fuzz\" provider failed\n".into(),
+        timed_out,
+    }
+}
+
+/// The owner: drives the session, follows the drain rule, keeps what the next inputs refer to.
+struct Driver {
+    s: Session,
+    check: Checker,
+    now: Time,
+    /// Input samples sent so far (16 kHz).
+    input_pos: u64,
+    last_turn: u64,
+    last_asr: Option<TurnId>,
+    tts_seq: HashMap<TurnId, u32>,
+    tools: HashMap<TurnId, Vec<String>>,
+    /// The output rate, in Hz.
+    rate: u32,
+    /// Provider calls started and not yet answered in full (by `Step::Answer`) or cancelled.
+    calls: Vec<Call>,
+}
+
+/// A provider call in progress, and how far a well-behaved provider has answered it.
+#[derive(Debug)]
+enum Call {
+    Asr { turn: TurnId, samples: usize },
+    Llm { turn: TurnId, reply: Vec<Reply> },
+    Tts { turn: TurnId, seq: u32, left: usize },
+    Tool { turn: TurnId, id: String },
+}
+
+impl Call {
+    fn turn(&self) -> TurnId {
+        match self {
+            Call::Asr { turn, .. }
+            | Call::Llm { turn, .. }
+            | Call::Tts { turn, .. }
+            | Call::Tool { turn, .. } => *turn,
+        }
+    }
+}
+
+/// A well-behaved ASR: the transcript depends on the utterance's length.
+fn transcript_for(samples: usize) -> &'static str {
+    match samples / 16 {
+        0..=499 => "mhm",
+        500..=1749 => "what about tomorrow",
+        1750..=2499 => "what's the weather like today",
+        _ => "can you check my account balance",
+    }
+}
+
+/// One piece of a well-behaved LLM's reply.
+#[derive(Debug)]
+enum Reply {
+    Token(String),
+    Tool,
+}
+
+/// A well-behaved LLM's reply to the conversation.
+fn reply_for(messages: &[ChatMessage]) -> Vec<Reply> {
+    let reply = match messages.last() {
+        Some(ChatMessage::User(u)) if u.contains("balance") => return vec![Reply::Tool],
+        Some(ChatMessage::Tool { .. }) => "Your balance is 1,234.56 dollars. Anything else?",
+        Some(ChatMessage::User(u)) if u.contains("tomorrow") => "Tomorrow it rains.",
+        _ => "It's sunny and warm today. There's a light breeze. Perfect for a walk.",
+    };
+    reply
+        .split_inclusive(' ')
+        .map(|t| Reply::Token(t.to_owned()))
+        .collect()
+}
+
+impl Driver {
+    fn new(cfg: SessionConfig) -> Self {
+        Driver {
+            check: Checker::new(&cfg),
+            rate: cfg.output_rate.hz(),
+            s: Session::new(cfg),
+            now: Time::ZERO,
+            input_pos: 0,
+            last_turn: 0,
+            last_asr: None,
+            tts_seq: HashMap::new(),
+            tools: HashMap::new(),
+            calls: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.s.poll_output() {
+            self.check.output(&o);
+            let turn = match &o {
+                Output::StartAsr { turn, audio, .. } => {
+                    self.last_asr = Some(*turn);
+                    self.calls.push(Call::Asr {
+                        turn: *turn,
+                        samples: audio.len(),
+                    });
+                    *turn
+                }
+                Output::StartLlm { turn, messages } => {
+                    self.calls.push(Call::Llm {
+                        turn: *turn,
+                        reply: reply_for(messages),
+                    });
+                    *turn
+                }
+                Output::StartTts { turn, seq, text } => {
+                    self.tts_seq.insert(*turn, *seq);
+                    self.calls.push(Call::Tts {
+                        turn: *turn,
+                        seq: *seq,
+                        // 14 characters a second at the session's output rate.
+                        left: text.chars().count() * self.rate as usize / 14,
+                    });
+                    *turn
+                }
+                Output::StartTool { turn, call } => {
+                    self.tools.entry(*turn).or_default().push(call.id.clone());
+                    self.calls.push(Call::Tool {
+                        turn: *turn,
+                        id: call.id.clone(),
+                    });
+                    *turn
+                }
+                Output::CancelTurn(turn) => {
+                    self.calls.retain(|c| c.turn() != *turn);
+                    *turn
+                }
+                Output::Audio { turn, .. } => *turn,
+                Output::Event(e) => event_turn(e),
+            };
+            self.last_turn = self.last_turn.max(turn.0);
+        }
+        self.check.step(&self.s);
+    }
+
+    /// Lets time pass until `to`, firing every timeout due on the way.
+    fn advance(&mut self, to: Time) {
+        while let Some(t) = self.s.poll_timeout() {
+            if t > to {
+                break;
+            }
+            let t = t.max(self.now);
+            self.now = t;
+            self.s.handle_timeout(t);
+            self.drain();
+            if let Some(next) = self.s.poll_timeout() {
+                assert!(
+                    next > t,
+                    "woken at {t:?}, the session asks to be woken again at {next:?}"
+                );
+            }
+        }
+        self.now = self.now.max(to);
+    }
+
+    fn text(&mut self, text: &str) {
+        self.s.handle_text(self.now, text);
+        self.drain();
+    }
+
+    fn step(&mut self, step: Step) {
+        match step {
+            Step::SpeechStart => {
+                self.s.handle_speech_start(self.now);
+                self.drain();
+            }
+            Step::SpeechEnd => {
+                self.s.handle_speech_end(self.now);
+                self.drain();
+            }
+            Step::Endpoint { current } => {
+                let turn = match self.s.utterance() {
+                    Some((turn, _)) if current => turn,
+                    _ => TurnId(1),
+                };
+                self.s.handle_endpoint(self.now, turn);
+                self.drain();
+            }
+            Step::Audio {
+                sound,
+                frames,
+                samples,
+            } => {
+                let len = u64::from(samples % 1601);
+                for _ in 0..=frames % 32 {
+                    if self.input_pos + len > AUDIO_BUDGET {
+                        return;
+                    }
+                    let frame: Vec<i16> = (self.input_pos..self.input_pos + len)
+                        .map(|i| sample(sound, i))
+                        .collect();
+                    self.input_pos += len;
+                    self.advance(self.now + SampleRate::INTERNAL.duration_of(len));
+                    self.s.handle_audio(self.now, &frame);
+                    self.drain();
+                }
+            }
+            Step::Text(w) => self.text(&w.text()),
+            Step::Wait(ms) => self.advance(self.now + Duration::from_millis(u64::from(ms))),
+            Step::Provider { to, event } => {
+                let fallback = TurnId(self.last_turn);
+                let turn = match to {
+                    Target::Response => self.s.current_response().unwrap_or(fallback),
+                    Target::LastAsr => self.last_asr.unwrap_or(fallback),
+                    Target::Any(n) => TurnId(u64::from(n) % (self.last_turn + 2)),
+                };
+                let event = self.provider_event(turn, event);
+                self.provider(turn, event);
+            }
+            Step::Answer { first, events } => {
+                for i in 0..=events % 32 {
+                    if self.calls.is_empty() {
+                        break;
+                    }
+                    let k = if i == 0 {
+                        usize::from(first) % self.calls.len()
+                    } else {
+                        0
+                    };
+                    let (turn, event) = self.answer(k);
+                    self.provider(turn, event);
+                }
+            }
+        }
+    }
+
+    fn provider(&mut self, turn: TurnId, event: ProviderEvent) {
+        self.check.provider(&self.s, turn, &event);
+        self.s.handle_provider(self.now, turn, event);
+        self.drain();
+    }
+
+    /// The next event of call `k`, as a well-behaved provider would deliver it.
+    fn answer(&mut self, k: usize) -> (TurnId, ProviderEvent) {
+        let turn = self.calls[k].turn();
+        let (event, finished) = match &mut self.calls[k] {
+            Call::Asr { samples, .. } => (
+                ProviderEvent::Transcript(Ok(transcript_for(*samples).to_owned())),
+                true,
+            ),
+            Call::Llm { reply, .. } if reply.is_empty() => (ProviderEvent::LlmDone, true),
+            Call::Llm { reply, .. } => {
+                let event = match reply.remove(0) {
+                    Reply::Token(token) => ProviderEvent::LlmToken(token),
+                    Reply::Tool => ProviderEvent::LlmToolCall(ToolCall {
+                        id: String::new(),
+                        name: "check_balance".into(),
+                        arguments: "{}".into(),
+                    }),
+                };
+                (event, false)
+            }
+            Call::Tts { seq, left: 0, .. } => (ProviderEvent::TtsDone { seq: *seq }, true),
+            Call::Tts { seq, left, .. } => {
+                let n = (*left).min(1600);
+                *left -= n;
+                let start = *left as i16;
+                let samples = (0..n as i16).map(|i| start.wrapping_add(i)).collect();
+                (ProviderEvent::TtsAudio { seq: *seq, samples }, false)
+            }
+            Call::Tool { id, .. } => (
+                ProviderEvent::ToolResult {
+                    call_id: id.clone(),
+                    result: Ok("{\"balance\":\"1,234.56\"}".into()),
+                },
+                true,
+            ),
+        };
+        if finished {
+            self.calls.remove(k);
+        }
+        (turn, event)
+    }
+
+    fn provider_event(&self, turn: TurnId, e: Ev) -> ProviderEvent {
+        let seq = |s: Seq| match s {
+            Seq::Active => self.tts_seq.get(&turn).copied().unwrap_or(0),
+            Seq::Any(n) => u32::from(n % 8),
+        };
+        let call_id = |c: CallId| match c {
+            CallId::Started(i) => self
+                .tools
+                .get(&turn)
+                .and_then(|ids| ids.get(usize::from(i) % ids.len()))
+                .cloned()
+                .unwrap_or_default(),
+            CallId::Empty => String::new(),
+            CallId::Fixed(n) => format!("c{}", n % 4),
+            CallId::Raw(s) => s,
+        };
+        match e {
+            Ev::Transcript(w) => ProviderEvent::Transcript(Ok(w.text())),
+            Ev::AsrFailed { timed_out } => ProviderEvent::Transcript(Err(failure(timed_out))),
+            Ev::Token(w) => ProviderEvent::LlmToken(w.text()),
+            Ev::ToolCall { id, name } => ProviderEvent::LlmToolCall(ToolCall {
+                id: call_id(id),
+                name: ["check_balance", "get_weather", ""][usize::from(name % 3)].into(),
+                arguments: ["{}", "{\"city\":\"Paris\"}", "not json"][usize::from(name % 3)].into(),
+            }),
+            Ev::LlmDone => ProviderEvent::LlmDone,
+            Ev::LlmFailed { timed_out } => ProviderEvent::LlmFailed(failure(timed_out)),
+            Ev::TtsAudio {
+                seq: s,
+                samples,
+                value,
+            } => ProviderEvent::TtsAudio {
+                seq: seq(s),
+                // Distinct samples, so that audio sent out of order would show.
+                samples: (0..samples % 4801)
+                    .map(|k| value.wrapping_add(k as i16))
+                    .collect(),
+            },
+            Ev::TtsDone(s) => ProviderEvent::TtsDone { seq: seq(s) },
+            Ev::TtsFailed { seq: s, timed_out } => ProviderEvent::TtsFailed {
+                seq: seq(s),
+                failure: failure(timed_out),
+            },
+            Ev::ToolResult { id, ok } => ProviderEvent::ToolResult {
+                call_id: call_id(id),
+                result: if ok {
+                    Ok("{\"balance\":\"1,234.56\"}".into())
+                } else {
+                    Err(failure(false))
+                },
+            },
+        }
+    }
+}
+
+fn event_turn(e: &Event) -> TurnId {
+    match e {
+        Event::SpeechStarted { turn, .. }
+        | Event::SpeechStopped { turn, .. }
+        | Event::Transcript { turn, .. }
+        | Event::ResponseText { turn, .. }
+        | Event::ToolCall { turn, .. }
+        | Event::ToolResult { turn, .. }
+        | Event::AudioStart { turn, .. }
+        | Event::PlaybackPaused { turn }
+        | Event::PlaybackResumed { turn }
+        | Event::Interrupted { turn, .. }
+        | Event::ResponseDone { turn, .. }
+        | Event::FalseAlarm { turn }
+        | Event::ProviderError { turn, .. } => *turn,
+    }
+}
+
+/// Sample `i` (input position) of a sound.
+fn sample(sound: Sound, i: u64) -> i16 {
+    match sound {
+        Sound::Silence => 0,
+        Sound::Noise(level) => {
+            // xorshift of the position: deterministic, white enough.
+            let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let peak = i32::from(level) * 128;
+            ((x % 65_536) as i32 - 32_768).clamp(-peak, peak) as i16
+        }
+        Sound::Voice => BUZZ[(i % BUZZ.len() as u64) as usize],
+        Sound::Clip => {
+            if (i / 40).is_multiple_of(2) {
+                i16::MAX
+            } else {
+                i16::MIN
+            }
+        }
+    }
+}
+
+/// One period (100 samples, 160 Hz at 16 kHz) of a buzz with 8 harmonics: speech to webrtc-vad.
+static BUZZ: std::sync::LazyLock<Vec<i16>> = std::sync::LazyLock::new(|| {
+    (0..100)
+        .map(|i| {
+            let t = f64::from(i) / 16_000.0;
+            let s: f64 = (1..=8)
+                .map(|h| {
+                    (2.0 * std::f64::consts::PI * 160.0 * f64::from(h) * t).sin() / f64::from(h)
+                })
+                .sum();
+            (s * 6000.0) as i16
+        })
+        .collect()
+});
+
+#[cfg(test)]
+mod tests {
+    //! The stable, bounded equivalent of the fuzz runs: every committed corpus input, then a
+    //! fixed number of random ones per target.
+
+    use std::path::PathBuf;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "{} is empty", dir.display());
+        files
+            .into_iter()
+            .map(|p| {
+                let data = std::fs::read(&p).unwrap();
+                (p, data)
+            })
+            .collect()
+    }
+
+    /// Runs `body` on every corpus file of `target`, naming the file that fails.
+    fn replay(target: &str, body: fn(&[u8])) {
+        for (path, data) in corpus(target) {
+            if std::panic::catch_unwind(|| body(&data)).is_err() {
+                panic!("{target}: {} fails", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn client_message_corpus() {
+        replay("client_message", client_message);
+    }
+
+    #[test]
+    fn wav_corpus() {
+        replay("wav", wav);
+    }
+
+    #[test]
+    fn session_corpus() {
+        replay("session", session);
+    }
+
+    /// Client-message-shaped JSON, mostly: objects with a `type` and a `text` or an `id`.
+    fn json_message() -> impl Strategy<Value = Vec<u8>> {
+        let ty = prop_oneof![
+            Just("\"speech_start\"".to_owned()),
+            Just("\"speech_end\"".to_owned()),
+            Just("\"text\"".to_owned()),
+            Just("\"ping\"".to_owned()),
+            "\"[a-z_]{0,12}\"",
+            "[0-9]{1,3}|null|true|\\[\\]|\\{\\}",
+        ];
+        let value = prop_oneof![
+            "\"(\\PC|\\\\[nu\"])*\"",
+            "-?[0-9]{1,30}(\\.[0-9]{1,5})?(e[+-]?[0-9]{1,3})?",
+            Just("null".to_owned()),
+            Just("{\"a\":[1,{\"b\":null}]}".to_owned()),
+        ];
+        (ty, value, "text|id|type|extra", any::<bool>()).prop_map(|(ty, v, key, swap)| {
+            let s = if swap {
+                format!("{{\"{key}\":{v},\"type\":{ty}}}")
+            } else {
+                format!("{{\"type\":{ty},\"{key}\":{v}}}")
+            };
+            s.into_bytes()
+        })
+    }
+
+    /// A WAV header with every field random-ish, then a little data, then cut anywhere.
+    fn wav_file() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(1u16), Just(3), Just(0xFFFE), any::<u16>()],
+            0u16..4,
+            prop_oneof![
+                Just(16_000u32),
+                Just(8000),
+                Just(44_100),
+                Just(48_000),
+                Just(44_101),
+                any::<u32>()
+            ],
+            prop_oneof![Just(8u16), Just(16), Just(24), Just(32), any::<u16>()],
+            any::<bool>(),
+            prop_oneof![Just(None), any::<u32>().prop_map(Some)],
+            proptest::collection::vec(any::<u8>(), 0..256),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(
+                |(format, channels, rate, bits, consistent, claimed, data, cut)| {
+                    let align = if consistent {
+                        channels * (bits / 8)
+                    } else {
+                        bits
+                    };
+                    let mut f = Vec::new();
+                    f.extend_from_slice(b"RIFF");
+                    f.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+                    f.extend_from_slice(b"WAVEfmt ");
+                    f.extend_from_slice(&16u32.to_le_bytes());
+                    f.extend_from_slice(&format.to_le_bytes());
+                    f.extend_from_slice(&channels.to_le_bytes());
+                    f.extend_from_slice(&rate.to_le_bytes());
+                    f.extend_from_slice(&rate.wrapping_mul(u32::from(align)).to_le_bytes());
+                    f.extend_from_slice(&align.to_le_bytes());
+                    f.extend_from_slice(&bits.to_le_bytes());
+                    f.extend_from_slice(b"data");
+                    f.extend_from_slice(&claimed.unwrap_or(data.len() as u32).to_le_bytes());
+                    f.extend_from_slice(&data);
+                    let keep = cut.index(f.len() + 1);
+                    if keep > 12 {
+                        f.truncate(keep);
+                    }
+                    f
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn client_message_random(data in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            "\\PC{0,64}".prop_map(String::into_bytes),
+            json_message(),
+        ]) {
+            client_message(&data);
+        }
+
+        #[test]
+        fn wav_random(data in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..128),
+            wav_file(),
+        ]) {
+            wav(&data);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn session_random(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            session(&data);
+        }
+    }
+}
