@@ -305,7 +305,9 @@ enum Step {
     },
     /// A streaming ASR's endpoint (`speech_final`) for the utterance being captured, or for an
     /// older turn.
-    Endpoint { current: bool },
+    Endpoint {
+        current: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
