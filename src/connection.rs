@@ -121,6 +121,8 @@ struct Driver {
     events_rx: mpsc::Receiver<(TurnId, ProviderEvent)>,
     tasks: JoinSet<()>,
     turns: HashMap<TurnId, Vec<AbortHandle>>,
+    /// The TTS chain link each turn's answer is spoken by (0 until a fallback speaks).
+    voices: HashMap<TurnId, Arc<std::sync::atomic::AtomicUsize>>,
     /// Drain and close requests from the registry.
     signal: Arc<Signal>,
     wire: WireCounts,
@@ -218,6 +220,7 @@ impl Driver {
             events_rx,
             tasks: JoinSet::new(),
             turns: HashMap::new(),
+            voices: HashMap::new(),
             signal,
             wire: WireCounts::default(),
             limits: ClientLimits::new(&app_limits, input_rate),
@@ -591,6 +594,7 @@ impl Driver {
                             ..
                         } => {
                             self.turns.remove(turn);
+                            self.voices.remove(turn);
                             metrics.turn_done(*status, timings);
                             let ttft_ms = timings
                                 .first_audio_sent
@@ -615,6 +619,7 @@ impl Driver {
                         {
                             // A judged barge-in's transcription is over.
                             self.turns.remove(turn);
+                            self.voices.remove(turn);
                         }
                         Event::ProviderError {
                             turn,
@@ -642,6 +647,7 @@ impl Driver {
                     wrote = true;
                 }
                 Output::CancelTurn(turn) => {
+                    self.voices.remove(&turn);
                     for task in self.turns.remove(&turn).into_iter().flatten() {
                         task.abort();
                     }
@@ -712,13 +718,20 @@ impl Driver {
                     let app = Arc::clone(&self.app);
                     let rate = self.app.config.session.output_rate;
                     let (first, stall) = (self.timeouts.tts_first_audio, self.timeouts.tts_stall);
+                    // The turn keeps the voice that spoke its first sentence: a fallback voice,
+                    // once it has spoken, is not swapped back mid-answer.
+                    let voice = Arc::clone(self.voices.entry(turn).or_default());
                     self.spawn(turn, move |events| async move {
                         let chain = &app.providers.tts;
+                        let from = voice.load(std::sync::atomic::Ordering::Relaxed);
                         let opened = chain
-                            .open(&app.metrics, first, "no audio", |tts| {
+                            .open_from(from, &app.metrics, first, "no audio", |tts| {
                                 tts.synthesize(text.clone(), rate)
                             })
                             .await;
+                        if let Ok((attempt, _, _)) = &opened {
+                            voice.store(attempt.index(), std::sync::atomic::Ordering::Relaxed);
+                        }
                         let relay = Relay {
                             metrics: &app.metrics,
                             events: &events,

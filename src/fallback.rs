@@ -363,7 +363,27 @@ impl<P: ?Sized + Named> Chain<P> {
         F: Fn(&P) -> S,
         S: Stream<Item = Result<T, ProviderError>> + Unpin,
     {
-        let mut at = self.attempt(0, true);
+        self.open_from(0, metrics, first, what, start).await
+    }
+
+    /// `open`, starting at link `from` (a turn whose first sentence was spoken by that link keeps
+    /// its voice).
+    ///
+    /// # Errors
+    /// The last provider's failure when all failed.
+    pub async fn open_from<S, T, F>(
+        &self,
+        from: usize,
+        metrics: &Metrics,
+        first: Duration,
+        what: &str,
+        start: F,
+    ) -> Result<(Attempt<'_, P>, S, Option<T>), ProviderFailure>
+    where
+        F: Fn(&P) -> S,
+        S: Stream<Item = Result<T, ProviderError>> + Unpin,
+    {
+        let mut at = self.attempt(from.min(self.links.len() - 1), true);
         let mut last = None;
         while let Some(attempt) = at {
             let i = attempt.index;
@@ -426,6 +446,11 @@ impl<P: ?Sized + Named> Attempt<'_, P> {
     /// The provider's name.
     pub fn name(&self) -> &str {
         self.chain.name(self.index)
+    }
+
+    /// The provider's place in its chain.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// The provider answered in full.

@@ -23,6 +23,8 @@ struct Seen {
     chat_requests: Vec<Value>,
     transcriptions: usize,
     speech_inputs: Vec<String>,
+    /// Speech requests to answer with a 500 before answering normally.
+    speech_failures: usize,
 }
 
 type Shared = Arc<Mutex<Seen>>;
@@ -106,6 +108,18 @@ async fn transcriptions(State(seen): State<Shared>, body: Bytes) -> Response {
 async fn speech(State(seen): State<Shared>, Json(request): Json<Value>) -> Response {
     let text = request["input"].as_str().unwrap_or_default().to_owned();
     assert_eq!(request["response_format"], "pcm");
+    {
+        let mut seen = seen.lock().unwrap();
+        if seen.speech_failures > 0 {
+            seen.speech_failures -= 1;
+            seen.speech_inputs.push(text);
+            return (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "{\"error\":{\"message\":\"overloaded\"}}",
+            )
+                .into_response();
+        }
+    }
     // 24 kHz PCM16: 20 ms of a tone per character, streamed in odd-sized pieces.
     let samples = text.chars().count() * 480;
     let pcm: Vec<u8> = (0..samples)
@@ -181,7 +195,7 @@ async fn a_turn_through_openai_compatible_asr_llm_and_tts_with_a_tool_call() {
     let seen = Seen {
         transcriptions,
         chat_requests,
-        speech_inputs: Vec::new(),
+        ..Seen::default()
     };
     assert_eq!(seen.transcriptions, 1);
     assert_eq!(seen.chat_requests.len(), 2);
@@ -198,6 +212,39 @@ async fn a_turn_through_openai_compatible_asr_llm_and_tts_with_a_tool_call() {
     assert_eq!(second[n - 2]["tool_calls"][0]["id"], "call_stub_1");
     assert_eq!(second[n - 1]["role"], "tool");
     assert_eq!(second[n - 1]["tool_call_id"], "call_stub_1");
+    server.stop().await;
+}
+
+/// A voice that fails on an answer's first sentence hands the whole answer to the fallback voice:
+/// the later sentences are not sent back to it, so the answer keeps one voice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_voice_speaks_the_rest_of_the_answer() {
+    let (addr, seen) = stub().await;
+    seen.lock().unwrap().speech_failures = 1;
+    let base = format!("http://{addr}/v1");
+    let server = TestServer::start_with(&format!(
+        "[llm]\nprovider = \"openai\"\n[llm.openai]\nbase_url = \"{base}\"\nmodel = \"stub\"\n\
+         [tts]\nproviders = [\"openai\", \"mock\"]\n[tts.openai]\nbase_url = \"{base}\"\n"
+    ))
+    .await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "text", "text": "what about tomorrow"}))
+        .await;
+    let done = c.until("response_done").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(c.spoken(None), "Tomorrow looks sunny.Enjoy it!");
+    let asked = seen.lock().unwrap().speech_inputs.clone();
+    assert_eq!(
+        asked,
+        ["Tomorrow looks sunny."],
+        "only the first sentence went to the failing voice"
+    );
+    let metrics = server.get("/metrics").await.1;
+    assert!(
+        metrics
+            .contains("voxd_provider_fallbacks_total{stage=\"tts\",from=\"openai\",to=\"mock\"} 1"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
