@@ -280,7 +280,7 @@ impl<P: ?Sized + Named> Chain<P> {
     /// one answers.
     ///
     /// # Errors
-    /// The last provider's failure when all failed (or, past link 0, when none is usable).
+    /// The last provider's failure when all failed.
     pub async fn call_from<T, F, Fut>(
         &self,
         from: usize,
@@ -293,38 +293,14 @@ impl<P: ?Sized + Named> Chain<P> {
         F: Fn(Arc<P>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
-        let mut at = self.attempt(from, true);
-        let mut last = None;
-        while let Some(attempt) = at {
-            let i = attempt.index;
-            let provider = Arc::clone(&self.links[i].provider);
-            let why = match tokio::time::timeout(limit, call(provider)).await {
-                Ok(Ok(v)) => {
-                    attempt.succeeded(metrics);
-                    return Ok(v);
-                }
-                Ok(Err(e)) => {
-                    let counted = Self::counts(&e);
-                    attempt.failed(counted, metrics);
-                    failure(e)
-                }
-                Err(_) => {
-                    attempt.failed(true, metrics);
-                    timed_out(self.links[i].provider.provider_name(), what, limit)
-                }
-            };
-            at = self.attempt(i + 1, false);
-            self.moving_on(i, at.as_ref().map(|a| a.index), &why, metrics);
-            last = Some(why);
-        }
-        Err(last.unwrap_or_else(|| ProviderFailure {
-            provider: self.links[from.min(self.links.len() - 1)]
-                .provider
-                .provider_name()
-                .to_owned(),
-            message: "no provider is available: every fallback's circuit is open".to_owned(),
-            timed_out: false,
-        }))
+        // A call is a stream of one item: the same attempt loop serves both.
+        let (attempt, _, answer) = self
+            .open_from(from, metrics, limit, what, |p| {
+                Box::pin(futures_util::stream::once(call(Arc::clone(p))))
+            })
+            .await?;
+        attempt.succeeded(metrics);
+        Ok(answer.expect("a one-item stream yields its item"))
     }
 
     /// `call_from(0, ...)`: the whole chain.
@@ -360,7 +336,7 @@ impl<P: ?Sized + Named> Chain<P> {
         start: F,
     ) -> Result<(Attempt<'_, P>, S, Option<T>), ProviderFailure>
     where
-        F: Fn(&P) -> S,
+        F: Fn(&Arc<P>) -> S,
         S: Stream<Item = Result<T, ProviderError>> + Unpin,
     {
         self.open_from(0, metrics, first, what, start).await
@@ -380,7 +356,7 @@ impl<P: ?Sized + Named> Chain<P> {
         start: F,
     ) -> Result<(Attempt<'_, P>, S, Option<T>), ProviderFailure>
     where
-        F: Fn(&P) -> S,
+        F: Fn(&Arc<P>) -> S,
         S: Stream<Item = Result<T, ProviderError>> + Unpin,
     {
         let mut at = self.attempt(from.min(self.links.len() - 1), true);
