@@ -63,6 +63,41 @@ pub fn read_secret(
     Ok(None)
 }
 
+/// Reads the API key (as `read_secret` does) and makes it an `Authorization` header value,
+/// `"{scheme} {key}"`, marked sensitive so that `Debug` never shows it. `None` without a key.
+///
+/// # Errors
+/// What `read_secret` returns, or `BuildError::Invalid` naming the key's source when the key holds
+/// characters an HTTP header cannot carry.
+pub fn authorization(
+    key: &str,
+    scheme: &str,
+    env: Option<&str>,
+    file: Option<&Path>,
+    base_dir: &Path,
+) -> Result<Option<reqwest::header::HeaderValue>, BuildError> {
+    let Some(secret) = read_secret(key, env, file, base_dir)? else {
+        return Ok(None);
+    };
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("{scheme} {secret}")).map_err(|_| {
+            BuildError::Invalid {
+                key: format!(
+                    "{key}.{}",
+                    if env.is_some() {
+                        "api_key_env"
+                    } else {
+                        "api_key_file"
+                    }
+                ),
+                message: "the API key holds characters that cannot be sent in an HTTP header"
+                    .into(),
+            }
+        })?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
 /// Builds the pooled client a provider keeps for its lifetime. `connect_timeout` bounds the TCP +
 /// TLS connect; per-request read deadlines are set by each provider (streams use per-chunk ones).
 ///

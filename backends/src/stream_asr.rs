@@ -237,30 +237,13 @@ impl StreamAsrProvider {
             url.port_or_known_default().unwrap_or_default()
         );
 
-        let key = crate::http::read_secret(
+        let authorization = crate::http::authorization(
             CONFIG_KEY,
+            "Token",
             config.api_key_env.as_deref(),
             config.api_key_file.as_deref(),
             base_dir,
         )?;
-        let authorization = match key {
-            None => None,
-            Some(key) => {
-                let mut value = HeaderValue::from_str(&format!("Token {key}")).map_err(|_| {
-                    let field = if config.api_key_env.is_some() {
-                        "api_key_env"
-                    } else {
-                        "api_key_file"
-                    };
-                    invalid(
-                        field,
-                        "the key has characters an HTTP header cannot carry".to_owned(),
-                    )
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
 
         let connector = if url.scheme() == "wss" {
             crate::http::install_crypto();

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use voxd_core::{ChatMessage, ToolCall};
 
 use super::sse::{EventTooLarge, SseParser, MAX_EVENT_BYTES};
-use crate::http::{check_base_url, client, join, read_secret, status_error, transport_error};
+use crate::http::{check_base_url, client, join, status_error, transport_error};
 use crate::{BuildError, Llm, LlmEvent, LlmRequest, ProviderError, ToolSpec};
 
 /// The name this provider reports (`Llm::name` and its `ProviderError`s).
@@ -169,30 +169,13 @@ impl OpenAiLlm {
                 "set api_key_env or api_key_file, not both".to_owned(),
             ));
         }
-        let key = read_secret(
+        let authorization = crate::http::authorization(
             KEY,
+            "Bearer",
             config.api_key_env.as_deref(),
             config.api_key_file.as_deref(),
             base_dir,
         )?;
-        let authorization = key
-            .map(|key| {
-                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                    let field = if config.api_key_env.is_some() {
-                        "api_key_env"
-                    } else {
-                        "api_key_file"
-                    };
-                    invalid(
-                        field,
-                        "the API key holds characters that cannot be sent in an HTTP header"
-                            .to_owned(),
-                    )
-                })?;
-                value.set_sensitive(true);
-                Ok(value)
-            })
-            .transpose()?;
         let client = client(KEY, Duration::from_millis(config.connect_timeout_ms))?;
         Ok(OpenAiLlm {
             client,
