@@ -421,6 +421,19 @@ impl Driver {
                     None => break Exit::quiet("client_closed", "client closed"),
                     Some(Err(e)) => {
                         debug!(error = %e, "socket error");
+                        // A message over `server.max_message_bytes`: the WebSocket layer refused
+                        // to buffer it, and the socket still works, so the client gets a reason.
+                        let too_big = e
+                            .into_inner()
+                            .downcast_ref::<tungstenite::Error>()
+                            .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+                        if too_big {
+                            break Exit::close(
+                                "message_too_big",
+                                1009,
+                                "message larger than server.max_message_bytes",
+                            );
+                        }
                         break Exit::quiet("socket_error", "socket error");
                     }
                     Some(Ok(Message::Close(_))) => {

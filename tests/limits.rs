@@ -46,6 +46,24 @@ async fn an_oversized_text_message_closes_with_1009() {
     server.stop().await;
 }
 
+/// Past the WebSocket layer's hard cap (`server.max_message_bytes`) the message is never
+/// buffered, and the client still gets a close frame with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_hard_cap_closes_with_1009_too() {
+    let server = TestServer::start_with("[server]\nmax_message_bytes = 65536\n").await;
+    let mut c = server.connect().await;
+    c.ws.send(Message::Binary(vec![0u8; 200_000].into()))
+        .await
+        .unwrap();
+    let (code, reason, _) = until_close(&mut c).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1009, "message larger than server.max_message_bytes")
+    );
+    still_serves(&server).await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_audio_frame_closes_with_1009() {
     let server = TestServer::start().await;
