@@ -117,8 +117,8 @@ struct Driver {
     /// Reused buffers for one binary frame's samples, before and after resampling.
     samples: Vec<i16>,
     resampled: Vec<i16>,
-    events_tx: mpsc::Sender<(TurnId, ProviderEvent)>,
-    events_rx: mpsc::Receiver<(TurnId, ProviderEvent)>,
+    events_tx: Events,
+    events_rx: mpsc::Receiver<(TurnId, ProviderEvent, Instant)>,
     tasks: JoinSet<()>,
     turns: HashMap<TurnId, Vec<AbortHandle>>,
     /// The TTS chain link each turn's answer is spoken by (0 until a fallback speaks).
@@ -207,6 +207,7 @@ impl Driver {
                 .expect("the handler admits only supported input rates")
         });
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let events_tx = Events(events_tx);
         let app_limits = app.config.file.limits.clone();
         let app_timeouts = app.config.session_timeouts();
         Driver {
@@ -359,7 +360,7 @@ impl Driver {
                     async move { asr.transcribe(audio).await.map(|t| t.text) }
                 })
                 .await;
-            let _ = events.send((turn, ProviderEvent::Transcript(result))).await;
+            let _ = events.send(turn, ProviderEvent::Transcript(result)).await;
         });
     }
 
@@ -475,7 +476,8 @@ impl Driver {
                     }
                     idle.as_mut().reset(due);
                 }
-                Some((turn, event)) = self.events_rx.recv() => {
+                Some((turn, event, sent)) = self.events_rx.recv() => {
+                    self.app.metrics.event_queued(sent.elapsed());
                     let now = self.now();
                     self.core.handle_provider(now, turn, event);
                 }
@@ -786,13 +788,13 @@ impl Driver {
                         app.metrics
                             .tool_call(label, result.is_ok(), started.elapsed());
                         let _ = events
-                            .send((
+                            .send(
                                 turn,
                                 ProviderEvent::ToolResult {
                                     call_id: id,
                                     result,
                                 },
-                            ))
+                            )
                             .await;
                     });
                 }
@@ -807,7 +809,7 @@ impl Driver {
     /// Runs a provider call for `turn` in the session's task set; `CancelTurn` aborts it.
     fn spawn<F, Fut>(&mut self, turn: TurnId, work: F)
     where
-        F: FnOnce(mpsc::Sender<(TurnId, ProviderEvent)>) -> Fut,
+        F: FnOnce(Events) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let fut = work(self.events_tx.clone());
@@ -818,12 +820,27 @@ impl Driver {
     }
 }
 
+/// The sending side of a session's provider events. Each event is stamped with its send time, so
+/// the session can measure how long events wait for it (`voxd_provider_event_wait_seconds`).
+#[derive(Clone)]
+struct Events(mpsc::Sender<(TurnId, ProviderEvent, Instant)>);
+
+impl Events {
+    async fn send(
+        &self,
+        turn: TurnId,
+        event: ProviderEvent,
+    ) -> Result<(), mpsc::error::SendError<(TurnId, ProviderEvent, Instant)>> {
+        self.0.send((turn, event, Instant::now())).await
+    }
+}
+
 /// Relays an opened provider stream to its session: each item as an event, under the stall
 /// deadline, then `done`; a failure as one event. The attempt is settled with the outcome, so a
 /// provider that fails mid-stream counts against its breaker.
 struct Relay<'a> {
     metrics: &'a crate::metrics::Metrics,
-    events: &'a mpsc::Sender<(TurnId, ProviderEvent)>,
+    events: &'a Events,
     turn: TurnId,
     stall: std::time::Duration,
     stalled: &'static str,
@@ -840,7 +857,7 @@ impl Relay<'_> {
         P: ?Sized + crate::fallback::Named,
         S: futures_util::Stream<Item = Result<T, ProviderError>> + Unpin,
     {
-        let send = |e| self.events.send((self.turn, e));
+        let send = |e| self.events.send(self.turn, e);
         let (attempt, mut stream, mut item) = match opened {
             Ok((attempt, stream, first)) => (attempt, stream, first.map(Ok)),
             Err(f) => {

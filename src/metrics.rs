@@ -24,6 +24,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     10.0,
 ];
 
+/// Histogram buckets for scheduling waits, in seconds: 50 µs to 250 ms.
+pub const WAIT_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+
 static METADATA: Metadata<'static> = Metadata::new("voxd", metrics::Level::INFO, Some("voxd"));
 
 /// The server's metrics.
@@ -42,6 +47,7 @@ pub struct Metrics {
     llm_first_token: Histogram,
     tts_first_audio: Histogram,
     turn_total: Histogram,
+    event_wait: Histogram,
     /// Barge-ins that cancelled a response.
     pub interruptions: Counter,
     /// Barge-ins that turned out to be false alarms.
@@ -71,6 +77,12 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("the buckets are not empty")
+            // A `Full` matcher is checked before a `Suffix` one.
+            .set_buckets_for_metric(
+                Matcher::Full("voxd_provider_event_wait_seconds".into()),
+                WAIT_BUCKETS,
+            )
             .expect("the buckets are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -103,6 +115,7 @@ impl Metrics {
                 &[("stage", "tts_first_audio")],
             ),
             turn_total: histogram("voxd_turn_duration_seconds", &[]),
+            event_wait: histogram("voxd_provider_event_wait_seconds", &[]),
             interruptions: counter("voxd_interruptions_total", &[]),
             false_alarms: counter("voxd_false_alarms_total", &[]),
             ws_in_text: counter(
@@ -220,6 +233,11 @@ impl Metrics {
                 &METADATA,
             )
             .increment(1);
+    }
+
+    /// A provider event waited `d` between its send and its session handling it.
+    pub fn event_queued(&self, d: Duration) {
+        self.event_wait.record(d.as_secs_f64());
     }
 
     /// A session ended; `reason` is one of the fixed labels in docs/metrics.md.
@@ -395,6 +413,10 @@ fn describe(r: &PrometheusRecorder) {
         "Tool calls, by tool and outcome (ok, error)",
     );
     h("voxd_tool_latency_seconds", "Tool call latency, by tool");
+    h(
+        "voxd_provider_event_wait_seconds",
+        "Time a provider event (transcript, token, audio chunk, tool result) waited between its send and its session handling it: the session task's scheduling delay",
+    );
     c(
         "voxd_provider_errors_total",
         None,

@@ -268,6 +268,9 @@ async fn metrics_move_when_a_turn_happens() {
         ),
         1.0
     );
+    // Every provider event of the turn was handled and its wait measured, in fine buckets.
+    assert!(sample(&after, "voxd_provider_event_wait_seconds_count") >= 4.0);
+    assert!(after.contains("voxd_provider_event_wait_seconds_bucket{le=\"0.00005\"}"));
     let audio_in = sample(&after, "voxd_audio_bytes_total{direction=\"in\"}");
     assert_eq!(audio_in, 3000.0 * 32.0);
     let audio_out = sample(&after, "voxd_audio_bytes_total{direction=\"out\"}");
