@@ -139,6 +139,12 @@ async fn speech(State(seen): State<Shared>, Json(request): Json<Value>) -> Respo
         .unwrap()
 }
 
+/// A loopback address with nothing listening: connections to it are refused at once.
+fn dead_address() -> SocketAddr {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    dead.local_addr().unwrap()
+}
+
 /// An OpenAI-compatible server on 127.0.0.1.
 async fn stub() -> (SocketAddr, Shared) {
     let seen = Shared::default();
@@ -250,10 +256,7 @@ async fn a_fallback_voice_speaks_the_rest_of_the_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_primary_llm_falls_back_to_the_next_provider() {
-    // A port with nothing listening: connections are refused at once.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
+    let dead_addr = dead_address();
     let server = TestServer::start_with(&format!(
         "[llm]\nproviders = [\"openai\", \"mock\"]\n[llm.openai]\nbase_url = \"http://{dead_addr}/v1\"\n"
     ))
@@ -477,9 +480,7 @@ async fn the_providers_endpoint_ends_the_utterance_before_the_vad_hangover() {
 /// the chain (the mock here), whole, and the turn completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_streaming_asr_falls_back_to_the_whole_utterance_path() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
+    let dead_addr = dead_address();
     let server = TestServer::start_with(&format!(
         "[asr]\nproviders = [\"stream\", \"mock\"]\n[asr.stream]\nurl = \"ws://{dead_addr}/v1/listen\"\n"
     ))
