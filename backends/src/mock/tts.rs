@@ -69,7 +69,7 @@ pub struct MockTts {
     interval: Duration,
     chars_per_second: f64,
     chunk_ms: u64,
-    amplitude: f64,
+    amplitude: i32,
     failure_rate: f64,
     hang_rate: f64,
 }
@@ -107,7 +107,7 @@ impl MockTts {
             ),
             chars_per_second: config.chars_per_second,
             chunk_ms: config.chunk_ms,
-            amplitude: f64::from(config.amplitude),
+            amplitude: i32::from(config.amplitude),
             failure_rate: config.failure_rate,
             hang_rate: config.hang_rate,
         })
@@ -150,35 +150,40 @@ struct Voice {
     wave_step: u64,
     envelope_step: u64,
     envelope_offset: u64,
-    amplitude: f64,
+    /// Peak amplitude (1 to 32767).
+    amplitude: i32,
 }
 
 /// Points per period in the wave tables (a power of two: the index is the phase's top bits).
 const TABLE_BITS: u32 = 12;
 const TABLE: usize = 1 << TABLE_BITS;
+/// Fixed-point scale of the tables: 1.0 is `1 << Q`.
+const Q: u32 = 15;
 
 /// One period of the voiced wave (the fundamental and its harmonics, normalised) and one period
-/// of a sine, computed once. A table lookup per sample with a fixed-point phase, instead of five
-/// `sin` calls, keeps the mock voice from costing more CPU than the orchestration it tests.
-fn tables() -> &'static (Vec<f64>, Vec<f64>) {
-    static TABLES: std::sync::OnceLock<(Vec<f64>, Vec<f64>)> = std::sync::OnceLock::new();
+/// of the syllable envelope (between 30% and 100%), in Q15 fixed point, computed once. The mock
+/// voice runs for every answer of a load test, so it must cost far less than the orchestration
+/// it tests: per sample it is two table lookups and two integer multiplies, no `sin` and no float
+/// conversion.
+fn tables() -> &'static ([i32; TABLE], [i32; TABLE]) {
+    static TABLES: std::sync::OnceLock<([i32; TABLE], [i32; TABLE])> = std::sync::OnceLock::new();
     TABLES.get_or_init(|| {
+        let one = f64::from(1u32 << Q);
         let norm: f64 = HARMONICS.iter().sum();
-        let wave = (0..TABLE)
-            .map(|j| {
-                let x = TAU * j as f64 / TABLE as f64;
-                HARMONICS
-                    .iter()
-                    .zip(1u32..)
-                    .map(|(weight, k)| weight * (x * f64::from(k)).sin())
-                    .sum::<f64>()
-                    / norm
-            })
-            .collect();
-        let sine = (0..TABLE)
-            .map(|j| (TAU * j as f64 / TABLE as f64).sin())
-            .collect();
-        (wave, sine)
+        let mut wave = [0; TABLE];
+        let mut envelope = [0; TABLE];
+        for j in 0..TABLE {
+            let x = TAU * j as f64 / TABLE as f64;
+            let w: f64 = HARMONICS
+                .iter()
+                .zip(1u32..)
+                .map(|(weight, k)| weight * (x * f64::from(k)).sin())
+                .sum::<f64>()
+                / norm;
+            wave[j] = (w * one).round() as i32;
+            envelope[j] = ((0.65 + 0.35 * x.sin()) * one).round() as i32;
+        }
+        (wave, envelope)
     })
 }
 
@@ -187,40 +192,36 @@ fn phase_step(hz: f64, rate: f64) -> u64 {
     (hz / rate * 4_294_967_296.0) as u64
 }
 
-/// The table entry at a 32-bit phase.
-fn lookup(table: &[f64], phase: u64) -> f64 {
-    table[((phase as u32) >> (32 - TABLE_BITS)) as usize]
+/// The table index of a 32-bit phase.
+fn index(phase: u64) -> usize {
+    ((phase as u32) >> (32 - TABLE_BITS)) as usize
 }
 
 impl Voice {
-    /// Sample `i` of the utterance; depends on nothing but `self` and `i` (the tables are
-    /// constant, passed in so the hot loop does not reload them per sample).
-    fn sample(&self, wave_table: &[f64], sine: &[f64], i: u64) -> i16 {
-        let wave = lookup(wave_table, i.wrapping_mul(self.wave_step));
-        // Between 30% and 100% of the amplitude, like syllables.
-        let envelope = 0.65
-            + 0.35
-                * lookup(
-                    sine,
+    /// Samples `start..end`. Sample `i` depends on nothing but `self` and `i`, so the audio is the
+    /// same however it is chunked.
+    fn chunk(&self, start: u64, end: u64) -> Vec<i16> {
+        let (wave, envelope) = tables();
+        let amplitude = self.amplitude;
+        let mut out: Vec<i16> = (start..end)
+            .map(|i| {
+                let w = wave[index(i.wrapping_mul(self.wave_step))];
+                let e = envelope[index(
                     i.wrapping_mul(self.envelope_step)
                         .wrapping_add(self.envelope_offset),
-                );
-        let edge = (i + 1).min(self.total - i);
-        let fade = if edge < self.fade {
-            edge as f64 / self.fade as f64
-        } else {
-            1.0
-        };
-        // `as` saturates; no rounding call on the per-sample path.
-        (self.amplitude * envelope * fade * wave) as i16
-    }
-
-    /// Samples `start..end`.
-    fn chunk(&self, start: u64, end: u64) -> Vec<i16> {
-        let (wave_table, sine) = tables();
-        (start..end)
-            .map(|i| self.sample(wave_table, sine, i))
-            .collect()
+                )];
+                // |w|, e <= 2^15 and amplitude < 2^15: every product fits an i32.
+                ((((w * e) >> Q) * amplitude) >> Q) as i16
+            })
+            .collect();
+        // Fade in and out over `fade` samples at the ends: only those samples pay a division.
+        let faded = (start..end.min(self.fade)).chain(start.max(self.total - self.fade)..end);
+        for i in faded {
+            let edge = (i + 1).min(self.total - i) as i64;
+            let s = &mut out[(i - start) as usize];
+            *s = (i64::from(*s) * edge / self.fade as i64) as i16;
+        }
+        out
     }
 }
 
