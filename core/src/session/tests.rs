@@ -1182,3 +1182,17 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn put_pcm_writes_little_endian_samples_across_blocks() {
+    use bytes::BufMut;
+    let samples: Vec<i16> = (0..700).map(|i| (i * 97 - 30_000) as i16).collect();
+    let mut expected = BytesMut::new();
+    for s in &samples {
+        expected.put_i16_le(*s);
+    }
+    let mut got = BytesMut::from(&b"xy"[..]);
+    put_pcm(&mut got, &samples);
+    assert_eq!(&got[..2], b"xy");
+    assert_eq!(&got[2..], &expected[..]);
+}
