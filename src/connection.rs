@@ -2,30 +2,32 @@
 //!
 //! It `select!`s over the socket, the provider events of the session's calls, the state machine's
 //! next wake-up and shutdown. After each, it feeds the core and drains its outputs (the drain rule in
-//! `voxd_core::session`): events and audio go to the socket, provider calls are spawned, turns are
+//! `voxd_core::session`): events and audio go to the socket, provider calls are started, turns are
 //! cancelled. Nothing else owns session state.
 //!
-//! Tasks: each provider call runs in its own task in the session's `JoinSet`; the driver keeps each
-//! turn's abort handles. `CancelTurn` aborts them, which drops the calls' futures or streams at
-//! their next poll (a dropped stream stops the provider's work). An abort handle costs nothing
-//! while the task runs, where a cancellation token would be polled (and its lock taken) on every
-//! wake-up of every call. When the socket closes, the `JoinSet` aborts whatever is left: no task of
-//! a session outlives it.
+//! Provider calls: each call is a stream of provider events (`Call`) polled by this task's own
+//! select loop, not a task of its own. When a provider's timer or socket wakes, it wakes this
+//! task, and the event reaches the core in the same poll: no channel, no second task to schedule
+//! on the way (a response's first audio crosses that path four times). The driver keeps each
+//! turn's abort handles; `CancelTurn` aborts them, and the aborted calls are dropped at the loop's
+//! next turn (a dropped stream stops the provider's work). When the socket closes, the driver and
+//! every call it holds are dropped: nothing of a session outlives it.
 //!
-//! Backpressure: provider events travel on a bounded channel (`EVENT_QUEUE`); a provider that
-//! produces faster than the session consumes waits on `send`. Writes to the socket are awaited in
-//! this task, so a client that reads slowly slows its own session only.
+//! Backpressure: a call is polled only when the session is ready for its next event, so a
+//! provider never gets ahead of its session. Writes to the socket are awaited in this task, so a
+//! client that reads slowly slows its own session only.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinSet};
+use futures_util::stream::{self, AbortHandle, Abortable, BoxStream, SelectAll};
+use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument, Span};
 use voxd_backends::{AsrStream, AsrUpdate, LlmEvent, LlmRequest, ProviderError};
 use voxd_core::resample::StreamResampler;
 use voxd_core::ResponseStatus;
@@ -86,10 +88,6 @@ impl Exit {
 /// How long a close handshake may take.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Provider events queued per session before providers wait. Bounded: a stalled session cannot
-/// make its providers buffer without limit; they block on `send` instead.
-const EVENT_QUEUE: usize = 64;
-
 /// Runs one session until its socket closes or the server shuts down.
 pub async fn run(socket: WebSocket, app: Arc<AppState>, permit: Permit, input_rate: SampleRate) {
     let id = permit.id();
@@ -117,9 +115,8 @@ struct Driver {
     /// Reused buffers for one binary frame's samples, before and after resampling.
     samples: Vec<i16>,
     resampled: Vec<i16>,
-    events_tx: Events,
-    events_rx: mpsc::Receiver<(TurnId, ProviderEvent, Instant)>,
-    tasks: JoinSet<()>,
+    /// The provider calls in flight, polled by the select loop.
+    calls: SelectAll<Abortable<Call>>,
     turns: HashMap<TurnId, Vec<AbortHandle>>,
     /// The TTS chain link each turn's answer is spoken by (0 until a fallback speaks).
     voices: HashMap<TurnId, Arc<std::sync::atomic::AtomicUsize>>,
@@ -206,8 +203,6 @@ impl Driver {
             StreamResampler::new(input_rate, SampleRate::INTERNAL)
                 .expect("the handler admits only supported input rates")
         });
-        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let events_tx = Events(events_tx);
         let app_limits = app.config.file.limits.clone();
         let app_timeouts = app.config.session_timeouts();
         Driver {
@@ -217,9 +212,7 @@ impl Driver {
             resampler,
             samples: Vec::with_capacity(4800),
             resampled: Vec::with_capacity(1600),
-            events_tx,
-            events_rx,
-            tasks: JoinSet::new(),
+            calls: SelectAll::new(),
             turns: HashMap::new(),
             voices: HashMap::new(),
             signal,
@@ -340,7 +333,7 @@ impl Driver {
         }
     }
 
-    /// Transcribes a whole utterance through the ASR chain, in the session's task set.
+    /// Transcribes a whole utterance through the ASR chain, as one of the session's calls.
     /// `after_stream`: the streaming provider (link 0) just failed on this utterance, so the chain
     /// starts at its fallback, if it has one.
     fn transcribe_whole(&mut self, turn: TurnId, audio: Arc<[i16]>, after_stream: bool) {
@@ -352,16 +345,19 @@ impl Driver {
             app.metrics
                 .fallback(chain.stage(), chain.name(0), chain.name(1));
         }
-        self.spawn(turn, move |events| async move {
-            let chain = &app.providers.asr;
-            let result = chain
-                .call_from(from, &app.metrics, limit, "no transcript", |asr| {
-                    let audio = Arc::clone(&audio);
-                    async move { asr.transcribe(audio).await.map(|t| t.text) }
-                })
-                .await;
-            let _ = events.send(turn, ProviderEvent::Transcript(result)).await;
-        });
+        self.start(
+            turn,
+            stream::once(async move {
+                let chain = &app.providers.asr;
+                let result = chain
+                    .call_from(from, &app.metrics, limit, "no transcript", |asr| {
+                        let audio = Arc::clone(&audio);
+                        async move { asr.transcribe(audio).await.map(|t| t.text) }
+                    })
+                    .await;
+                ProviderEvent::Transcript(result)
+            }),
+        );
     }
 
     fn now(&self) -> Time {
@@ -476,17 +472,16 @@ impl Driver {
                     }
                     idle.as_mut().reset(due);
                 }
-                Some((turn, event, sent)) = self.events_rx.recv() => {
-                    self.app.metrics.event_queued(sent.elapsed());
+                Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
                     let now = self.now();
                     self.core.handle_provider(now, turn, event);
                 }
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
-                    let now = self.now();
-                    self.core.handle_timeout(now);
+                    let woke = Instant::now();
+                    self.app.metrics.timer_lag(woke.saturating_duration_since(sleep.deadline()));
+                    self.core.handle_timeout(Time::from_duration(woke - self.started));
                 }
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 (turn, e) = live_event(&mut self.live) => self.on_live_event(turn, e, &mut replies),
                 flags = signal.raised(seen) => {
                     seen = flags;
@@ -528,6 +523,9 @@ impl Driver {
                 break Exit::close("drained", 1001, "server shutting down");
             }
         };
+        // The session is over: its provider calls stop now, before the closing handshake.
+        self.calls = SelectAll::new();
+        self.turns.clear();
         if let Some((code, reason)) = exit.close {
             // The closing handshake: send the close frame, then read (and discard) until the
             // client's close arrives. Dropping a socket with unread data would reset it, and the
@@ -547,7 +545,6 @@ impl Driver {
             };
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
         }
-        self.tasks.abort_all();
         self.app.metrics.session_closed(exit.label);
         exit.reason
     }
@@ -698,26 +695,25 @@ impl Driver {
                 Output::StartLlm { turn, messages } => {
                     let app = Arc::clone(&self.app);
                     let (first, stall) = (self.timeouts.llm_first_token, self.timeouts.llm_stall);
-                    self.spawn(turn, move |events| async move {
-                        let chain = &app.providers.llm;
-                        let request = LlmRequest {
-                            messages,
-                            tools: app.providers.tool_specs.to_vec(),
-                        };
-                        let opened = chain
-                            .open(&app.metrics, first, "no first token", |llm| {
-                                llm.stream(request.clone())
-                            })
-                            .await;
-                        let relay = Relay {
-                            metrics: &app.metrics,
-                            events: &events,
-                            turn,
-                            stall,
-                            stalled: "the reply stalled: no token",
-                        };
-                        relay
-                            .run(
+                    self.start(
+                        turn,
+                        async_stream::stream! {
+                            let chain = &app.providers.llm;
+                            let request = LlmRequest {
+                                messages,
+                                tools: app.providers.tool_specs.to_vec(),
+                            };
+                            let opened = chain
+                                .open(&app.metrics, first, "no first token", |llm| {
+                                    llm.stream(request.clone())
+                                })
+                                .await;
+                            let relay = Relay {
+                                metrics: &app.metrics,
+                                stall,
+                                stalled: "the reply stalled: no token",
+                            };
+                            let events = relay.run(
                                 opened,
                                 |e| match e {
                                     LlmEvent::Token(t) => ProviderEvent::LlmToken(t),
@@ -725,9 +721,13 @@ impl Driver {
                                 },
                                 ProviderEvent::LlmFailed,
                                 ProviderEvent::LlmDone,
-                            )
-                            .await;
-                    });
+                            );
+                            futures_util::pin_mut!(events);
+                            while let Some(event) = events.next().await {
+                                yield event;
+                            }
+                        },
+                    );
                 }
                 Output::StartTts { turn, seq, text } => {
                     let app = Arc::clone(&self.app);
@@ -736,67 +736,68 @@ impl Driver {
                     // The turn keeps the voice that spoke its first sentence: a fallback voice,
                     // once it has spoken, is not swapped back mid-answer.
                     let voice = Arc::clone(self.voices.entry(turn).or_default());
-                    self.spawn(turn, move |events| async move {
-                        let chain = &app.providers.tts;
-                        let from = voice.load(std::sync::atomic::Ordering::Relaxed);
-                        let opened = chain
-                            .open_from(from, &app.metrics, first, "no audio", |tts| {
-                                tts.synthesize(text.clone(), rate)
-                            })
-                            .await;
-                        if let Ok((attempt, _, _)) = &opened {
-                            voice.store(attempt.index(), std::sync::atomic::Ordering::Relaxed);
-                        }
-                        let relay = Relay {
-                            metrics: &app.metrics,
-                            events: &events,
-                            turn,
-                            stall,
-                            stalled: "the audio stalled: nothing more",
-                        };
-                        relay
-                            .run(
+                    self.start(
+                        turn,
+                        async_stream::stream! {
+                            let chain = &app.providers.tts;
+                            let from = voice.load(std::sync::atomic::Ordering::Relaxed);
+                            let opened = chain
+                                .open_from(from, &app.metrics, first, "no audio", |tts| {
+                                    tts.synthesize(text.clone(), rate)
+                                })
+                                .await;
+                            if let Ok((attempt, _, _)) = &opened {
+                                voice.store(attempt.index(), std::sync::atomic::Ordering::Relaxed);
+                            }
+                            let relay = Relay {
+                                metrics: &app.metrics,
+                                stall,
+                                stalled: "the audio stalled: nothing more",
+                            };
+                            let events = relay.run(
                                 opened,
                                 |samples| ProviderEvent::TtsAudio { seq, samples },
                                 |failure| ProviderEvent::TtsFailed { seq, failure },
                                 ProviderEvent::TtsDone { seq },
-                            )
-                            .await;
-                    });
+                            );
+                            futures_util::pin_mut!(events);
+                            while let Some(event) = events.next().await {
+                                yield event;
+                            }
+                        },
+                    );
                 }
                 Output::StartTool { turn, call } => {
                     let app = Arc::clone(&self.app);
-                    self.spawn(turn, move |events| async move {
-                        let ToolCall {
-                            id,
-                            name,
-                            arguments,
-                        } = call;
-                        let started = Instant::now();
-                        let limit = app.config.session_timeouts().tool;
-                        let call = app.providers.tools.call(&name, &arguments);
-                        let result = match tokio::time::timeout(limit, call).await {
-                            Ok(r) => r.map(|v| v.to_string()).map_err(failure),
-                            Err(_) => Err(timed_out(&name, "the tool did not answer", limit)),
-                        };
-                        // Label by registered tool only: a model can invent names without limit.
-                        let label = if app.providers.tools.get(&name).is_some() {
-                            name.as_str()
-                        } else {
-                            "unknown"
-                        };
-                        app.metrics
-                            .tool_call(label, result.is_ok(), started.elapsed());
-                        let _ = events
-                            .send(
-                                turn,
-                                ProviderEvent::ToolResult {
-                                    call_id: id,
-                                    result,
-                                },
-                            )
-                            .await;
-                    });
+                    self.start(
+                        turn,
+                        stream::once(async move {
+                            let ToolCall {
+                                id,
+                                name,
+                                arguments,
+                            } = call;
+                            let started = Instant::now();
+                            let limit = app.config.session_timeouts().tool;
+                            let call = app.providers.tools.call(&name, &arguments);
+                            let result = match tokio::time::timeout(limit, call).await {
+                                Ok(r) => r.map(|v| v.to_string()).map_err(failure),
+                                Err(_) => Err(timed_out(&name, "the tool did not answer", limit)),
+                            };
+                            // Label by registered tool only: a model can invent names without limit.
+                            let label = if app.providers.tools.get(&name).is_some() {
+                                name.as_str()
+                            } else {
+                                "unknown"
+                            };
+                            app.metrics
+                                .tool_call(label, result.is_ok(), started.elapsed());
+                            ProviderEvent::ToolResult {
+                                call_id: id,
+                                result,
+                            }
+                        }),
+                    );
                 }
             }
         }
@@ -806,89 +807,93 @@ impl Driver {
         Ok(())
     }
 
-    /// Runs a provider call for `turn` in the session's task set; `CancelTurn` aborts it.
-    fn spawn<F, Fut>(&mut self, turn: TurnId, work: F)
-    where
-        F: FnOnce(Events) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let fut = work(self.events_tx.clone());
-        let task = self
-            .tasks
-            .spawn(fut.instrument(info_span!("turn", turn_id = turn.0)));
-        self.turns.entry(turn).or_default().push(task);
+    /// Starts a provider call for `turn`: its events come out of the select loop; `CancelTurn`
+    /// aborts it.
+    fn start(&mut self, turn: TurnId, events: impl Stream<Item = ProviderEvent> + Send + 'static) {
+        let (handle, registration) = AbortHandle::new_pair();
+        let call = Call {
+            turn,
+            span: info_span!("turn", turn_id = turn.0),
+            events: events.boxed(),
+        };
+        self.calls.push(Abortable::new(call, registration));
+        self.turns.entry(turn).or_default().push(handle);
     }
 }
 
-/// The sending side of a session's provider events. Each event is stamped with its send time, so
-/// the session can measure how long events wait for it (`voxd_provider_event_wait_seconds`).
-#[derive(Clone)]
-struct Events(mpsc::Sender<(TurnId, ProviderEvent, Instant)>);
+/// One provider call: its events, tagged with its turn, polled by the session's own task. The
+/// provider's work runs inside the call's `turn` span, so its log lines carry the turn id.
+struct Call {
+    turn: TurnId,
+    span: Span,
+    events: BoxStream<'static, ProviderEvent>,
+}
 
-impl Events {
-    async fn send(
-        &self,
-        turn: TurnId,
-        event: ProviderEvent,
-    ) -> Result<(), mpsc::error::SendError<(TurnId, ProviderEvent, Instant)>> {
-        self.0.send((turn, event, Instant::now())).await
+impl Stream for Call {
+    type Item = (TurnId, ProviderEvent);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        let turn = this.turn;
+        this.events
+            .poll_next_unpin(cx)
+            .map(|event| event.map(|e| (turn, e)))
     }
 }
 
-/// Relays an opened provider stream to its session: each item as an event, under the stall
-/// deadline, then `done`; a failure as one event. The attempt is settled with the outcome, so a
-/// provider that fails mid-stream counts against its breaker.
+/// Turns an opened provider stream into its session's events: each item as an event, under the
+/// stall deadline, then `done`; a failure as one event. The attempt is settled with the outcome,
+/// so a provider that fails mid-stream counts against its breaker.
 struct Relay<'a> {
     metrics: &'a crate::metrics::Metrics,
-    events: &'a Events,
-    turn: TurnId,
     stall: std::time::Duration,
     stalled: &'static str,
 }
 
-impl Relay<'_> {
-    async fn run<P, S, T>(
-        &self,
-        opened: Result<(Attempt<'_, P>, S, Option<T>), ProviderFailure>,
-        item_event: impl Fn(T) -> ProviderEvent,
-        failed_event: impl Fn(ProviderFailure) -> ProviderEvent,
+impl<'a> Relay<'a> {
+    fn run<P, S, T>(
+        self,
+        opened: Result<(Attempt<'a, P>, S, Option<T>), ProviderFailure>,
+        item_event: impl Fn(T) -> ProviderEvent + 'a,
+        failed_event: impl Fn(ProviderFailure) -> ProviderEvent + 'a,
         done: ProviderEvent,
-    ) where
-        P: ?Sized + crate::fallback::Named,
-        S: futures_util::Stream<Item = Result<T, ProviderError>> + Unpin,
+    ) -> impl Stream<Item = ProviderEvent> + 'a
+    where
+        P: ?Sized + crate::fallback::Named + 'a,
+        S: Stream<Item = Result<T, ProviderError>> + Unpin + 'a,
+        T: 'a,
     {
-        let send = |e| self.events.send(self.turn, e);
-        let (attempt, mut stream, mut item) = match opened {
-            Ok((attempt, stream, first)) => (attempt, stream, first.map(Ok)),
-            Err(f) => {
-                let _ = send(failed_event(f)).await;
-                return;
-            }
-        };
-        while let Some(next) = item {
-            let event = match next {
-                Ok(x) => item_event(x),
-                Err(e) => {
-                    attempt.failed(true, self.metrics);
-                    let _ = send(failed_event(failure(e))).await;
+        async_stream::stream! {
+            let (attempt, mut stream, mut item) = match opened {
+                Ok((attempt, stream, first)) => (attempt, stream, first.map(Ok)),
+                Err(f) => {
+                    yield failed_event(f);
                     return;
                 }
             };
-            if send(event).await.is_err() {
-                return;
-            }
-            item = match tokio::time::timeout(self.stall, stream.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    let f = timed_out(attempt.name(), self.stalled, self.stall);
-                    attempt.failed(true, self.metrics);
-                    let _ = send(failed_event(f)).await;
-                    return;
+            while let Some(next) = item {
+                match next {
+                    Ok(x) => yield item_event(x),
+                    Err(e) => {
+                        attempt.failed(true, self.metrics);
+                        yield failed_event(failure(e));
+                        return;
+                    }
                 }
-            };
+                item = match tokio::time::timeout(self.stall, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let f = timed_out(attempt.name(), self.stalled, self.stall);
+                        attempt.failed(true, self.metrics);
+                        yield failed_event(f);
+                        return;
+                    }
+                };
+            }
+            attempt.succeeded(self.metrics);
+            yield done;
         }
-        attempt.succeeded(self.metrics);
-        let _ = send(done).await;
     }
 }
 

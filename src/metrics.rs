@@ -47,7 +47,7 @@ pub struct Metrics {
     llm_first_token: Histogram,
     tts_first_audio: Histogram,
     turn_total: Histogram,
-    event_wait: Histogram,
+    timer_lag: Histogram,
     /// Barge-ins that cancelled a response.
     pub interruptions: Counter,
     /// Barge-ins that turned out to be false alarms.
@@ -80,7 +80,7 @@ impl Metrics {
             .expect("the buckets are not empty")
             // A `Full` matcher is checked before a `Suffix` one.
             .set_buckets_for_metric(
-                Matcher::Full("voxd_provider_event_wait_seconds".into()),
+                Matcher::Full("voxd_session_timer_lag_seconds".into()),
                 WAIT_BUCKETS,
             )
             .expect("the buckets are not empty")
@@ -115,7 +115,7 @@ impl Metrics {
                 &[("stage", "tts_first_audio")],
             ),
             turn_total: histogram("voxd_turn_duration_seconds", &[]),
-            event_wait: histogram("voxd_provider_event_wait_seconds", &[]),
+            timer_lag: histogram("voxd_session_timer_lag_seconds", &[]),
             interruptions: counter("voxd_interruptions_total", &[]),
             false_alarms: counter("voxd_false_alarms_total", &[]),
             ws_in_text: counter(
@@ -235,9 +235,9 @@ impl Metrics {
             .increment(1);
     }
 
-    /// A provider event waited `d` between its send and its session handling it.
-    pub fn event_queued(&self, d: Duration) {
-        self.event_wait.record(d.as_secs_f64());
+    /// A session's timer ran `d` after its deadline.
+    pub fn timer_lag(&self, d: Duration) {
+        self.timer_lag.record(d.as_secs_f64());
     }
 
     /// A session ended; `reason` is one of the fixed labels in docs/metrics.md.
@@ -414,8 +414,8 @@ fn describe(r: &PrometheusRecorder) {
     );
     h("voxd_tool_latency_seconds", "Tool call latency, by tool");
     h(
-        "voxd_provider_event_wait_seconds",
-        "Time a provider event (transcript, token, audio chunk, tool result) waited between its send and its session handling it: the session task's scheduling delay",
+        "voxd_session_timer_lag_seconds",
+        "How late a session's timer (paced audio, turn deadlines) ran after its deadline: the session task's scheduling delay",
     );
     c(
         "voxd_provider_errors_total",

@@ -128,7 +128,8 @@ async fn every_task_of_a_session_ends_when_its_socket_closes() {
     for c in clients.iter_mut().step_by(20) {
         c.until("audio_start").await;
     }
-    assert!(metrics.num_alive_tasks() > baseline + 1000);
+    // One task per session: provider calls run inside their session's task.
+    assert!(metrics.num_alive_tasks() >= baseline + 1000);
     for (i, c) in clients.into_iter().enumerate() {
         if i % 2 == 0 {
             c.close().await; // a clean close handshake
@@ -268,9 +269,10 @@ async fn metrics_move_when_a_turn_happens() {
         ),
         1.0
     );
-    // Every provider event of the turn was handled and its wait measured, in fine buckets.
-    assert!(sample(&after, "voxd_provider_event_wait_seconds_count") >= 4.0);
-    assert!(after.contains("voxd_provider_event_wait_seconds_bucket{le=\"0.00005\"}"));
+    // The paced answer woke the session's timer many times, and each wake-up's lag was measured,
+    // in fine buckets.
+    assert!(sample(&after, "voxd_session_timer_lag_seconds_count") >= 4.0);
+    assert!(after.contains("voxd_session_timer_lag_seconds_bucket{le=\"0.00005\"}"));
     let audio_in = sample(&after, "voxd_audio_bytes_total{direction=\"in\"}");
     assert_eq!(audio_in, 3000.0 * 32.0);
     let audio_out = sample(&after, "voxd_audio_bytes_total{direction=\"out\"}");
