@@ -515,8 +515,8 @@ struct Response {
     sentences: Vec<Sentence>,
     next_tts: usize,
     tts_active: Option<usize>,
-    /// Synthesized, unsent audio (PCM16LE).
-    pending: BytesMut,
+    /// Synthesized, unsent audio.
+    pending: PcmQueue,
     produced: u64,
     sent: u64,
     audio_started: bool,
@@ -544,7 +544,7 @@ impl Response {
             sentences: Vec::new(),
             next_tts: 0,
             tts_active: None,
-            pending: BytesMut::new(),
+            pending: PcmQueue::default(),
             produced: 0,
             sent: 0,
             audio_started: false,
@@ -1351,7 +1351,7 @@ impl Session {
                     return;
                 }
                 r.timings.tts_first_audio.get_or_insert(now);
-                put_pcm(&mut r.pending, &samples);
+                r.pending.push(&samples);
                 r.produced += samples.len() as u64;
             }
             ProviderEvent::TtsDone { seq } => {
@@ -1467,7 +1467,7 @@ impl Session {
                     if r.sent + n > r.play.played + lead {
                         break;
                     }
-                    let pcm = r.pending.split_to(n as usize * 2).freeze();
+                    let pcm = r.pending.split_to(n as usize * 2);
                     r.sent += n;
                     self.outputs.push_back(Output::Audio { turn, pcm });
                 }
@@ -1526,6 +1526,64 @@ fn json_string(s: &str) -> String {
 
 #[cfg(any(test, feature = "invariants"))]
 pub mod invariants;
+
+/// Synthesized audio waiting to be sent, as PCM16LE: the TTS chunks as they came, each in an
+/// allocation of its own size. A frame is a zero-copy slice of a chunk; only a frame that spans
+/// two chunks is copied. One growing buffer would be reallocated and copied as an answer's backlog
+/// grows (up to `max_tts_backlog_ms`), and would keep its largest size until the answer ends.
+#[derive(Debug, Default)]
+struct PcmQueue {
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    len: usize,
+}
+
+impl PcmQueue {
+    /// Bytes waiting.
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a chunk of samples.
+    fn push(&mut self, samples: &[i16]) {
+        if samples.is_empty() {
+            return;
+        }
+        let mut chunk = BytesMut::with_capacity(samples.len() * 2);
+        put_pcm(&mut chunk, samples);
+        self.len += chunk.len();
+        self.chunks.push_back(chunk.freeze());
+    }
+
+    /// Takes the first `n` bytes (at most `len`).
+    fn split_to(&mut self, n: usize) -> Bytes {
+        let n = n.min(self.len);
+        self.len -= n;
+        match self.chunks.front_mut() {
+            Some(front) if front.len() > n => return front.split_to(n),
+            Some(front) if front.len() == n => return self.chunks.pop_front().unwrap_or_default(),
+            _ => {}
+        }
+        let mut frame = BytesMut::with_capacity(n);
+        while frame.len() < n {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let need = n - frame.len();
+            if front.len() > need {
+                frame.extend_from_slice(&front.split_to(need));
+            } else {
+                frame.extend_from_slice(front);
+                self.chunks.pop_front();
+            }
+        }
+        frame.freeze()
+    }
+}
 
 /// Appends `samples` to `dst` as PCM16LE. It goes through a stack block, so the compiler
 /// vectorizes the conversion and the append is one copy per block: this runs for every sample of

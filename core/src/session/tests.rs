@@ -1196,3 +1196,30 @@ fn put_pcm_writes_little_endian_samples_across_blocks() {
     assert_eq!(&got[..2], b"xy");
     assert_eq!(&got[2..], &expected[..]);
 }
+
+#[test]
+fn pcm_queue_frames_are_the_pushed_bytes_in_order_across_chunks() {
+    let a: Vec<i16> = (0..1000).collect();
+    let b: Vec<i16> = (1000..1333).collect();
+    let c: Vec<i16> = (1333..1400).collect();
+    let mut expected = BytesMut::new();
+    for chunk in [&a, &b, &c] {
+        put_pcm(&mut expected, chunk);
+    }
+    let mut queue = PcmQueue::default();
+    queue.push(&a);
+    queue.push(&[]);
+    queue.push(&b);
+    queue.push(&c);
+    assert_eq!(queue.len(), expected.len());
+    // 320-sample frames: some inside a chunk, some across two or three chunks.
+    let mut got = Vec::new();
+    while !queue.is_empty() {
+        let frame = queue.split_to(640);
+        assert!(frame.len() == 640 || queue.is_empty(), "{}", frame.len());
+        got.extend_from_slice(&frame);
+    }
+    assert_eq!(got, &expected[..]);
+    assert_eq!(queue.len(), 0);
+    assert!(queue.split_to(640).is_empty());
+}
