@@ -482,7 +482,9 @@ impl Driver {
                     self.app.metrics.timer_lag(woke.saturating_duration_since(sleep.deadline()));
                     self.core.handle_timeout(Time::from_duration(woke - self.started));
                 }
-                (turn, e) = live_event(&mut self.live) => self.on_live_event(turn, e, &mut replies),
+                (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
+                    self.on_live_event(turn, e, &mut replies);
+                }
                 flags = signal.raised(seen) => {
                     seen = flags;
                     if flags & CLOSE != 0 {
