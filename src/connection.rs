@@ -874,6 +874,11 @@ impl<'a> Relay<'a> {
                     return;
                 }
             };
+            // One stall timer for the whole stream, pushed back after each item: extending a
+            // tokio timer's deadline is an atomic store, where a timeout per item would insert
+            // into and remove from the timer wheel for every token and every audio chunk.
+            let stall = tokio::time::sleep(self.stall);
+            tokio::pin!(stall);
             while let Some(next) = item {
                 match next {
                     Ok(x) => yield item_event(x),
@@ -883,9 +888,15 @@ impl<'a> Relay<'a> {
                         return;
                     }
                 }
-                item = match tokio::time::timeout(self.stall, stream.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
+                stall.as_mut().reset(Instant::now() + self.stall);
+                let next = tokio::select! {
+                    biased;
+                    next = stream.next() => Some(next),
+                    () = &mut stall => None,
+                };
+                item = match next {
+                    Some(next) => next,
+                    None => {
                         let f = timed_out(attempt.name(), self.stalled, self.stall);
                         attempt.failed(true, self.metrics);
                         yield failed_event(f);
