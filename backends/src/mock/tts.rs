@@ -5,6 +5,11 @@
 //! fundamental chosen by a hash of the text, a few harmonics, a ~4 Hz syllable-like envelope and
 //! 10 ms fades at the ends), so the same text always gives byte-identical audio however it is
 //! chunked, and it is never digital silence (a VAD or an echo test sees a voice).
+//!
+//! The fundamental is a whole multiple of the syllable rate, so the sound repeats exactly once per
+//! syllable: a synthesis computes one syllable (a quarter of a second) and its chunks are copies
+//! of it. The mock voice runs for every answer of a load test and must cost far less than the
+//! orchestration it tests.
 
 use std::f64::consts::TAU;
 use std::time::Duration;
@@ -128,30 +133,38 @@ impl MockTts {
         let text = text.trim();
         let hash = fnv1a64(FNV_OFFSET, text.as_bytes());
         let total = self.length_in_samples(text, rate);
-        let hz = f64::from(rate.hz());
+        // One syllable lasts `period` samples; the fundamental makes `harmonic` periods in it
+        // (30 to 45 times the syllable rate: 120 to 180 Hz).
+        let period = (f64::from(rate.hz()) / SYLLABLE_HZ).round().max(1.0) as usize;
+        let harmonic = 30 + (hash % 16) as usize;
+        let (wave, envelope) = tables();
+        let syllable = (0..period)
+            .map(|j| {
+                let w = wave[(j * harmonic % period) * TABLE / period];
+                let e = envelope[j * TABLE / period];
+                // |w|, e <= 2^15 and amplitude < 2^15: every product fits an i32.
+                ((((w * e) >> Q) * self.amplitude) >> Q) as i16
+            })
+            .collect();
         Voice {
             total,
             fade: (rate.samples_in_ms(FADE_MS).min(total / 2)).max(1),
-            wave_step: phase_step(120.0 + (hash % 61) as f64, hz),
-            envelope_step: phase_step(SYLLABLE_HZ, hz),
-            envelope_offset: ((hash >> 8) % 1000) * 4_294_967,
-            amplitude: self.amplitude,
+            syllable,
+            offset: ((hash >> 8) % period as u64) as usize,
         }
     }
 }
 
 /// The synthesized sound for one text.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Voice {
     total: u64,
     /// Fade length in samples.
     fade: u64,
-    /// Per-sample phase steps of the wave and the envelope, in 2^-32 periods.
-    wave_step: u64,
-    envelope_step: u64,
-    envelope_offset: u64,
-    /// Peak amplitude (1 to 32767).
-    amplitude: i32,
+    /// One syllable of the sound, which repeats it.
+    syllable: Vec<i16>,
+    /// The syllable's sample that sample 0 of the audio is.
+    offset: usize,
 }
 
 /// Points per period in the wave tables (a power of two: the index is the phase's top bits).
@@ -161,10 +174,7 @@ const TABLE: usize = 1 << TABLE_BITS;
 const Q: u32 = 15;
 
 /// One period of the voiced wave (the fundamental and its harmonics, normalised) and one period
-/// of the syllable envelope (between 30% and 100%), in Q15 fixed point, computed once. The mock
-/// voice runs for every answer of a load test, so it must cost far less than the orchestration
-/// it tests: per sample it is two table lookups and two integer multiplies, no `sin` and no float
-/// conversion.
+/// of the syllable envelope (between 30% and 100%), in Q15 fixed point, computed once.
 fn tables() -> &'static ([i32; TABLE], [i32; TABLE]) {
     static TABLES: std::sync::OnceLock<([i32; TABLE], [i32; TABLE])> = std::sync::OnceLock::new();
     TABLES.get_or_init(|| {
@@ -187,33 +197,19 @@ fn tables() -> &'static ([i32; TABLE], [i32; TABLE]) {
     })
 }
 
-/// A frequency as a per-sample phase step in 2^-32 periods.
-fn phase_step(hz: f64, rate: f64) -> u64 {
-    (hz / rate * 4_294_967_296.0) as u64
-}
-
-/// The table index of a 32-bit phase.
-fn index(phase: u64) -> usize {
-    ((phase as u32) >> (32 - TABLE_BITS)) as usize
-}
-
 impl Voice {
     /// Samples `start..end`. Sample `i` depends on nothing but `self` and `i`, so the audio is the
     /// same however it is chunked.
     fn chunk(&self, start: u64, end: u64) -> Vec<i16> {
-        let (wave, envelope) = tables();
-        let amplitude = self.amplitude;
-        let mut out: Vec<i16> = (start..end)
-            .map(|i| {
-                let w = wave[index(i.wrapping_mul(self.wave_step))];
-                let e = envelope[index(
-                    i.wrapping_mul(self.envelope_step)
-                        .wrapping_add(self.envelope_offset),
-                )];
-                // |w|, e <= 2^15 and amplitude < 2^15: every product fits an i32.
-                ((((w * e) >> Q) * amplitude) >> Q) as i16
-            })
-            .collect();
+        let len = (end - start) as usize;
+        let period = self.syllable.len();
+        let mut out = Vec::with_capacity(len);
+        let mut at = ((start + self.offset as u64) % period as u64) as usize;
+        while out.len() < len {
+            let take = (period - at).min(len - out.len());
+            out.extend_from_slice(&self.syllable[at..at + take]);
+            at = 0;
+        }
         // Fade in and out over `fade` samples at the ends: only those samples pay a division.
         let faded = (start..end.min(self.fade)).chain(start.max(self.total - self.fade)..end);
         for i in faded {
@@ -258,12 +254,12 @@ impl Tts for MockTts {
         }
         let voice = self.voice(&text, rate);
         let state = Synthesis {
+            fail: voice.total > 0 && inject_failure(self.failure_rate),
             voice,
             next: 0,
             chunk: rate.samples_in_ms(self.chunk_ms).max(1),
             due: tokio::time::Instant::now() + self.first_audio,
             interval: self.interval,
-            fail: voice.total > 0 && inject_failure(self.failure_rate),
         };
         // No task: each chunk is generated when the consumer polls for it, so dropping the
         // stream stops the synthesis at once.
@@ -375,6 +371,25 @@ mod tests {
             audio(&voice, "The quick brown fox jumps over the lazy cat.", RATE).await,
             a
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_voice_has_no_click_where_its_syllable_repeats() {
+        // Several seconds of audio: the syllable repeats many times. Its waves join smoothly: a
+        // step between two samples stays within what a 180 Hz voice can move in one sample, at
+        // 16 kHz and at 22.05 kHz, whose syllable is not a whole number of samples at 4 Hz.
+        let voice = tts(MockTtsConfig::default());
+        let text = "A sentence long enough to repeat its syllable a good many times over.";
+        for rate in [RATE, SampleRate(22_050)] {
+            let audio = audio(&voice, text, rate).await;
+            assert!(audio.len() as u32 > 4 * rate.hz());
+            let steepest = audio
+                .windows(2)
+                .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+                .max()
+                .unwrap_or(0);
+            assert!(steepest < 600, "a step of {steepest} at {} Hz", rate.hz());
+        }
     }
 
     #[tokio::test(start_paused = true)]
