@@ -10,8 +10,12 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Each caller's WebSocket read buffer, in bytes.
+const READ_BUFFER: usize = 8 * 1024;
 
 /// Bytes in one 20 ms frame of 16 kHz PCM16.
 pub const FRAME_BYTES: usize = 640;
@@ -185,16 +189,18 @@ impl Caller {
         timeout: Duration,
     ) -> Result<(Caller, Duration), String> {
         let started = Instant::now();
-        let (ws, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url))
+        // tungstenite zero-fills its whole read buffer before every read: with the default
+        // 128 KiB, that memset was 40 % of the load tool's CPU. What a caller reads at once (a
+        // batch of paced frames and a few events) is a few KiB.
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+        let (ws, _) = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(r) => format!("HTTP {}", r.status()),
                 e => format!("connect: {e}"),
             })?;
-        if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
-            let _ = tcp.set_nodelay(true);
-        }
         let last_tick = *ticks.borrow();
         let mut caller = Caller {
             ws,
