@@ -387,6 +387,11 @@ impl Driver {
         }
         let send_timeout =
             std::time::Duration::from_millis(self.app.config.file.server.send_timeout_ms);
+        // One send deadline for the session, pushed back before each output step: extending a
+        // tokio timer is an atomic store, where a `timeout` per step would insert into and remove
+        // from the timer wheel for every batch of paced audio.
+        let send_deadline = tokio::time::sleep(send_timeout);
+        tokio::pin!(send_deadline);
         let far = Instant::now() + std::time::Duration::from_secs(86_400 * 365);
         let sleep = tokio::time::sleep_until(far);
         tokio::pin!(sleep);
@@ -509,12 +514,18 @@ impl Driver {
                     }
                     self.drain(&mut tx, replied).await
                 };
-                match tokio::time::timeout(send_timeout, write).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break Exit::quiet("send_failed", "send failed"),
+                send_deadline.as_mut().reset(Instant::now() + send_timeout);
+                let written = tokio::select! {
+                    biased;
+                    written = write => Some(written),
+                    () = &mut send_deadline => None,
+                };
+                match written {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => break Exit::quiet("send_failed", "send failed"),
                     // The client stopped reading: its socket buffer stayed full. The close frame is
                     // best effort (bounded by CLOSE_TIMEOUT): it reaches a client that reads again.
-                    Err(_) => break Exit::close("slow_consumer", 1008, "slow consumer"),
+                    None => break Exit::close("slow_consumer", 1008, "slow consumer"),
                 }
             }
             if self.wire.messages() >= WIRE_FLUSH_MESSAGES {
