@@ -28,7 +28,10 @@ use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::sessions::{Refusal, SessionManager};
 
-/// Read buffer of a session's WebSocket, in bytes.
+/// Read buffer of a session's WebSocket, in bytes. Small on purpose: tungstenite zero-fills the
+/// buffer before every read (one read per inbound frame), and its default of 128 KiB would make
+/// that memset the largest cost of a session. 4 KiB still takes several 20 ms frames at once when
+/// a session falls behind.
 const WS_READ_BUFFER: usize = 4 * 1024;
 /// Write buffer of a session's WebSocket, in bytes (flushed after every batch of outputs).
 const WS_WRITE_BUFFER: usize = 8 * 1024;
