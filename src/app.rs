@@ -62,6 +62,18 @@ impl AppState {
     /// When a provider cannot be built from its configuration.
     pub fn new(config: Config) -> Result<Arc<AppState>, voxd_backends::BuildError> {
         let providers = Providers::build(&config)?;
+        AppState::with_providers(config, providers)
+    }
+
+    /// State for `config` with `providers` built by the caller: an embedding program (or a test)
+    /// that brings a provider of its own.
+    ///
+    /// # Errors
+    /// When the quotas in `config` are invalid.
+    pub fn with_providers(
+        config: Config,
+        providers: Providers,
+    ) -> Result<Arc<AppState>, voxd_backends::BuildError> {
         let quotas = crate::quotas::Quotas::from_config(&config.file.quotas).map_err(|e| {
             voxd_backends::BuildError::Invalid {
                 key: "quotas".into(),

@@ -13,9 +13,9 @@
 //! next turn (a dropped stream stops the provider's work). When the socket closes, the driver and
 //! every call it holds are dropped: nothing of a session outlives it.
 //!
-//! Backpressure: a call is polled only when the session is ready for its next event, so a
-//! provider never gets ahead of its session. Writes to the socket are awaited in this task, so a
-//! client that reads slowly slows its own session only.
+//! Writes to the socket are awaited in this task, so a client that reads slowly slows its own
+//! session only. While a write waits, the task still polls the calls and hands their events to the
+//! core, so a provider's work never pauses behind a client that stopped reading.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -115,6 +115,8 @@ struct Driver {
     /// Reused buffers for one binary frame's samples, before and after resampling.
     samples: Vec<i16>,
     resampled: Vec<i16>,
+    /// The messages of one output step, written in order (reused).
+    outbox: Vec<Message>,
     /// The provider calls in flight, polled by the select loop.
     calls: SelectAll<Abortable<Call>>,
     turns: HashMap<TurnId, Vec<AbortHandle>>,
@@ -212,6 +214,7 @@ impl Driver {
             resampler,
             samples: Vec::with_capacity(4800),
             resampled: Vec::with_capacity(1600),
+            outbox: Vec::new(),
             calls: SelectAll::new(),
             turns: HashMap::new(),
             voices: HashMap::new(),
@@ -406,14 +409,14 @@ impl Driver {
         let mut last_message = Instant::now();
         let idle = tokio::time::sleep_until(last_message + idle_timeout);
         tokio::pin!(idle);
-        let exit = loop {
+        let mut replies: Vec<String> = Vec::new();
+        let exit = 'session: loop {
             let deadline = self.core.poll_timeout();
             if deadline != armed {
                 armed = deadline;
                 let at = deadline.map_or(far, |t| self.started + t.since_start());
                 sleep.as_mut().reset(at);
             }
-            let mut replies: Vec<String> = Vec::new();
             tokio::select! {
                 msg = tx.recv() => {
                     if msg.is_some() {
@@ -502,30 +505,51 @@ impl Driver {
                     }
                 }
             }
-            // Most wake-ups (an inbound audio frame) produce nothing to send or start: skip the
-            // output step and its timer.
-            if !replies.is_empty() || self.core.has_output() {
-                // Every write of this turn of the loop is bounded by the send timeout.
-                let write = async {
-                    let replied = !replies.is_empty();
-                    self.wire.out_text += replies.len() as u64;
-                    for r in replies {
-                        tx.feed(text(r)).await?;
-                    }
-                    self.drain(&mut tx, replied).await
-                };
+            // The output step. Most wake-ups (an inbound audio frame) produce nothing to send or
+            // start: they skip it and its timer. Otherwise: collect the messages (and start and
+            // cancel calls), then write them. A write waits for the client's socket; meanwhile
+            // the provider calls go on and their events reach the core, whose new outputs are
+            // collected and written next, until none is left.
+            while !replies.is_empty() || self.core.has_output() {
+                self.collect(&mut replies);
+                if self.outbox.is_empty() {
+                    continue;
+                }
+                // Each write is bounded by the send timeout.
                 send_deadline.as_mut().reset(Instant::now() + send_timeout);
-                let written = tokio::select! {
-                    biased;
-                    written = write => Some(written),
-                    () = &mut send_deadline => None,
+                let mut outbox = std::mem::take(&mut self.outbox);
+                let written = {
+                    let write = async {
+                        for m in outbox.drain(..) {
+                            tx.feed(m).await?;
+                        }
+                        tx.flush().await
+                    };
+                    tokio::pin!(write);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            written = &mut write => break Some(written),
+                            () = &mut send_deadline => break None,
+                            Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
+                                let now = self.now();
+                                self.core.handle_provider(now, turn, event);
+                            }
+                            (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
+                                self.on_live_event(turn, e, &mut replies);
+                            }
+                        }
+                    }
                 };
+                outbox.clear();
+                self.outbox = outbox;
                 match written {
                     Some(Ok(())) => {}
-                    Some(Err(_)) => break Exit::quiet("send_failed", "send failed"),
-                    // The client stopped reading: its socket buffer stayed full. The close frame is
-                    // best effort (bounded by CLOSE_TIMEOUT): it reaches a client that reads again.
-                    None => break Exit::close("slow_consumer", 1008, "slow consumer"),
+                    Some(Err(_)) => break 'session Exit::quiet("send_failed", "send failed"),
+                    // The client stopped reading: its socket buffer stayed full. The close frame
+                    // is best effort (bounded by CLOSE_TIMEOUT): it reaches a client that reads
+                    // again.
+                    None => break 'session Exit::close("slow_consumer", 1008, "slow consumer"),
                 }
             }
             if self.wire.messages() >= WIRE_FLUSH_MESSAGES {
@@ -604,9 +628,11 @@ impl Driver {
         self.feed_live();
     }
 
-    /// Acts on every output of the core, in order, then flushes the socket if anything was
-    /// written (`wrote`: something was queued before the call).
-    async fn drain(&mut self, tx: &mut WebSocket, mut wrote: bool) -> Result<(), axum::Error> {
+    /// Moves `replies` and then every output of the core, in order, into the outbox: events and
+    /// audio as messages; provider calls are started and turns cancelled on the spot.
+    fn collect(&mut self, replies: &mut Vec<String>) {
+        self.wire.out_text += replies.len() as u64;
+        self.outbox.extend(replies.drain(..).map(text));
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Event(e) => {
@@ -661,15 +687,13 @@ impl Driver {
                     }
                     if let Some(json) = protocol::encode_event(&e) {
                         self.wire.out_text += 1;
-                        tx.feed(text(json)).await?;
-                        wrote = true;
+                        self.outbox.push(text(json));
                     }
                 }
                 Output::Audio { pcm, .. } => {
                     self.wire.out_binary += 1;
                     self.wire.audio_out_bytes += pcm.len() as u64;
-                    tx.feed(Message::Binary(pcm)).await?;
-                    wrote = true;
+                    self.outbox.push(Message::Binary(pcm));
                 }
                 Output::CancelTurn(turn) => {
                     self.voices.remove(&turn);
@@ -814,10 +838,6 @@ impl Driver {
                 }
             }
         }
-        if wrote {
-            tx.flush().await?;
-        }
-        Ok(())
     }
 
     /// Starts a provider call for `turn`: its events come out of the select loop; `CancelTurn`

@@ -3,10 +3,22 @@
 
 mod common;
 
-use common::{wait_for, Client, TestServer, PATIENCE};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{wait_for, Client, TestServer, FAST_CLIENT_LIMITS, PATIENCE, TEST_CONFIG};
+use futures_util::stream::BoxStream;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
+use voxd::app::AppState;
+use voxd::config::Config;
+use voxd::fallback::{BreakerConfig, Chain};
+use voxd::providers::Providers;
+use voxd_backends::{ProviderError, Tts};
+use voxd_core::{SampleRate, Stage};
 
 /// Reads until the server closes; returns the close code and reason and the error events seen.
 async fn until_close(c: &mut Client) -> (u16, String, Vec<Value>) {
@@ -209,5 +221,105 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     }
     let five_seconds = 5 * 16_000 * 2;
     assert!(audio < five_seconds, "{audio} bytes of audio were buffered");
+    server.stop().await;
+}
+
+/// A TTS that must be polled to make progress, as a real one must (a connect, a TLS handshake, a
+/// request: each step is a wake-up of the session that runs it). Its first sentence is 2 s of
+/// audio at once; each later sentence first takes 20 steps 50 ms apart, then gives 0.5 s.
+struct Handshaking {
+    calls: AtomicUsize,
+}
+
+impl Tts for Handshaking {
+    fn name(&self) -> &str {
+        "handshaking"
+    }
+
+    fn synthesize(
+        &self,
+        _text: String,
+        rate: SampleRate,
+    ) -> BoxStream<'static, Result<Vec<i16>, ProviderError>> {
+        let hz = rate.hz() as usize;
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return futures_util::stream::iter([Ok(vec![1000; 2 * hz])]).boxed();
+        }
+        futures_util::stream::once(async move {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(vec![1000; hz / 2])
+        })
+        .boxed()
+    }
+}
+
+/// A client that stops reading for a while (its socket buffers full, the session's write
+/// waiting) and then reads again: the session's provider calls went on meanwhile, so a healthy
+/// provider's handshake finished within its deadline. Nothing failed, nothing counted against the
+/// provider's breaker, and the answer arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_calls_go_on_while_a_write_waits_for_a_client_that_paused() {
+    let text = format!(
+        "{TEST_CONFIG}\n{FAST_CLIENT_LIMITS}\n[server]\nsend_timeout_ms = 20000\n\
+         send_buffer_bytes = 4096\n[timeouts]\ntts_first_audio_ms = 3000\n"
+    );
+    let config = Config::from_toml(&text, Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut providers = Providers::build(&config).unwrap();
+    let tts = Arc::new(Handshaking {
+        calls: AtomicUsize::new(0),
+    });
+    let breaker = BreakerConfig {
+        failure_threshold: 5,
+        cooldown: Duration::from_secs(10),
+    };
+    providers.tts = Arc::new(Chain::new(
+        Stage::Tts,
+        vec![Arc::clone(&tts) as Arc<dyn Tts>],
+        breaker,
+    ));
+    let server =
+        TestServer::start_state(AppState::with_providers(config, providers).unwrap()).await;
+    // A tiny receive buffer, so that the client's kernel does not absorb the answer for it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (mut paused, _) = tokio_tungstenite::client_async(
+        server.ws_url(""),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    // Two sentences: the first fills the client's buffers within a second of audio, and the
+    // second's handshake (1 s) runs while the session's write waits.
+    paused
+        .send(Message::text(
+            json!({"type": "text", "text": "what about tomorrow"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    // Longer than the first-audio deadline (3 s) plus the handshake.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut errors = Vec::new();
+    let done = loop {
+        match tokio::time::timeout(PATIENCE, paused.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "error" {
+                    errors.push(v);
+                } else if v["type"] == "response_done" {
+                    break v;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected the answer, got {other:?}"),
+        }
+    };
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(tts.calls.load(Ordering::SeqCst), 2, "one call per sentence");
+    let status = server.state.providers.tts.status();
+    assert_eq!(status[0].consecutive_failures, 0, "{status:?}");
     server.stop().await;
 }

@@ -66,7 +66,11 @@ impl TestServer {
     }
 
     pub async fn start_config(config: Config) -> TestServer {
-        let state = AppState::new(config).expect("providers build");
+        Self::start_state(AppState::new(config).expect("providers build")).await
+    }
+
+    /// Serves `state`, built by the test (with a provider of its own, say).
+    pub async fn start_state(state: Arc<AppState>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
