@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -29,10 +28,10 @@ use crate::providers::Providers;
 use crate::sessions::{Refusal, SessionManager};
 
 /// Read buffer of a session's WebSocket, in bytes. Small on purpose: tungstenite zero-fills the
-/// buffer before every read (one read per inbound frame), and its default of 128 KiB would make
-/// that memset the largest cost of a session. 4 KiB still takes several 20 ms frames at once when
-/// a session falls behind.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// buffer before every read, and a session reads twice per inbound frame (the frame, then "no
+/// more"), so its default of 128 KiB would make that memset the largest cost of a session.
+/// 2 KiB holds a whole 20 ms frame at every input rate (1,926 bytes at 48 kHz, with its header).
+const WS_READ_BUFFER: usize = 2 * 1024;
 /// Write buffer of a session's WebSocket, in bytes (flushed after every batch of outputs).
 const WS_WRITE_BUFFER: usize = 8 * 1024;
 /// Most a session's WebSocket buffers in user space when the socket does not drain; a write past
@@ -184,7 +183,7 @@ async fn ws_upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(who): Extension<Identity>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: crate::ws::WsUpgrade,
 ) -> Response {
     let rate = match params.get("sample_rate") {
         None => SampleRate::INTERNAL,
@@ -229,17 +228,18 @@ async fn ws_upgrade(
     // tungstenite's 128 KiB default buffers would be most of a session's memory. Audio frames
     // are a few hundred bytes and voxd flushes after every batch of outputs, so small buffers
     // cost nothing (a larger message still arrives whole; the buffer grows for it).
-    ws.max_message_size(max)
-        .max_frame_size(max)
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
-        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                crate::connection::run(socket, state, permit, rate).await;
-                drop(quota);
-            })
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER);
+    ws.on_upgrade(config, move |socket| {
+        tracker.track_future(async move {
+            crate::connection::run(socket, state, permit, rate).await;
+            drop(quota);
         })
+    })
 }
 
 async fn live() -> Response {

@@ -22,12 +22,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, AbortHandle, Abortable, BoxStream, SelectAll};
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, Utf8Bytes};
 use voxd_backends::{AsrStream, AsrUpdate, LlmEvent, LlmRequest, ProviderError};
 use voxd_core::resample::StreamResampler;
 use voxd_core::ResponseStatus;
@@ -41,6 +43,7 @@ use crate::limits::{Admit, ClientLimits};
 use crate::metrics::WireCounts;
 use crate::protocol::{self, ClientMessage, ServerMessage, PROTOCOL_VERSION};
 use crate::sessions::{Permit, Signal, CLOSE, DRAIN};
+use crate::ws::WebSocket;
 
 /// Wire counts are added to the shared metrics after this many messages (and at the end), so
 /// the per-frame path writes no shared memory.
@@ -428,11 +431,7 @@ impl Driver {
                         debug!(error = %e, "socket error");
                         // A message over `server.max_message_bytes`: the WebSocket layer refused
                         // to buffer it, and the socket still works, so the client gets a reason.
-                        let too_big = e
-                            .into_inner()
-                            .downcast_ref::<tungstenite::Error>()
-                            .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-                        if too_big {
+                        if matches!(e, tungstenite::Error::Capacity(_)) {
                             break Exit::close(
                                 "message_too_big",
                                 1009,
@@ -569,7 +568,7 @@ impl Driver {
             // client could lose the close frame and its reason.
             let handshake = async {
                 tx.send(Message::Close(Some(CloseFrame {
-                    code,
+                    code: CloseCode::from(code),
                     reason: Utf8Bytes::from_static(reason),
                 })))
                 .await?;
@@ -578,7 +577,7 @@ impl Driver {
                         break;
                     }
                 }
-                Ok::<_, axum::Error>(())
+                Ok::<_, tungstenite::Error>(())
             };
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
         }

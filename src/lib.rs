@@ -20,3 +20,4 @@ pub mod providers;
 pub mod quotas;
 pub mod sessions;
 pub mod transcribe;
+pub mod ws;

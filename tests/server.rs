@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{wait_for, Client, TestServer, PATIENCE};
+use common::{http_request_with, wait_for, Client, TestServer, PATIENCE};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -302,5 +302,66 @@ async fn a_client_close_gets_a_close_reply() {
         }
     }
     assert!(got_close);
+    server.stop().await;
+}
+
+/// A request to `/ws` that is not a WebSocket upgrade gets a JSON reason, and no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_an_upgrade_is_refused_with_a_reason() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get("/ws").await;
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "not_websocket", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Connection"),
+        "{v}"
+    );
+    let r = http_request_with(
+        server.addr,
+        "GET",
+        "/ws",
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "8"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "not_websocket");
+    assert!(r.body.contains("Sec-WebSocket-Version"), "{}", r.body);
+    assert_eq!(server.state.sessions.active(), 0);
+    server.stop().await;
+}
+
+/// A WebSocket ping is answered with a pong carrying its payload (RFC 6455 §5.5.2), mid-session,
+/// and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_ping_gets_a_pong_with_its_payload() {
+    use futures_util::SinkExt;
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    c.ws.send(Message::Ping(b"voxd".to_vec().into()))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(PATIENCE, c.ws.next()).await.unwrap() {
+            Some(Ok(Message::Pong(p))) => {
+                assert_eq!(&p[..], b"voxd");
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+    c.send(json!({"type": "text", "text": "what about tomorrow"}))
+        .await;
+    assert_eq!(c.until("response_done").await["status"], "completed");
     server.stop().await;
 }

@@ -1,0 +1,255 @@
+//! A session's WebSocket: the upgrade handshake (RFC 6455, section 4.2), and tungstenite's
+//! protocol engine driven straight from the session task.
+//!
+//! Why not axum's `WebSocket` (tokio-tungstenite): that wrapper lets a read and a write wait in
+//! different tasks, so every poll registers the task's waker in two `AtomicWaker`s and hands the
+//! socket a proxy waker that wakes through them. A voxd session reads and writes from one task
+//! only, so the waker the socket keeps can be the task's own. Per inbound 20 ms frame, that
+//! removes two waker registrations, a proxy wake and axum's message conversion, which `perf` put
+//! at several percent of an idle session's CPU (BENCHMARKS.md, "The WebSocket layer"). The
+//! protocol itself (framing, masking, limits, ping and close replies) stays tungstenite's.
+
+use std::future::poll_fn;
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Error, Message};
+
+use crate::app::error_response;
+
+/// An accepted upgrade request: extract it in a handler, then answer with
+/// [`WsUpgrade::on_upgrade`].
+pub struct WsUpgrade {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        if parts.method != Method::GET {
+            return Err(not_websocket(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a WebSocket upgrade must be a GET",
+            ));
+        }
+        let h = &parts.headers;
+        if !header_has_token(h, header::CONNECTION, "upgrade") {
+            return Err(not_websocket(
+                StatusCode::BAD_REQUEST,
+                "the Connection header does not include 'upgrade'",
+            ));
+        }
+        if !header_has_token(h, header::UPGRADE, "websocket") {
+            return Err(not_websocket(
+                StatusCode::BAD_REQUEST,
+                "the Upgrade header does not include 'websocket'",
+            ));
+        }
+        if h.get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+        {
+            return Err(not_websocket(
+                StatusCode::BAD_REQUEST,
+                "the Sec-WebSocket-Version header is not '13'",
+            ));
+        }
+        let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+            return Err(not_websocket(
+                StatusCode::BAD_REQUEST,
+                "the Sec-WebSocket-Key header is missing",
+            ));
+        };
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return Err(not_websocket(
+                StatusCode::UPGRADE_REQUIRED,
+                "this connection cannot be upgraded (WebSockets need HTTP/1.1)",
+            ));
+        };
+        Ok(WsUpgrade { key, on_upgrade })
+    }
+}
+
+impl WsUpgrade {
+    /// The `101 Switching Protocols` answer. Once the client has it, `session` runs on the
+    /// upgraded connection in a task of its own; if the upgrade fails, `session` is dropped.
+    pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, session: F) -> Response
+    where
+        F: FnOnce(WebSocket) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => session(WebSocket::new(upgraded, config)).await,
+                Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+            }
+        });
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        resp
+    }
+}
+
+fn not_websocket(status: StatusCode, message: &str) -> Response {
+    error_response(status, "not_websocket", message)
+}
+
+/// Whether the comma-separated header `name` has `token` (case-insensitive).
+fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// A server-side WebSocket on an upgraded connection, for one task: `recv` is cancel-safe (all
+/// of a partly read frame stays in tungstenite's buffer), writes are `feed` then `flush`.
+pub struct WebSocket {
+    io: TokioIo<Upgraded>,
+    protocol: WebSocketContext,
+}
+
+/// The connection as `std::io` for tungstenite, for the length of one poll: "not ready" is
+/// `WouldBlock`, and the waker registered is the polling task's own.
+struct Io<'a, 'b> {
+    io: &'a mut TokioIo<Upgraded>,
+    cx: &'a mut Context<'b>,
+}
+
+fn pending<T>(p: Poll<io::Result<T>>) -> io::Result<T> {
+    match p {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
+impl Read for Io<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut buf = ReadBuf::new(buf);
+        pending(Pin::new(&mut *self.io).poll_read(self.cx, &mut buf))?;
+        Ok(buf.filled().len())
+    }
+}
+
+impl Write for Io<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        pending(Pin::new(&mut *self.io).poll_write(self.cx, buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        pending(Pin::new(&mut *self.io).poll_flush(self.cx))
+    }
+}
+
+fn would_block(e: &Error) -> bool {
+    matches!(e, Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+impl WebSocket {
+    fn new(upgraded: Upgraded, config: WebSocketConfig) -> WebSocket {
+        WebSocket {
+            io: TokioIo::new(upgraded),
+            protocol: WebSocketContext::new(Role::Server, Some(config)),
+        }
+    }
+
+    /// The next message; `None` once the connection is closed (after a close handshake, or
+    /// when the client went away). Pings are answered inside.
+    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+        poll_fn(|cx| {
+            let mut io = Io {
+                io: &mut self.io,
+                cx,
+            };
+            match self.protocol.read(&mut io) {
+                Ok(m) => Poll::Ready(Some(Ok(m))),
+                Err(e) if would_block(&e) => Poll::Pending,
+                Err(Error::ConnectionClosed | Error::AlreadyClosed) => Poll::Ready(None),
+                Err(e) => Poll::Ready(Some(Err(e))),
+            }
+        })
+        .await
+    }
+
+    /// Queues `message`; it goes out with a later `flush` (or sooner, once the write buffer
+    /// fills). Waits only when the write buffer is at its cap and the socket does not drain.
+    pub async fn feed(&mut self, message: Message) -> Result<(), Error> {
+        let mut message = Some(message);
+        poll_fn(|cx| {
+            let mut io = Io {
+                io: &mut self.io,
+                cx,
+            };
+            loop {
+                let Some(m) = message.take() else {
+                    return Poll::Ready(Ok(()));
+                };
+                match self.protocol.write(&mut io, m) {
+                    // Queued: a blocked write leaves the frame in the buffer.
+                    Ok(()) => return Poll::Ready(Ok(())),
+                    Err(e) if would_block(&e) => return Poll::Ready(Ok(())),
+                    Err(Error::WriteBufferFull(m)) => {
+                        message = Some(*m);
+                        match self.protocol.flush(&mut io) {
+                            Ok(()) => {}
+                            Err(e) if would_block(&e) => return Poll::Pending,
+                            Err(e) => return Poll::Ready(Err(e)),
+                        }
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Writes out everything queued.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        poll_fn(|cx| {
+            let mut io = Io {
+                io: &mut self.io,
+                cx,
+            };
+            match self.protocol.flush(&mut io) {
+                Ok(()) => Poll::Ready(Ok(())),
+                Err(e) if would_block(&e) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        })
+        .await
+    }
+
+    /// `feed` then `flush`.
+    pub async fn send(&mut self, message: Message) -> Result<(), Error> {
+        self.feed(message).await?;
+        self.flush().await
+    }
+
+    /// Answers a close the client started: the reply tungstenite queued goes out.
+    pub async fn close(&mut self) -> Result<(), Error> {
+        match self.flush().await {
+            Err(Error::ConnectionClosed | Error::AlreadyClosed) => Ok(()),
+            other => other,
+        }
+    }
+}
