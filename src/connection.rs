@@ -422,9 +422,12 @@ impl Driver {
             }
             tokio::select! {
                 msg = tx.recv() => {
+                    // One clock read per message: the idle timer's and the core's.
+                    let at = Instant::now();
                     if msg.is_some() {
-                        last_message = Instant::now();
+                        last_message = at;
                     }
+                    let now = Time::from_duration(at.saturating_duration_since(self.started));
                     match msg {
                     None => break Exit::quiet("client_closed", "client closed"),
                     Some(Err(e)) => {
@@ -449,7 +452,7 @@ impl Driver {
                     Some(Ok(Message::Text(t))) => {
                         self.wire.in_text += 1;
                         match self.limits.text(t.len()) {
-                            Admit::Yes => self.on_text(t.as_str(), &mut replies),
+                            Admit::Yes => self.on_text(now, t.as_str(), &mut replies),
                             Admit::Warn(code, message) => replies.push(error_json(code, &message)),
                             Admit::Drop => {}
                             Admit::Close(code, reason) => break Exit::limit(code, reason),
@@ -459,7 +462,7 @@ impl Driver {
                         self.wire.in_binary += 1;
                         self.wire.audio_in_bytes += b.len() as u64;
                         match self.limits.audio(b.len()) {
-                            Admit::Yes => self.on_audio(&b, &mut replies),
+                            Admit::Yes => self.on_audio(now, &b, &mut replies),
                             Admit::Warn(code, message) => replies.push(error_json(code, &message)),
                             Admit::Drop => {}
                             Admit::Close(code, reason) => break Exit::limit(code, reason),
@@ -585,8 +588,7 @@ impl Driver {
         exit.reason
     }
 
-    fn on_text(&mut self, frame: &str, replies: &mut Vec<String>) {
-        let now = self.now();
+    fn on_text(&mut self, now: Time, frame: &str, replies: &mut Vec<String>) {
         match protocol::parse_client(frame) {
             Ok(ClientMessage::SpeechStart) => {
                 self.core.handle_speech_start(now);
@@ -604,7 +606,7 @@ impl Driver {
         }
     }
 
-    fn on_audio(&mut self, frame: &[u8], replies: &mut Vec<String>) {
+    fn on_audio(&mut self, now: Time, frame: &[u8], replies: &mut Vec<String>) {
         if let Err(e) = protocol::check_audio(frame.len()) {
             replies.push(error_json(e.code, &e.message));
             return;
@@ -615,7 +617,6 @@ impl Driver {
                 .chunks_exact(2)
                 .map(|b| i16::from_le_bytes([b[0], b[1]])),
         );
-        let now = self.now();
         match &mut self.resampler {
             None => self.core.handle_audio(now, &self.samples),
             Some(r) => {
