@@ -421,6 +421,35 @@ impl Driver {
                 sleep.as_mut().reset(at);
             }
             tokio::select! {
+                // Biased: the branches are polled in this order, without drawing a random
+                // number per poll. Shutdown first, then the session's own deadlines and its
+                // providers' events, then the client: a client that floods its socket cannot
+                // hold back the pacing of its answer or its providers.
+                biased;
+                flags = signal.raised(seen) => {
+                    seen = flags;
+                    if flags & CLOSE != 0 {
+                        break Exit::close("shutdown", 1001, "server shutting down");
+                    }
+                    if flags & DRAIN != 0 && !draining {
+                        draining = true;
+                        let deadline_ms = self.app.sessions.drain_remaining().as_millis() as u64;
+                        replies.push(ServerMessage::Shutdown { deadline_ms }.to_json());
+                    }
+                }
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    let woke = Instant::now();
+                    self.app.metrics.timer_lag(woke.saturating_duration_since(sleep.deadline()));
+                    self.core.handle_timeout(Time::from_duration(woke - self.started));
+                }
+                Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
+                    let now = self.now();
+                    self.core.handle_provider(now, turn, event);
+                }
+                (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
+                    self.on_live_event(turn, e, &mut replies);
+                }
                 msg = tx.recv() => {
                     // One clock read per message: the idle timer's and the core's.
                     let at = Instant::now();
@@ -481,30 +510,6 @@ impl Driver {
                         );
                     }
                     idle.as_mut().reset(due);
-                }
-                Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
-                    let now = self.now();
-                    self.core.handle_provider(now, turn, event);
-                }
-                () = &mut sleep, if armed.is_some() => {
-                    armed = None;
-                    let woke = Instant::now();
-                    self.app.metrics.timer_lag(woke.saturating_duration_since(sleep.deadline()));
-                    self.core.handle_timeout(Time::from_duration(woke - self.started));
-                }
-                (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
-                    self.on_live_event(turn, e, &mut replies);
-                }
-                flags = signal.raised(seen) => {
-                    seen = flags;
-                    if flags & CLOSE != 0 {
-                        break Exit::close("shutdown", 1001, "server shutting down");
-                    }
-                    if flags & DRAIN != 0 && !draining {
-                        draining = true;
-                        let deadline_ms = self.app.sessions.drain_remaining().as_millis() as u64;
-                        replies.push(ServerMessage::Shutdown { deadline_ms }.to_json());
-                    }
                 }
             }
             // The output step. Most wake-ups (an inbound audio frame) produce nothing to send or
