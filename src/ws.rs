@@ -253,3 +253,33 @@ impl WebSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn connection_tokens_are_found_in_lists_and_repeated_headers() {
+        // Firefox sends `Connection: keep-alive, Upgrade`.
+        let firefox = headers(&[("connection", "keep-alive, Upgrade")]);
+        assert!(header_has_token(&firefox, header::CONNECTION, "upgrade"));
+        let repeated = headers(&[("connection", "close"), ("connection", "UPGRADE")]);
+        assert!(header_has_token(&repeated, header::CONNECTION, "upgrade"));
+        // A token, not a substring.
+        let other = headers(&[("connection", "upgrade-insecure")]);
+        assert!(!header_has_token(&other, header::CONNECTION, "upgrade"));
+        assert!(!header_has_token(
+            &HeaderMap::new(),
+            header::CONNECTION,
+            "upgrade"
+        ));
+    }
+}
