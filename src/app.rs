@@ -34,8 +34,10 @@ use crate::sessions::{Refusal, SessionManager};
 const WS_READ_BUFFER: usize = 2 * 1024;
 /// Write buffer of a session's WebSocket, in bytes (flushed after every batch of outputs).
 const WS_WRITE_BUFFER: usize = 8 * 1024;
-/// Most a session's WebSocket buffers in user space when the socket does not drain; a write past
-/// it fails and ends the session. Well above one batch of outputs (a few audio frames and events).
+/// Most a session's WebSocket buffers in user space when the socket does not drain, on top of one
+/// message of up to `server.max_message_bytes` (the echo of a client's text can be that big).
+/// Well above one batch of outputs (a few audio frames and events). A message that does not fit
+/// an empty buffer fails and ends the session (`send_failed`).
 const WS_MAX_WRITE_BUFFER: usize = 256 * 1024;
 
 /// What every request handler and session shares.
@@ -233,7 +235,7 @@ async fn ws_upgrade(
         .max_frame_size(Some(max))
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
-        .max_write_buffer_size(WS_MAX_WRITE_BUFFER);
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER + max);
     ws.on_upgrade(config, move |socket| {
         tracker.track_future(async move {
             crate::connection::run(socket, state, permit, rate).await;

@@ -422,9 +422,11 @@ impl Driver {
             }
             tokio::select! {
                 // Biased: the branches are polled in this order, without drawing a random
-                // number per poll. Shutdown first, then the session's own deadlines and its
-                // providers' events, then the client: a client that floods its socket cannot
-                // hold back the pacing of its answer or its providers.
+                // number per poll. Shutdown first, then the client: its `speech_start` must never
+                // wait behind the answer's pacing timer, which is due on every turn of the loop
+                // when writes to a slow link take a whole pacing interval. A client cannot hold
+                // the rest back in turn: its input is rate-limited (dropped, then closed), and
+                // provider events are also polled while a write waits.
                 biased;
                 flags = signal.raised(seen) => {
                     seen = flags;
@@ -436,19 +438,6 @@ impl Driver {
                         let deadline_ms = self.app.sessions.drain_remaining().as_millis() as u64;
                         replies.push(ServerMessage::Shutdown { deadline_ms }.to_json());
                     }
-                }
-                () = &mut sleep, if armed.is_some() => {
-                    armed = None;
-                    let woke = Instant::now();
-                    self.app.metrics.timer_lag(woke.saturating_duration_since(sleep.deadline()));
-                    self.core.handle_timeout(Time::from_duration(woke - self.started));
-                }
-                Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
-                    let now = self.now();
-                    self.core.handle_provider(now, turn, event);
-                }
-                (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
-                    self.on_live_event(turn, e, &mut replies);
                 }
                 msg = tx.recv() => {
                     // One clock read per message: the idle timer's and the core's.
@@ -500,6 +489,19 @@ impl Driver {
                     Some(Ok(_)) => {} // ping/pong frames are answered by the WebSocket layer
                     }
                 },
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    let woke = Instant::now();
+                    self.app.metrics.timer_lag(woke.saturating_duration_since(sleep.deadline()));
+                    self.core.handle_timeout(Time::from_duration(woke - self.started));
+                }
+                Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
+                    let now = self.now();
+                    self.core.handle_provider(now, turn, event);
+                }
+                (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
+                    self.on_live_event(turn, e, &mut replies);
+                }
                 () = &mut idle => {
                     let due = last_message + idle_timeout;
                     if Instant::now() >= due {
@@ -515,9 +517,9 @@ impl Driver {
             // The output step. Most wake-ups (an inbound audio frame) produce nothing to send or
             // start: they skip it and its timer. Otherwise: collect the messages (and start and
             // cancel calls), then write them. A write waits for the client's socket; meanwhile
-            // the provider calls go on and their events reach the core, whose new outputs are
-            // collected and written next, until none is left.
-            while !replies.is_empty() || self.core.has_output() {
+            // the provider calls go on, and each event's outputs are collected as it is handled
+            // (so messages keep the order of the events), to be written next, until none is left.
+            while !replies.is_empty() || self.core.has_output() || !self.outbox.is_empty() {
                 self.collect(&mut replies);
                 if self.outbox.is_empty() {
                     continue;
@@ -541,15 +543,21 @@ impl Driver {
                             Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
                                 let now = self.now();
                                 self.core.handle_provider(now, turn, event);
+                                self.collect(&mut replies);
                             }
                             (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
                                 self.on_live_event(turn, e, &mut replies);
+                                self.collect(&mut replies);
                             }
                         }
                     }
                 };
+                // The next write's messages, collected meanwhile, if any; else the emptied
+                // buffer is reused.
                 outbox.clear();
-                self.outbox = outbox;
+                if self.outbox.is_empty() {
+                    self.outbox = outbox;
+                }
                 match written {
                     Some(Ok(())) => {}
                     Some(Err(_)) => break 'session Exit::quiet("send_failed", "send failed"),

@@ -61,10 +61,16 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             .map(HeaderValue::as_bytes)
             != Some(b"13")
         {
-            return Err(not_websocket(
-                StatusCode::BAD_REQUEST,
+            // RFC 6455, 4.4: name the version this server speaks.
+            let mut resp = not_websocket(
+                StatusCode::UPGRADE_REQUIRED,
                 "the Sec-WebSocket-Version header is not '13'",
-            ));
+            );
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return Err(resp);
         }
         let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).cloned() else {
             return Err(not_websocket(
@@ -165,6 +171,14 @@ fn would_block(e: &Error) -> bool {
     matches!(e, Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
+/// A write's outcome: a frame that met a blocked socket is queued all the same.
+fn queued(r: Result<(), Error>) -> Result<(), Error> {
+    match r {
+        Err(e) if would_block(&e) => Ok(()),
+        other => other,
+    }
+}
+
 impl WebSocket {
     fn new(upgraded: Upgraded, config: WebSocketConfig) -> WebSocket {
         WebSocket {
@@ -192,32 +206,37 @@ impl WebSocket {
     }
 
     /// Queues `message`; it goes out with a later `flush` (or sooner, once the write buffer
-    /// fills). Waits only when the write buffer is at its cap and the socket does not drain.
+    /// fills). Waits only when the write buffer is at its cap and the socket does not drain; a
+    /// message too big for even an empty buffer is an error (`WriteBufferFull`).
     pub async fn feed(&mut self, message: Message) -> Result<(), Error> {
+        // A close frame goes out after everything queued: tungstenite leaves the open state
+        // before it buffers the frame, so a close frame that did not fit could not be queued
+        // again.
+        if matches!(message, Message::Close(_)) {
+            self.flush().await?;
+        }
         let mut message = Some(message);
         poll_fn(|cx| {
             let mut io = Io {
                 io: &mut self.io,
                 cx,
             };
-            loop {
-                let Some(m) = message.take() else {
-                    return Poll::Ready(Ok(()));
-                };
-                match self.protocol.write(&mut io, m) {
-                    // Queued: a blocked write leaves the frame in the buffer.
-                    Ok(()) => return Poll::Ready(Ok(())),
-                    Err(e) if would_block(&e) => return Poll::Ready(Ok(())),
-                    Err(Error::WriteBufferFull(m)) => {
-                        message = Some(*m);
-                        match self.protocol.flush(&mut io) {
-                            Ok(()) => {}
-                            Err(e) if would_block(&e) => return Poll::Pending,
-                            Err(e) => return Poll::Ready(Err(e)),
-                        }
-                    }
-                    Err(e) => return Poll::Ready(Err(e)),
+            let Some(m) = message.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            let full = match self.protocol.write(&mut io, m) {
+                Err(Error::WriteBufferFull(m)) => m,
+                // Queued: a blocked write leaves the frame in the buffer.
+                other => return Poll::Ready(queued(other)),
+            };
+            match self.protocol.flush(&mut io) {
+                // The buffer is empty now: a message that does not fit still never will.
+                Ok(()) => Poll::Ready(queued(self.protocol.write(&mut io, *full))),
+                Err(e) if would_block(&e) => {
+                    message = Some(*full);
+                    Poll::Pending
                 }
+                Err(e) => Poll::Ready(Err(e)),
             }
         })
         .await

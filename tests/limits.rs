@@ -323,3 +323,25 @@ async fn provider_calls_go_on_while_a_write_waits_for_a_client_that_paused() {
     assert_eq!(status[0].consecutive_failures, 0, "{status:?}");
     server.stop().await;
 }
+
+/// A text turn larger than the WebSocket write buffer's cap: its `transcript` echo is a message
+/// of 300 KB, which the session writes whole, and the answer follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_turn_larger_than_the_write_buffer_is_echoed_and_answered() {
+    let server = TestServer::start_with(
+        "[limits]\nmax_text_bytes = 600000\nmax_audio_rate = 100.0\naudio_burst_ms = 600000\n",
+    )
+    .await;
+    let mut c = server.connect().await;
+    let text = "what about tomorrow ".repeat(15_000);
+    c.send(json!({"type": "text", "text": text})).await;
+    let t = c.until("transcript").await;
+    assert_eq!(
+        t["text"].as_str().map(str::len),
+        Some(text.trim().len()),
+        "{}",
+        t["turn_id"]
+    );
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    server.stop().await;
+}

@@ -333,7 +333,9 @@ async fn a_request_that_is_not_an_upgrade_is_refused_with_a_reason() {
         b"",
     )
     .await;
-    assert_eq!(r.status, 400, "{}", r.body);
+    // RFC 6455, 4.4: 426 with the version the server speaks.
+    assert_eq!(r.status, 426, "{}", r.body);
+    assert_eq!(r.header("sec-websocket-version"), Some("13"));
     assert_eq!(r.json()["error"]["code"], "not_websocket");
     assert!(r.body.contains("Sec-WebSocket-Version"), "{}", r.body);
     assert_eq!(server.state.sessions.active(), 0);
