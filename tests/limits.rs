@@ -175,6 +175,23 @@ async fn a_control_flood_is_rate_limited_then_closed_with_1008() {
     server.stop().await;
 }
 
+/// A raw client whose socket has a tiny receive buffer, so that its kernel does not absorb an
+/// answer it does not read.
+async fn tiny_buffer_client(
+    server: &TestServer,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        server.ws_url(""),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    ws
+}
+
 /// A client that stops reading mid-answer: once its socket buffers are full, voxd closes it as a
 /// slow consumer after `send_timeout_ms` and frees its place. It buffered a bounded amount (not
 /// the whole answer), and another session's turn completes meanwhile.
@@ -182,16 +199,7 @@ async fn a_control_flood_is_rate_limited_then_closed_with_1008() {
 async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     let server =
         TestServer::start_with("[server]\nsend_timeout_ms = 300\nsend_buffer_bytes = 4096\n").await;
-    // A tiny receive buffer, so that the client's kernel does not absorb the answer for it.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
-    let (mut slow, _) = tokio_tungstenite::client_async(
-        server.ws_url(""),
-        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
-    )
-    .await
-    .unwrap();
+    let mut slow = tiny_buffer_client(&server).await;
     slow.send(Message::text(
         json!({"type": "text", "text": "tell me a long story"}).to_string(),
     ))
@@ -281,16 +289,7 @@ async fn provider_calls_go_on_while_a_write_waits_for_a_client_that_paused() {
     ));
     let server =
         TestServer::start_state(AppState::with_providers(config, providers).unwrap()).await;
-    // A tiny receive buffer, so that the client's kernel does not absorb the answer for it.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
-    let (mut paused, _) = tokio_tungstenite::client_async(
-        server.ws_url(""),
-        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
-    )
-    .await
-    .unwrap();
+    let mut paused = tiny_buffer_client(&server).await;
     // Two sentences: the first fills the client's buffers within a second of audio, and the
     // second's handshake (1 s) runs while the session's write waits.
     paused
