@@ -7,6 +7,7 @@
 #
 #   scripts/callgrind-idle.sh                    # this tree's release build
 #   BIN=/path/to/other/voxd scripts/callgrind-idle.sh   # another build, for a before/after
+#   FLOOR=1 scripts/callgrind-idle.sh            # the floor server (bench/examples/floor.rs)
 #
 # Prints the instruction total, the part in memset (valgrind counts each byte of a `rep stosb`
 # as an instruction, so a large memset is overstated; it is shown apart), and per frame.
@@ -28,13 +29,18 @@ TOOL=${TOOL:-./target/release/voxd}
 out="$OUT/callgrind-idle.out"
 rm -f "$out" "$out".*
 
+if [ -n "${FLOOR:-}" ]; then
+  cargo build --release --quiet -p voxd-bench --example floor
+  server_cmd=(./target/release/examples/floor 127.0.0.1:"$PORT")
+else
+  server_cmd=("$BIN" serve --config config.toml --listen 127.0.0.1:"$PORT" --max-sessions 1000)
+fi
 RUST_LOG=warn taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
-  --callgrind-out-file="$out" "$BIN" serve --config config.toml \
-  --listen 127.0.0.1:"$PORT" --max-sessions 1000 >"$OUT/callgrind-idle.server.log" 2>&1 &
+  --callgrind-out-file="$out" "${server_cmd[@]}" >"$OUT/callgrind-idle.server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$PORT/health/live" >/dev/null 2>&1 && break
+  (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break
   sleep 0.2
 done
 taskset -c 1 "$TOOL" bench --server "ws://127.0.0.1:$PORT/ws" -c "$SESSIONS" \
