@@ -294,7 +294,7 @@ impl PipelineMinimum {
 }
 
 /// The ticker's slots: session `i` follows slot `i % TICK_SLOTS`.
-const TICK_SLOTS: usize = 4;
+const TICK_SLOTS: usize = 20;
 
 /// The receivers of the ticker's slots.
 #[derive(Clone)]
@@ -493,8 +493,8 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         ));
     }
 
-    // The one ticker: every session sends its frames on its ticks. It ticks every 5 ms and each
-    // tick wakes one of four slots, so each session wakes once per 20 ms frame while the
+    // The one ticker: every session sends its frames on its ticks. It ticks every millisecond and
+    // each tick wakes one of 20 slots, so each session wakes once per 20 ms frame while the
     // sessions' frames are spread over the 20 ms (real callers are not in phase with each other).
     let (slot_tx, slot_rx): (Vec<_>, Vec<_>) =
         (0..TICK_SLOTS).map(|_| watch::channel(0u64)).unzip();
