@@ -7,17 +7,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{Extension, Json, Router};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_service::Service;
 use tracing::info;
 use voxd_core::SampleRate;
 
@@ -330,25 +335,81 @@ pub async fn serve(
             stop.cancel();
         })
     };
-    // Small control messages must not wait for Nagle's algorithm (~40 ms on loopback).
     let send_buffer = state.config.file.server.send_buffer_bytes;
-    let listener = listener.tap_io(move |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        if send_buffer > 0 {
-            if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
-                tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+    // The HTTP connections (before any upgrade; an upgraded session is `state.tracker`'s).
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        tune(&tcp, send_buffer);
+        let router = app.clone();
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().call(req)
+        });
+        // HTTP/1 only, as before: a WebSocket upgrade needs HTTP/1.1. The connection's IO is the
+        // `TcpStream` itself, so an upgraded session can take it back from hyper (`ws.rs`).
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = stop.cancelled() => {
+                    // Requests in flight finish; an idle keep-alive connection closes now.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::trace!(error = %e, "connection ended with an error");
             }
-        }
-    });
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await;
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
     upkeep.abort();
     drainer.abort();
-    served
+    Ok(())
+}
+
+/// Socket options of an accepted connection. Small control messages must not wait for Nagle's
+/// algorithm (~40 ms on loopback).
+fn tune(tcp: &TcpStream, send_buffer: usize) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    if send_buffer > 0 {
+        if let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(send_buffer) {
+            tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+        }
+    }
+}
+
+/// A failed `accept`. A connection that was reset before it was accepted is the client's
+/// business. Anything else (out of file descriptors, above all) is logged, and accepting pauses
+/// for a second rather than spinning, while sessions end and free descriptors.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; accepting again in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }

@@ -8,6 +8,11 @@
 //! removes two waker registrations, a proxy wake and axum's message conversion, which `perf` put
 //! at several percent of an idle session's CPU (BENCHMARKS.md, "The WebSocket layer"). The
 //! protocol itself (framing, masking, limits, ping and close replies) stays tungstenite's.
+//!
+//! When voxd's own server (`app::serve`) made the upgrade, the session gets the bare
+//! `TcpStream` back from hyper (`Upgraded::downcast`), so every read and write goes straight to
+//! tokio's socket instead of through hyper's boxed `Upgraded` and its rewind buffer. Under
+//! another server (an embedder's) the session runs on hyper's `Upgraded` as it is.
 
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
@@ -22,6 +27,7 @@ use axum::response::Response;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error, Message};
 
@@ -131,14 +137,44 @@ fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool 
 /// A server-side WebSocket on an upgraded connection, for one task: `recv` is cancel-safe (all
 /// of a partly read frame stays in tungstenite's buffer), writes are `feed` then `flush`.
 pub struct WebSocket {
-    io: TokioIo<Upgraded>,
+    io: Conn,
     protocol: WebSocketContext,
+}
+
+/// The upgraded connection: the TCP stream itself when hyper hands it back, else hyper's boxed
+/// `Upgraded`.
+enum Conn {
+    Tcp(TcpStream),
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl Conn {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Conn::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            Conn::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Conn::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+            Conn::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Conn::Tcp(io) => Pin::new(io).poll_flush(cx),
+            Conn::Upgraded(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
 }
 
 /// The connection as `std::io` for tungstenite, for the length of one poll: "not ready" is
 /// `WouldBlock`, and the waker registered is the polling task's own.
 struct Io<'a, 'b> {
-    io: &'a mut TokioIo<Upgraded>,
+    io: &'a mut Conn,
     cx: &'a mut Context<'b>,
 }
 
@@ -152,18 +188,18 @@ fn pending<T>(p: Poll<io::Result<T>>) -> io::Result<T> {
 impl Read for Io<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut buf = ReadBuf::new(buf);
-        pending(Pin::new(&mut *self.io).poll_read(self.cx, &mut buf))?;
+        pending(self.io.poll_read(self.cx, &mut buf))?;
         Ok(buf.filled().len())
     }
 }
 
 impl Write for Io<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        pending(Pin::new(&mut *self.io).poll_write(self.cx, buf))
+        pending(self.io.poll_write(self.cx, buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        pending(Pin::new(&mut *self.io).poll_flush(self.cx))
+        pending(self.io.poll_flush(self.cx))
     }
 }
 
@@ -181,9 +217,27 @@ fn queued(r: Result<(), Error>) -> Result<(), Error> {
 
 impl WebSocket {
     fn new(upgraded: Upgraded, config: WebSocketConfig) -> WebSocket {
-        WebSocket {
-            io: TokioIo::new(upgraded),
-            protocol: WebSocketContext::new(Role::Server, Some(config)),
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // Bytes the client sent after its request, read by hyper with the request.
+                let protocol = if parts.read_buf.is_empty() {
+                    WebSocketContext::new(Role::Server, Some(config))
+                } else {
+                    WebSocketContext::from_partially_read(
+                        parts.read_buf.to_vec(),
+                        Role::Server,
+                        Some(config),
+                    )
+                };
+                WebSocket {
+                    io: Conn::Tcp(parts.io.into_inner()),
+                    protocol,
+                }
+            }
+            Err(upgraded) => WebSocket {
+                io: Conn::Upgraded(TokioIo::new(upgraded)),
+                protocol: WebSocketContext::new(Role::Server, Some(config)),
+            },
         }
     }
 
@@ -276,6 +330,77 @@ impl WebSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A masked client text frame.
+    fn client_text(text: &str) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | text.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    #[tokio::test]
+    async fn a_session_takes_the_tcp_stream_back_and_keeps_bytes_sent_with_the_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let done_tx = std::sync::Mutex::new(Some(done_tx));
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                let on_upgrade = hyper::upgrade::on(&mut req);
+                let done_tx = done_tx.lock().unwrap().take();
+                tokio::spawn(async move {
+                    let upgraded = on_upgrade.await.unwrap();
+                    let mut ws = WebSocket::new(upgraded, WebSocketConfig::default());
+                    let direct = matches!(ws.io, Conn::Tcp(_));
+                    let first = ws.recv().await.unwrap().unwrap();
+                    ws.send(Message::text("pong")).await.unwrap();
+                    let _ = done_tx.unwrap().send((direct, first));
+                });
+                async {
+                    let mut resp = hyper::Response::new(Body::empty());
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    resp.headers_mut()
+                        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades()
+                .await
+                .unwrap();
+        });
+        // The request and the first frame in one write: hyper reads both at once.
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut bytes =
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                .to_vec();
+        bytes.extend(client_text("ping"));
+        client.write_all(&bytes).await.unwrap();
+        let (direct, first) = tokio::time::timeout(std::time::Duration::from_secs(10), done_rx)
+            .await
+            .expect("the frame sent with the request was lost")
+            .unwrap();
+        assert!(
+            direct,
+            "the session should run on the TcpStream, not on hyper's Upgraded"
+        );
+        assert_eq!(first, Message::text("ping"));
+        let mut reply = Vec::new();
+        while !reply.ends_with(b"pong") {
+            let mut buf = [0u8; 256];
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before the reply");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        server.await.unwrap();
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
