@@ -285,7 +285,8 @@ async fn startup() -> Response {
 /// Serves `state` on `listener` until `shutdown` completes, then drains: `/health/ready` turns 503
 /// and new sessions are refused at once. Every live session is told (`shutdown`), finishes the
 /// response in progress and closes with 1001. Sessions still open after `drain_timeout` are
-/// closed; then the listener stops.
+/// closed; then the listener stops, and HTTP requests in flight get up to one more
+/// `drain_timeout` to finish.
 ///
 /// # Errors
 /// When the listener fails.
@@ -343,7 +344,14 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    accept_failed(e).await;
+                    if accept_failed(e) {
+                        // Out of file descriptors, most likely: wait for sessions to end rather
+                        // than spin, unless the server is stopping.
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            () = stop.cancelled() => break,
+                        }
+                    }
                     continue;
                 }
             },
@@ -356,8 +364,8 @@ pub async fn serve(
             req.extensions_mut().insert(ConnectInfo(peer));
             router.clone().call(req)
         });
-        // HTTP/1 only, as before: a WebSocket upgrade needs HTTP/1.1. The connection's IO is the
-        // `TcpStream` itself, so an upgraded session can take it back from hyper (`ws.rs`).
+        // HTTP/1.1 only (ARCHITECTURE.md, `src/app.rs`). The connection's IO is the `TcpStream`
+        // itself, so an upgraded session can take it back from hyper (`ws.rs`).
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .serve_connection(TokioIo::new(tcp), service)
@@ -379,8 +387,18 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Requests in flight (an upload, say) get up to one more drain timeout; what is left then is
+    // dropped with the runtime.
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(drain_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        info!(
+            connections = connections.len(),
+            "stopping with HTTP requests still in flight"
+        );
+    }
     upkeep.abort();
     drainer.abort();
     Ok(())
@@ -399,17 +417,17 @@ fn tune(tcp: &TcpStream, send_buffer: usize) {
     }
 }
 
-/// A failed `accept`. A connection that was reset before it was accepted is the client's
-/// business. Anything else (out of file descriptors, above all) is logged, and accepting pauses
-/// for a second rather than spinning, while sessions end and free descriptors.
-async fn accept_failed(e: std::io::Error) {
+/// Whether a failed `accept` should pause accepting. A connection that was reset before it was
+/// accepted is the client's business; anything else (out of file descriptors, above all) is
+/// logged.
+fn accept_failed(e: std::io::Error) -> bool {
     use std::io::ErrorKind;
     if matches!(
         e.kind(),
         ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
     ) {
-        return;
+        return false;
     }
     tracing::error!(error = %e, "accept failed; accepting again in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    true
 }
