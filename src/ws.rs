@@ -28,6 +28,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error, Message};
 
@@ -143,33 +144,7 @@ pub struct WebSocket {
 
 /// The upgraded connection: the TCP stream itself when hyper hands it back, else hyper's boxed
 /// `Upgraded`.
-enum Conn {
-    Tcp(TcpStream),
-    Upgraded(TokioIo<Upgraded>),
-}
-
-impl Conn {
-    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Conn::Tcp(io) => Pin::new(io).poll_read(cx, buf),
-            Conn::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-
-    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self {
-            Conn::Tcp(io) => Pin::new(io).poll_write(cx, buf),
-            Conn::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Conn::Tcp(io) => Pin::new(io).poll_flush(cx),
-            Conn::Upgraded(io) => Pin::new(io).poll_flush(cx),
-        }
-    }
-}
+type Conn = Either<TcpStream, TokioIo<Upgraded>>;
 
 /// The connection as `std::io` for tungstenite, for the length of one poll: "not ready" is
 /// `WouldBlock`, and the waker registered is the polling task's own.
@@ -188,18 +163,18 @@ fn pending<T>(p: Poll<io::Result<T>>) -> io::Result<T> {
 impl Read for Io<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut buf = ReadBuf::new(buf);
-        pending(self.io.poll_read(self.cx, &mut buf))?;
+        pending(Pin::new(&mut *self.io).poll_read(self.cx, &mut buf))?;
         Ok(buf.filled().len())
     }
 }
 
 impl Write for Io<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        pending(self.io.poll_write(self.cx, buf))
+        pending(Pin::new(&mut *self.io).poll_write(self.cx, buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        pending(self.io.poll_flush(self.cx))
+        pending(Pin::new(&mut *self.io).poll_flush(self.cx))
     }
 }
 
@@ -230,12 +205,12 @@ impl WebSocket {
                     )
                 };
                 WebSocket {
-                    io: Conn::Tcp(parts.io.into_inner()),
+                    io: Either::Left(parts.io.into_inner()),
                     protocol,
                 }
             }
             Err(upgraded) => WebSocket {
-                io: Conn::Upgraded(TokioIo::new(upgraded)),
+                io: Either::Right(TokioIo::new(upgraded)),
                 protocol: WebSocketContext::new(Role::Server, Some(config)),
             },
         }
@@ -355,7 +330,7 @@ mod tests {
                 tokio::spawn(async move {
                     let upgraded = on_upgrade.await.unwrap();
                     let mut ws = WebSocket::new(upgraded, WebSocketConfig::default());
-                    let direct = matches!(ws.io, Conn::Tcp(_));
+                    let direct = matches!(ws.io, Either::Left(_));
                     let first = ws.recv().await.unwrap().unwrap();
                     ws.send(Message::text("pong")).await.unwrap();
                     let _ = done_tx.unwrap().send((direct, first));

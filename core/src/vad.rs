@@ -164,7 +164,7 @@ impl VoiceDetector {
                 // classified where it is, without a copy into `self.frame`.
                 let (frame, rest) = samples.split_at(self.frame_len);
                 samples = rest;
-                let voiced = self.classify(frame);
+                let voiced = classify(&mut self.vad, self.min_mean_square, frame);
                 self.step(voiced, &mut on_event);
                 continue;
             }
@@ -172,21 +172,11 @@ impl VoiceDetector {
             self.frame.extend_from_slice(&samples[..take]);
             samples = &samples[take..];
             if self.frame.len() == self.frame_len {
-                let frame = std::mem::take(&mut self.frame);
-                let voiced = self.classify(&frame);
-                self.frame = frame;
+                let voiced = classify(&mut self.vad, self.min_mean_square, &self.frame);
                 self.frame.clear();
                 self.step(voiced, &mut on_event);
             }
         }
-    }
-
-    /// Whether one whole frame is voiced. A frame under the energy gate is unvoiced whatever
-    /// libfvad would say, so libfvad is not asked. The frame is never empty and always a valid
-    /// length, so libfvad cannot fail.
-    fn classify(&mut self, frame: &[i16]) -> bool {
-        sum_of_squares(frame) as f64 / self.frame_len as f64 >= self.min_mean_square
-            && self.vad.0.is_voice_segment(frame).unwrap_or(false)
     }
 
     /// Forgets the smoothing state (e.g. after the client took over with its own signals).
@@ -222,6 +212,14 @@ impl VoiceDetector {
             }
         }
     }
+}
+
+/// Whether one whole frame is voiced. A frame under the energy gate (mean square below
+/// `min_mean_square`) is unvoiced whatever libfvad would say, so libfvad is not asked. The frame
+/// is never empty and always a valid length, so libfvad cannot fail.
+fn classify(vad: &mut SendVad, min_mean_square: f64, frame: &[i16]) -> bool {
+    sum_of_squares(frame) as f64 / frame.len() as f64 >= min_mean_square
+        && vad.0.is_voice_segment(frame).unwrap_or(false)
 }
 
 /// The sum of the squares of `samples`, exactly: a frame is at most 480 squares of at most 2^30
@@ -264,7 +262,7 @@ fn sum_of_squares(samples: &[i16]) -> u64 {
 fn sum_of_squares_scalar(samples: &[i16]) -> u64 {
     samples
         .iter()
-        .map(|&x| u64::from((i32::from(x) * i32::from(x)).unsigned_abs()))
+        .map(|&x| u64::from(x.unsigned_abs()).pow(2))
         .sum()
 }
 
