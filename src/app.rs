@@ -80,6 +80,19 @@ impl AppState {
         config: Config,
         providers: Providers,
     ) -> Result<Arc<AppState>, voxd_backends::BuildError> {
+        // The Silero model loads once per process, here, so a defect shows at start-up and the
+        // first caller does not pay the 12-45 ms of loading.
+        let silero = config
+            .session
+            .vad
+            .as_ref()
+            .is_none_or(|v| matches!(v.engine, voxd_core::vad::Engine::Silero { .. }));
+        if silero {
+            voxd_core::vad::silero::load().map_err(|e| voxd_backends::BuildError::Invalid {
+                key: "vad.engine".into(),
+                message: e.to_string(),
+            })?;
+        }
         let quotas = crate::quotas::Quotas::from_config(&config.file.quotas).map_err(|e| {
             voxd_backends::BuildError::Invalid {
                 key: "quotas".into(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use voxd_backends::mock::{MockAsrConfig, MockLlmConfig, MockTtsConfig};
 use voxd_backends::tools::{default_mock_tools, MockToolConfig};
-use voxd_core::vad::{Aggressiveness, VadConfig};
+use voxd_core::vad::{Aggressiveness, Engine, VadConfig};
 use voxd_core::{SampleRate, SessionConfig};
 
 pub use crate::transcribe::TranscribeConfig;
@@ -269,15 +269,31 @@ pub enum VadMode {
     VeryAggressive,
 }
 
+/// The server VAD's classifier, as written in config.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VadEngine {
+    /// Silero VAD v6 (the default): robust to stationary noise.
+    Silero,
+    /// webrtc-vad: cheaper, but loud or low-frequency noise reads as speech.
+    Webrtc,
+}
+
 /// `[vad]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VadSection {
     /// Run server VAD (until a client sends its own `speech_start`/`speech_end`).
     pub enabled: bool,
+    /// The classifier.
+    pub engine: VadEngine,
+    /// Silero: a window this likely to be speech starts (or continues an onset of) speech.
+    pub start_threshold: f32,
+    /// Silero: once speech is under way, windows this likely stay speech.
+    pub end_threshold: f32,
     /// webrtc-vad's aggressiveness.
     pub mode: VadMode,
-    /// Frame length: 10, 20 or 30 ms.
+    /// webrtc-vad's frame length: 10, 20 or 30 ms (Silero's window is 32 ms).
     pub frame_ms: u32,
     /// Voiced audio needed to start speech, in ms.
     pub onset_ms: u32,
@@ -293,6 +309,9 @@ impl Default for VadSection {
     fn default() -> Self {
         VadSection {
             enabled: true,
+            engine: VadEngine::Silero,
+            start_threshold: 0.5,
+            end_threshold: 0.35,
             mode: VadMode::Aggressive,
             frame_ms: 20,
             onset_ms: 60,
@@ -311,6 +330,9 @@ pub struct TurnSection {
     pub min_interruption_ms: u64,
     /// A barge-in candidate with nothing after it for this long is a false alarm, in ms.
     pub false_interruption_timeout_ms: u64,
+    /// While the bot speaks, server VAD hears only speech within this many dB of the user's own
+    /// level; 0 turns the check off.
+    pub barge_in_level_db: f32,
     /// Words that alone are a backchannel, not an interruption.
     pub backchannels: Vec<String>,
     /// A tool running longer than this gets a spoken filler, in ms.
@@ -331,6 +353,7 @@ impl Default for TurnSection {
         TurnSection {
             min_interruption_ms: 500,
             false_interruption_timeout_ms: 2000,
+            barge_in_level_db: 12.0,
             backchannels: core.backchannels,
             tool_filler_delay_ms: 1000,
             filler_phrase: core.filler_phrase,
@@ -685,10 +708,41 @@ impl Config {
                 format!("is {}; webrtc-vad takes 10, 20 or 30", v.frame_ms),
             ));
         }
-        if v.hangover_ms < v.frame_ms {
+        let window_ms = match v.engine {
+            VadEngine::Silero => 32,
+            VadEngine::Webrtc => v.frame_ms,
+        };
+        if v.hangover_ms < window_ms {
             return Err(invalid(
                 "vad.hangover_ms",
-                format!("must be at least one frame ({} ms)", v.frame_ms),
+                format!("must be at least one window ({window_ms} ms)"),
+            ));
+        }
+        for (key, value) in [
+            ("vad.start_threshold", v.start_threshold),
+            ("vad.end_threshold", v.end_threshold),
+        ] {
+            if !(0.0..=1.0).contains(&value) || value == 0.0 {
+                return Err(invalid(
+                    key,
+                    format!("is {value}; expected a probability above 0 and at most 1"),
+                ));
+            }
+        }
+        if v.end_threshold > v.start_threshold {
+            return Err(invalid(
+                "vad.end_threshold",
+                format!(
+                    "is {}; it must not exceed vad.start_threshold ({}): speech under way keeps \
+                     going down to it",
+                    v.end_threshold, v.start_threshold
+                ),
+            ));
+        }
+        if !(0.0..=60.0).contains(&t.barge_in_level_db) {
+            return Err(invalid(
+                "turn.barge_in_level_db",
+                format!("is {}; expected 0 (off) to 60 dB", t.barge_in_level_db),
             ));
         }
         if !(-100.0..=0.0).contains(&v.min_level_dbfs) {
@@ -820,8 +874,16 @@ impl Config {
             playback_lead: Duration::from_millis(a.playback_lead_ms),
             pacing_interval: Duration::from_millis(a.pacing_interval_ms),
             vad: v.enabled.then_some(VadConfig {
-                aggressiveness,
-                frame_ms: v.frame_ms,
+                engine: match v.engine {
+                    VadEngine::Silero => Engine::Silero {
+                        start_threshold: v.start_threshold,
+                        end_threshold: v.end_threshold,
+                    },
+                    VadEngine::Webrtc => Engine::WebRtc {
+                        aggressiveness,
+                        frame_ms: v.frame_ms,
+                    },
+                },
                 onset_ms: v.onset_ms,
                 hangover_ms: v.hangover_ms,
                 min_level_dbfs: v.min_level_dbfs,
@@ -830,6 +892,7 @@ impl Config {
             max_utterance: Duration::from_millis(a.max_utterance_ms),
             min_interruption: Duration::from_millis(t.min_interruption_ms),
             false_interruption_timeout: Duration::from_millis(t.false_interruption_timeout_ms),
+            barge_in_level_db: (t.barge_in_level_db > 0.0).then_some(t.barge_in_level_db),
             backchannels: t
                 .backchannels
                 .iter()

@@ -13,7 +13,7 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 use serde_json::Value;
 use voxd_core::session::invariants::Checker;
-use voxd_core::vad::Aggressiveness;
+use voxd_core::vad::{Aggressiveness, Engine};
 use voxd_core::{
     ChatMessage, Event, Output, ProviderEvent, ProviderFailure, SampleRate, Session, SessionConfig,
     Time, ToolCall, TurnId,
@@ -242,7 +242,13 @@ struct VadTweaks {
 
 fn config(server_vad: bool, tweaks: Option<Tweaks>) -> SessionConfig {
     let mut cfg = SessionConfig::default();
-    if !server_vad {
+    if server_vad {
+        // The harness's speech is a harmonic buzz: speech to webrtc-vad. Silero is chosen by the
+        // tweaks below, where the buzz then mostly reads as noise (and costs a model call).
+        if let Some(vad) = cfg.vad.as_mut() {
+            vad.engine = Engine::WEBRTC;
+        }
+    } else {
         cfg.vad = None;
     }
     let Some(t) = tweaks else { return cfg };
@@ -265,15 +271,25 @@ fn config(server_vad: bool, tweaks: Option<Tweaks>) -> SessionConfig {
     cfg.max_tts_backlog = ms(u64::from(t.max_tts_backlog_ms) % 60_001);
     cfg.min_clause_chars = usize::from(t.min_clause_chars);
     if let (Some(v), Some(vad)) = (t.vad, cfg.vad.as_mut()) {
-        vad.aggressiveness = [
+        let modes = [
             Aggressiveness::Quality,
             Aggressiveness::LowBitrate,
             Aggressiveness::Aggressive,
             Aggressiveness::VeryAggressive,
-        ][usize::from(v.aggressiveness % 4)];
-        vad.frame_ms = [10, 20, 30][usize::from(v.frame_ms % 3)];
+        ];
+        vad.engine = match modes.get(usize::from(v.aggressiveness % 5)) {
+            Some(&aggressiveness) => Engine::WebRtc {
+                aggressiveness,
+                frame_ms: [10, 20, 30][usize::from(v.frame_ms % 3)],
+            },
+            None => Engine::Silero {
+                start_threshold: 0.5,
+                end_threshold: f32::from(v.frame_ms % 51) / 100.0,
+            },
+        };
+        let window_ms = vad.engine.window_samples() as u32 / 16;
         vad.onset_ms = u32::from(v.onset_ms) % 5001;
-        vad.hangover_ms = (vad.frame_ms + u32::from(v.hangover_ms)).min(10_000);
+        vad.hangover_ms = (window_ms + u32::from(v.hangover_ms)).min(10_000);
         vad.min_level_dbfs = -f32::from(v.min_level_dbfs % 101);
     }
     cfg

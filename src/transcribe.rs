@@ -228,7 +228,22 @@ async fn run(
 
     let vad_started = Instant::now();
     let vad = state.config.session.vad.unwrap_or_default();
-    let regions = speech_regions(&audio, vad, cfg);
+    // Minutes of audio through the VAD (a model call per 32 ms with Silero) is blocking work.
+    let (audio, regions) = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            let regions = speech_regions(&audio, vad, &cfg);
+            (audio, regions)
+        })
+        .await
+        .map_err(|e| {
+            TranscribeError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("speech detection failed: {e}"),
+            )
+        })?
+    };
     let vad_ms = ms_since(vad_started);
 
     let asr_started = Instant::now();
@@ -731,7 +746,12 @@ mod tests {
                 (s * 6000.0) as i16
             })
             .collect();
-        let regions = speech_regions(&audio, VadConfig::default(), &cfg);
+        // The buzz is speech to webrtc-vad; the cutting is the same for either engine.
+        let webrtc = VadConfig {
+            engine: voxd_core::vad::Engine::WEBRTC,
+            ..VadConfig::default()
+        };
+        let regions = speech_regions(&audio, webrtc, &cfg);
         assert!(regions.len() >= 4, "{regions:?}");
         assert!(regions.iter().all(|(a, b)| b - a <= 16_000));
         assert!(regions.windows(2).all(|w| w[0].1 == w[1].0));

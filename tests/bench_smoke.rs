@@ -72,6 +72,25 @@ async fn every_scenario_succeeds_with_server_vad() {
     server.stop().await;
 }
 
+/// Callers whose microphones carry pink noise between turns (`--noisy`): the noise starts no turn
+/// and breaks no scenario. Without false alarms: the mock ASR knows a fixture only without noise
+/// around it and maps other audio by its non-zero length, so a noisy "mhm" (pre-roll and hangover
+/// full of noise) reads as words to it; a real ASR hears "mhm".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenarios_succeed_with_noisy_callers() {
+    let server = TestServer::start().await;
+    let mut a = args(&server, true);
+    a.noisy = true;
+    a.false_alarms = 0.0;
+    a.concurrency = 2;
+    a.requests = 4;
+    let report = voxd_bench::run(&a).await.unwrap();
+    let step = &report.steps[0];
+    assert_eq!(step.success_rate, 1.0, "{}", report.table());
+    assert_eq!(step.turns_ok, 8);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progressive_mode_reports_a_step_each() {
     let server = TestServer::start().await;

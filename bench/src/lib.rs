@@ -121,6 +121,11 @@ pub struct BenchArgs {
     /// silence wrapped in speech_start/speech_end.
     #[arg(long)]
     pub server_vad: bool,
+    /// Noisy callers: between utterances (and in --idle) the microphone carries pink noise at
+    /// -35 dBFS instead of digital silence, so every window passes the server VAD's energy gate.
+    /// Silero's worst case.
+    #[arg(long)]
+    pub noisy: bool,
     /// The server's config, to compute the pipeline minimum for the overhead figure.
     #[arg(long)]
     pub mock_config: Option<PathBuf>,
@@ -480,7 +485,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     };
     let plan = Arc::new(Plan {
         url: args.server.clone(),
-        voice: Voice::new(args.server_vad, args.query_ms),
+        voice: Voice::new(args.server_vad, args.query_ms, args.noisy),
         mix,
         minimum,
         timeout: Duration::from_secs_f64(args.timeout),

@@ -63,8 +63,9 @@ pub struct Voice {
     pub tool_query: Arc<[Bytes]>,
     pub interrupt: Arc<[Bytes]>,
     pub backchannel: Arc<[Bytes]>,
-    /// One frame of silence.
-    pub silence: Bytes,
+    /// What the microphone carries between utterances, looped frame by frame: one frame of
+    /// digital silence, or (`--noisy`) pink noise.
+    pub background: Arc<[Bytes]>,
 }
 
 fn frames(pcm: &[u8]) -> Arc<[Bytes]> {
@@ -94,8 +95,16 @@ fn wav_pcm(wav: &[u8]) -> &[u8] {
 impl Voice {
     /// The voice for explicit signals (silence, as the classic load test sends; the query lasts
     /// `query_ms`) or server VAD (the committed espeak-ng fixtures, embedded in the binary).
-    pub fn new(server_vad: bool, query_ms: usize) -> Voice {
+    /// A `noisy` caller's microphone carries pink noise at −35 dBFS between utterances (the
+    /// committed `fixtures/noise/pink_-35.wav`): every window passes the server VAD's energy
+    /// gate, so a Silero VAD runs its model on all of them.
+    pub fn new(server_vad: bool, query_ms: usize, noisy: bool) -> Voice {
         let silence = |ms: usize| vec![0u8; ms * 32];
+        let background = if noisy {
+            frames(&include_bytes!("../../fixtures/noise/pink_-35.wav")[44..])
+        } else {
+            frames(&silence(20))
+        };
         if server_vad {
             Voice {
                 server_vad,
@@ -103,7 +112,7 @@ impl Voice {
                 tool_query: frames(wav_pcm(include_bytes!("../../fixtures/balance.wav"))),
                 interrupt: frames(wav_pcm(include_bytes!("../../fixtures/interrupt.wav"))),
                 backchannel: frames(wav_pcm(include_bytes!("../../fixtures/mhm.wav"))),
-                silence: Bytes::from(silence(20)),
+                background,
             }
         } else {
             Voice {
@@ -112,7 +121,7 @@ impl Voice {
                 tool_query: frames(&silence(3000)),
                 interrupt: frames(&silence(1500)),
                 backchannel: frames(&silence(300)),
-                silence: Bytes::from(silence(20)),
+                background,
             }
         }
     }
@@ -158,6 +167,8 @@ pub struct Caller {
     /// What the caller is saying now.
     speech: Option<Utterance>,
     speech_ended_at: Option<Instant>,
+    /// The next frame of the background.
+    background_next: usize,
     speech_started_at: Option<Instant>,
     timeout: Duration,
 }
@@ -209,6 +220,7 @@ impl Caller {
             voice,
             speech: None,
             speech_ended_at: None,
+            background_next: 0,
             speech_started_at: None,
             timeout,
         };
@@ -280,7 +292,12 @@ impl Caller {
                 }
                 f
             }
-            None => self.voice.silence.clone(),
+            None => {
+                let bg = &self.voice.background;
+                let f = bg[self.background_next % bg.len()].clone();
+                self.background_next = self.background_next.wrapping_add(1);
+                f
+            }
         };
         self.send_frame_bytes(frame).await
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use voxd_core::resample::StreamResampler;
 use voxd_core::splitter::SentenceSplitter;
-use voxd_core::vad::{VadConfig, VoiceDetector};
+use voxd_core::vad::{silero, Engine, VadConfig, VoiceDetector};
 use voxd_core::{Output, ProviderEvent, SampleRate, Session, SessionConfig, Time};
 
 /// One 20 ms frame at the internal 16 kHz rate.
@@ -107,12 +107,77 @@ fn timed_in_blocks<S>(
     total
 }
 
+fn webrtc() -> VadConfig {
+    VadConfig {
+        engine: Engine::WEBRTC,
+        ..VadConfig::default()
+    }
+}
+
+/// Pink noise at -35 dBFS RMS (the committed noise corpus), whole 20 ms frames.
+fn noise_frames() -> Vec<Vec<i16>> {
+    include_bytes!("../../fixtures/noise/pink_-35.wav")[WAV_HEADER_BYTES..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect::<Vec<_>>()
+        .chunks_exact(FRAME_SAMPLES)
+        .map(<[i16]>::to_vec)
+        .collect()
+}
+
+/// Pushes `frames` one per iteration, wrapping around.
+fn bench_vad_frames(c: &mut Criterion, name: &str, config: VadConfig, frames: &[Vec<i16>]) {
+    let mut det = VoiceDetector::new(config);
+    let mut i = 0;
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            det.push(black_box(&frames[i]), |e| {
+                black_box(e);
+            });
+            i = (i + 1) % frames.len();
+        });
+    });
+}
+
+/// `vad/silero_window` — one iteration: one Silero model call on a 32 ms window (512 samples)
+/// of real speech, on this thread's runner: the inference alone.
+fn vad_silero_window(c: &mut Criterion) {
+    let samples: Vec<i16> = weather_frames().concat();
+    let windows: Vec<&[i16]> = samples.chunks_exact(silero::WINDOW).collect();
+    let mut stream = silero::Stream::new();
+    let mut i = 0;
+    c.bench_function("vad/silero_window", |b| {
+        b.iter(|| {
+            black_box(stream.probability(black_box(windows[i])));
+            i = (i + 1) % windows.len();
+        });
+    });
+}
+
+/// `vad/frame_20ms_silero` and `vad/frame_20ms_noise_silero` — one iteration: `push` of one
+/// 20 ms frame of real speech (or of pink noise at -35 dBFS, above the energy gate: Silero's worst
+/// case) with Silero: a model call every 1.6 frames, plus the gate and smoothing.
+fn vad_frame_20ms_silero(c: &mut Criterion) {
+    bench_vad_frames(
+        c,
+        "vad/frame_20ms_silero",
+        VadConfig::default(),
+        &weather_frames(),
+    );
+    bench_vad_frames(
+        c,
+        "vad/frame_20ms_noise_silero",
+        VadConfig::default(),
+        &noise_frames(),
+    );
+}
+
 /// `vad/frame_20ms` — one iteration: `VoiceDetector::push` of one 20 ms frame (320 samples) of
 /// real speech (the weather fixture, frame after frame, wrapping around): webrtc-vad's
 /// classification, the energy gate and the onset/hangover smoothing.
 fn vad_frame_20ms(c: &mut Criterion) {
     let frames = weather_frames();
-    let mut det = VoiceDetector::new(VadConfig::default());
+    let mut det = VoiceDetector::new(webrtc());
     let mut i = 0;
     c.bench_function("vad/frame_20ms", |b| {
         b.iter(|| {
@@ -124,18 +189,17 @@ fn vad_frame_20ms(c: &mut Criterion) {
     });
 }
 
-/// `vad/frame_20ms_silence` — one iteration: `VoiceDetector::push` of one 20 ms frame of digital
-/// silence.
+/// `vad/frame_20ms_silence` (webrtc-vad) and `vad/frame_20ms_silence_silero` — one iteration:
+/// `VoiceDetector::push` of one 20 ms frame of digital silence. Both stop at the energy gate.
 fn vad_frame_20ms_silence(c: &mut Criterion) {
-    let silence = vec![0i16; FRAME_SAMPLES];
-    let mut det = VoiceDetector::new(VadConfig::default());
-    c.bench_function("vad/frame_20ms_silence", |b| {
-        b.iter(|| {
-            det.push(black_box(&silence), |e| {
-                black_box(e);
-            });
-        });
-    });
+    let silence = vec![vec![0i16; FRAME_SAMPLES]];
+    bench_vad_frames(c, "vad/frame_20ms_silence", webrtc(), &silence);
+    bench_vad_frames(
+        c,
+        "vad/frame_20ms_silence_silero",
+        VadConfig::default(),
+        &silence,
+    );
 }
 
 /// A session whose response is playing: `handle_text`, then the provider events a scripted LLM
@@ -194,20 +258,29 @@ fn paced_step((s, now): &mut (Session, Time)) -> usize {
     drain(s)
 }
 
-/// `session/audio_frame_idle` — one iteration: `Session::handle_audio` of a 20 ms silence frame
-/// on an idle session with server VAD on, then the drain: the per-frame cost of a session that is
-/// just listening.
+/// `session/audio_frame_idle` (server VAD with Silero, the default) and
+/// `session/audio_frame_idle_webrtc` — one iteration: `Session::handle_audio` of a 20 ms silence
+/// frame on an idle session with server VAD on, then the drain: the per-frame cost of a session
+/// that is just listening.
 fn session_audio_frame_idle(c: &mut Criterion) {
     let silence = vec![0i16; FRAME_SAMPLES];
-    let mut s = Session::new(SessionConfig::default());
-    let mut now = Time::ZERO;
-    c.bench_function("session/audio_frame_idle", |b| {
-        b.iter(|| {
-            now = now + FRAME;
-            s.handle_audio(now, black_box(&silence));
-            drain(&mut s);
+    for (name, vad) in [
+        ("session/audio_frame_idle", VadConfig::default()),
+        ("session/audio_frame_idle_webrtc", webrtc()),
+    ] {
+        let mut s = Session::new(SessionConfig {
+            vad: Some(vad),
+            ..SessionConfig::default()
         });
-    });
+        let mut now = Time::ZERO;
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                now = now + FRAME;
+                s.handle_audio(now, black_box(&silence));
+                drain(&mut s);
+            });
+        });
+    }
 }
 
 /// `session/audio_frame_client_signals` — one iteration: `Session::handle_audio` of a 20 ms
@@ -310,6 +383,8 @@ criterion_group!(
     benches,
     vad_frame_20ms,
     vad_frame_20ms_silence,
+    vad_silero_window,
+    vad_frame_20ms_silero,
     session_audio_frame_idle,
     session_audio_frame_client_signals,
     session_paced_frame,

@@ -1,5 +1,5 @@
 //! voxd's sans-IO core: the per-connection turn-taking state machine and everything it needs to
-//! decide (voice-activity detection policy, sentence splitting, conversation history, audio types).
+//! decide (voice-activity detection and its Silero model, run by tract as plain computation, sentence splitting, conversation history, audio types).
 //!
 //! Nothing here performs IO, spawns a task or reads a clock: time is always an input (`Time`), and
 //! every effect (an event to send, audio to send, a provider call to start or cancel, the next wake-up)
@@ -12,6 +12,9 @@ pub mod session;
 pub mod splitter;
 pub mod types;
 pub mod vad;
+
+#[cfg(test)]
+mod test_audio;
 
 pub use history::{ChatMessage, ToolCall};
 pub use session::{

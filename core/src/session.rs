@@ -59,6 +59,9 @@ pub struct SessionConfig {
     pub min_interruption: Duration,
     /// A barge-in candidate on which nothing follows for this long is a false alarm.
     pub false_interruption_timeout: Duration,
+    /// While the bot speaks, server VAD hears only speech within this many dB of the user's own
+    /// speech level (measured on their earlier turns); `None` turns the check off.
+    pub barge_in_level_db: Option<f32>,
     /// Words that, alone, are a backchannel ("mhm"): lowercase, without punctuation.
     pub backchannels: Vec<String>,
     /// A tool call still running after this long gets a spoken filler phrase.
@@ -89,6 +92,7 @@ impl Default for SessionConfig {
             max_utterance: Duration::from_secs(60),
             min_interruption: Duration::from_millis(500),
             false_interruption_timeout: Duration::from_millis(2000),
+            barge_in_level_db: Some(12.0),
             backchannels: [
                 "mhm", "mm", "hmm", "uh-huh", "uh huh", "yeah", "yes", "yep", "ok", "okay",
                 "right", "sure", "aha", "i see",
@@ -405,14 +409,23 @@ struct Utterance {
     carried_voiced: u64,
     /// Input position just past the last voiced audio.
     voiced_end: u64,
+    /// Server VAD only: voiced audio counted window by window (pauses excluded).
+    vad_voiced: u64,
     audio: Vec<i16>,
     /// Began while a response was active and is not yet decided to be an interruption.
     barge_in: bool,
 }
 
 impl Utterance {
+    /// How much the user said: for server VAD the voiced windows themselves, so scattered
+    /// voiced windows (noise the VAD let through, a distant voice) add up slowly; for a client's
+    /// signals, the span from its `speech_start` to the last audio.
     fn voiced_samples(&self) -> u64 {
-        self.carried_voiced + self.voiced_end.saturating_sub(self.start_pos)
+        self.carried_voiced
+            + match self.source {
+                Source::Vad => self.vad_voiced,
+                Source::Client => self.voiced_end.saturating_sub(self.start_pos),
+            }
     }
 }
 
@@ -629,6 +642,10 @@ pub struct Session {
     next_turn: u64,
     history: History,
     vad: Option<VoiceDetector>,
+    /// The user's own speech level (dBFS), learned from their server-VAD turns.
+    user_level_dbfs: Option<f32>,
+    /// The speech floor last given to the VAD.
+    vad_floor: Option<f32>,
     /// Samples of input received so far (16 kHz).
     input_pos: u64,
     preroll: VecDeque<i16>,
@@ -683,6 +700,8 @@ impl Session {
         Session {
             history: History::new(cfg.max_history_messages),
             vad: cfg.vad.map(VoiceDetector::new),
+            user_level_dbfs: None,
+            vad_floor: None,
             next_turn: 1,
             input_pos: 0,
             preroll: VecDeque::with_capacity(preroll_cap),
@@ -802,10 +821,23 @@ impl Session {
         self.input_pos = end_pos;
 
         if let Some(vad) = &mut self.vad {
+            // While a response is under way, speech much quieter than the user's own is not the
+            // user (babble, a voice across the room): it neither pauses nor interrupts.
+            let floor = self
+                .response
+                .as_ref()
+                .and(self.user_level_dbfs)
+                .zip(self.cfg.barge_in_level_db)
+                .map(|(level, margin)| level - margin);
+            if floor != self.vad_floor {
+                self.vad_floor = floor;
+                vad.set_speech_floor(floor);
+            }
             let mut decisions = std::mem::take(&mut self.vad_events);
             decisions.clear();
             vad.push(samples, |e| decisions.push(e));
             let last_voiced = vad.last_voiced_end();
+            let speech_voiced = vad.speech_voiced();
             for e in decisions.drain(..) {
                 match e {
                     VadEvent::SpeechStart { at } => {
@@ -825,6 +857,7 @@ impl Session {
             if let Some(u) = &mut self.user {
                 if u.source == Source::Vad {
                     u.voiced_end = u.voiced_end.max(last_voiced);
+                    u.vad_voiced = speech_voiced;
                 }
             }
         }
@@ -980,6 +1013,7 @@ impl Session {
             start_pos,
             carried_voiced: 0,
             voiced_end: start_pos,
+            vad_voiced: 0,
             audio,
             barge_in: self.response.is_some(),
         };
@@ -1001,6 +1035,16 @@ impl Session {
     fn end_speech(&mut self, now: Time) {
         let Some(u) = self.user.take() else { return };
         if let Some(vad) = &mut self.vad {
+            // The user's level is learned from what they said as a turn of their own or as a
+            // confirmed interruption, never from a barge-in candidate still in doubt.
+            if u.source == Source::Vad && !u.barge_in {
+                if let Some(level) = vad.speech_level_dbfs() {
+                    self.user_level_dbfs = Some(match self.user_level_dbfs {
+                        Some(old) => 0.7 * old + 0.3 * level,
+                        None => level,
+                    });
+                }
+            }
             vad.reset_state();
         }
         let voiced = u.voiced_samples();

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::invariants::Checker;
 use super::*;
+use crate::test_audio::{fixture, noise};
 
 const ASR_MS: u64 = 50;
 const LLM_FIRST_MS: u64 = 100;
@@ -64,6 +65,16 @@ struct Sim {
     started: HashSet<TurnId>,
     /// Every transcription started: turn, audio length, carried samples.
     asr_calls: Vec<(TurnId, usize, usize)>,
+}
+
+/// Server VAD with webrtc-vad, which hears the sim's buzz (`Sim::voice`) as speech: for the
+/// session's rules, whatever the engine. Silero's own tests use real speech.
+fn webrtc_vad() -> SessionConfig {
+    let mut cfg = SessionConfig::default();
+    if let Some(v) = cfg.vad.as_mut() {
+        v.engine = crate::vad::Engine::WEBRTC;
+    }
+    cfg
 }
 
 impl Sim {
@@ -297,6 +308,15 @@ impl Sim {
                 .collect();
             self.run_ms(20);
             self.s.handle_audio(self.now, &frame);
+            self.drain();
+        }
+    }
+
+    /// Streams recorded audio (16 kHz) in 20 ms frames at real time.
+    fn play(&mut self, audio: &[i16]) {
+        for frame in audio.chunks(320) {
+            self.run_ms(20);
+            self.s.handle_audio(self.now, frame);
             self.drain();
         }
     }
@@ -907,7 +927,7 @@ fn an_empty_transcript_ends_the_turn_without_a_reply() {
 
 #[test]
 fn server_vad_drives_turns_over_voiced_audio() {
-    let mut sim = Sim::with(SessionConfig::default());
+    let mut sim = Sim::with(webrtc_vad());
     sim.audio(300, 0);
     // A loud buzz the VAD classifies as speech, then silence past the hangover.
     sim.voice(2000);
@@ -932,7 +952,7 @@ fn server_vad_drives_turns_over_voiced_audio() {
 
 #[test]
 fn a_streaming_asr_endpoint_ends_vad_speech_before_the_hangover() {
-    let mut sim = Sim::with(SessionConfig::default());
+    let mut sim = Sim::with(webrtc_vad());
     sim.audio(300, 0);
     sim.voice(1000);
     let (turn, audio) = sim.s.utterance().expect("speaking");
@@ -1108,7 +1128,7 @@ mod properties {
             tts_realtime in any::<bool>(),
             asr_ms in 10u64..1500,
         ) {
-            let mut sim = if server_vad { Sim::with(SessionConfig::default()) } else { Sim::new() };
+            let mut sim = if server_vad { Sim::with(webrtc_vad()) } else { Sim::new() };
             if slow_tools {
                 sim.tool_ms = 1500;
             }
@@ -1222,4 +1242,130 @@ fn pcm_queue_frames_are_the_pushed_bytes_in_order_across_chunks() {
     assert_eq!(got, &expected[..]);
     assert_eq!(queue.len(), 0);
     assert!(queue.split_to(640).is_empty());
+}
+
+// Barge-in over real noise, with the default server VAD (Silero) and real speech.
+
+/// The user asks for a story by voice (so their speech level is known), and the bot is telling
+/// it when this returns.
+fn story_by_voice(cfg: SessionConfig) -> Sim {
+    let mut sim = Sim::with(cfg);
+    sim.asr_answers.push("tell me a long story about the sea");
+    sim.play(&fixture("story.wav"));
+    sim.audio(700, 0);
+    sim.run_ms(1000);
+    assert!(
+        sim.first_at(|o| matches!(o, Output::Audio { .. }))
+            .is_some(),
+        "the story has started: {:#?}",
+        sim.events()
+    );
+    sim
+}
+
+#[test]
+fn no_noise_pauses_or_interrupts_the_bot() {
+    for name in [
+        "pink_-44.wav",
+        "pink_-35.wav",
+        "pink_-25.wav",
+        "white_-30.wav",
+        "brown_-30.wav",
+        "hum_100_150.wav",
+        "keyboard.wav",
+        "cough.wav",
+        "knock.wav",
+        "clap.wav",
+        "babble.wav",
+    ] {
+        let mut sim = story_by_voice(SessionConfig::default());
+        // As a room has it: faded in over 200 ms, not a step out of digital silence (a step
+        // into a loud hum is a transient of its own).
+        let mut audio = noise(name);
+        let fade = 16 * 200;
+        for (i, s) in audio.iter_mut().take(fade).enumerate() {
+            *s = (i32::from(*s) * i as i32 / fade as i32) as i16;
+        }
+        sim.play(&audio);
+        sim.settle();
+        let paused = sim.has(|e| matches!(e, Event::PlaybackPaused { .. }));
+        let interrupted = sim.has(|e| matches!(e, Event::Interrupted { .. }));
+        assert!(!paused && !interrupted, "{name}: {:#?}", sim.events());
+        assert_eq!(
+            sim.done_of(TurnId(1)).0,
+            ResponseStatus::Completed,
+            "{name}"
+        );
+        sim.assert_all_done();
+    }
+}
+
+#[test]
+fn quiet_babble_is_kept_out_only_by_the_users_own_level() {
+    // Babble is speech to any VAD. Without the level rule it pauses the bot.
+    let mut sim = story_by_voice(SessionConfig {
+        barge_in_level_db: None,
+        ..SessionConfig::default()
+    });
+    sim.play(&noise("babble.wav"));
+    sim.settle();
+    assert!(sim.has(|e| matches!(e, Event::PlaybackPaused { .. })));
+}
+
+#[test]
+fn speech_over_noise_still_barges_in_fast() {
+    for name in ["interrupt_pink_snr10.wav", "interrupt_babble_snr10.wav"] {
+        let mut sim = story_by_voice(SessionConfig::default());
+        let start = sim.now;
+        sim.play(&noise(name));
+        sim.audio(700, 0);
+        sim.settle();
+        // The speech begins 200 ms into the file, under the noise.
+        let onset = start + Duration::from_millis(200);
+        let paused = sim
+            .first_at(|o| matches!(o, Output::Event(Event::PlaybackPaused { .. })))
+            .unwrap_or_else(|| panic!("{name}: never paused"));
+        let interrupted = sim
+            .first_at(|o| matches!(o, Output::Event(Event::Interrupted { .. })))
+            .unwrap_or_else(|| panic!("{name}: never interrupted"));
+        // Simulated time: the onset (two 32 ms windows) plus frame alignment, then 500 ms of
+        // voiced windows plus the pauses between the words.
+        assert!(
+            paused - onset <= Duration::from_millis(200),
+            "{name}: paused after {:?}",
+            paused - onset
+        );
+        assert!(
+            interrupted - onset <= Duration::from_millis(1000),
+            "{name}: interrupted after {:?}",
+            interrupted - onset
+        );
+        assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Interrupted);
+    }
+}
+
+#[test]
+fn scattered_voiced_windows_do_not_add_up_to_an_interruption() {
+    // 60 ms bursts every 300 ms: the span from the first to the last voiced frame passes
+    // min_interruption within a second, the voiced audio itself does not before the candidate
+    // times out. The bot resumes where it stopped.
+    let mut sim = Sim::with(webrtc_vad());
+    sim.text("tell me a story");
+    sim.run_ms(1500);
+    for _ in 0..10 {
+        sim.voice(60);
+        sim.audio(240, 0);
+    }
+    sim.settle();
+    assert!(sim.has(|e| matches!(e, Event::PlaybackPaused { .. })));
+    assert!(sim.has(|e| matches!(e, Event::FalseAlarm { .. })));
+    assert!(!sim.has(|e| matches!(e, Event::Interrupted { .. })));
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+}
+
+#[test]
+fn the_users_level_comes_from_their_own_turns() {
+    let sim = story_by_voice(SessionConfig::default());
+    let level = sim.s.user_level_dbfs.expect("learned from the request");
+    assert!((-30.0..-10.0).contains(&level), "{level}");
 }
