@@ -77,9 +77,11 @@ impl AppState {
     /// # Errors
     /// When the quotas in `config` are invalid.
     pub fn with_providers(
-        config: Config,
+        mut config: Config,
         providers: Providers,
     ) -> Result<Arc<AppState>, voxd_backends::BuildError> {
+        // Sessions stream their utterances to the ASR exactly when it can stream.
+        config.session.streaming_asr = providers.streaming_asr.is_some();
         // The Silero model loads once per process, here, so a defect shows at start-up and the
         // first caller does not pay the 12-45 ms of loading.
         let silero = config

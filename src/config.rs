@@ -906,6 +906,8 @@ impl Config {
             max_history_messages: t.max_history_messages,
             max_tts_backlog: Duration::from_millis(a.max_tts_backlog_ms),
             min_clause_chars: t.min_clause_chars,
+            // Known once the providers are built: `AppState::with_providers` sets it.
+            streaming_asr: false,
         };
         Ok(Config {
             file,

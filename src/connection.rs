@@ -34,7 +34,8 @@ use voxd_backends::{AsrStream, AsrUpdate, LlmEvent, LlmRequest, ProviderError};
 use voxd_core::resample::StreamResampler;
 use voxd_core::ResponseStatus;
 use voxd_core::{
-    Event, Output, ProviderEvent, ProviderFailure, SampleRate, Session, Time, ToolCall, TurnId,
+    AsrStreamEvent, Event, Output, ProviderEvent, ProviderFailure, SampleRate, Session, Time,
+    ToolCall, TurnId,
 };
 
 use crate::app::AppState;
@@ -131,50 +132,22 @@ struct Driver {
     limits: ClientLimits,
     timeouts: crate::config::Timeouts,
     /// The streaming ASR's recognition streams: the utterance being captured, and utterances that
-    /// ended and are finalizing (at most `MAX_LIVE_STREAMS` in all).
-    live: Vec<LiveAsr>,
+    /// ended and are finalizing (at most `voxd_core::session::MAX_STREAMS` in all).
+    live: Vec<LiveStream>,
 }
 
-/// Recognition streams a session keeps open at once. Each is one provider connection; past this
-/// many (utterances ending faster than their streams finalize), a new utterance goes the
-/// whole-utterance way.
-const MAX_LIVE_STREAMS: usize = 3;
-
-/// One utterance's recognition stream: audio goes to the provider while the user speaks, so the
-/// transcript is ready moments after the end of speech. See ARCHITECTURE.md, "Streaming ASR".
-struct LiveAsr {
+/// One utterance's recognition stream, opened when the core asked (`Output::OpenAsrStream`). The
+/// core decides what is sent on it and when (`voxd_core::session::live_asr`); this only carries it.
+struct LiveStream {
     turn: TurnId,
-    /// Connecting; the utterance's audio waits in the core meanwhile and is caught up on connect.
+    /// Connecting.
     opening: Option<BoxFuture<'static, Result<AsrStream, ProviderError>>>,
     stream: Option<AsrStream>,
-    /// Samples of the utterance sent so far.
-    pushed: usize,
-    /// The utterance as handed to transcription once it ended: the stream is finalizing, and this
-    /// is what the whole-utterance fallback transcribes if the stream fails.
-    ended: Option<Arc<[i16]>>,
-    /// Not streaming (the stream failed, or none was opened); the whole-utterance path
-    /// transcribes the utterance when it ends.
-    failed: bool,
-    /// The provider itself failed on this utterance (it already counted against its breaker).
-    provider_failed: bool,
 }
 
-impl LiveAsr {
-    /// Sends the samples of `audio` not sent yet (and, once the utterance ended, finalizes).
-    fn catch_up(&mut self, audio: &[i16]) {
-        let Some(stream) = &mut self.stream else {
-            return;
-        };
-        if audio.len() > self.pushed {
-            // A push error also comes out of the stream, once; it is handled there.
-            let _ = stream.push(&audio[self.pushed..]);
-            self.pushed = audio.len();
-        }
-        if self.ended.is_some() {
-            let _ = stream.finalize();
-        }
-    }
-}
+/// The streaming ASR's place in the ASR chain: the first link (`Providers::build` puts it there),
+/// so its fallbacks transcribe whole utterances when its streams fail.
+const STREAMING_LINK: usize = 0;
 
 /// What a live stream did.
 enum LiveEvent {
@@ -185,7 +158,9 @@ enum LiveEvent {
 }
 
 /// The next event of any live stream, with its turn (pending forever when there is none).
-fn live_event(live: &mut [LiveAsr]) -> impl std::future::Future<Output = (TurnId, LiveEvent)> + '_ {
+fn live_event(
+    live: &mut [LiveStream],
+) -> impl std::future::Future<Output = (TurnId, LiveEvent)> + '_ {
     std::future::poll_fn(move |cx| {
         for l in live.iter_mut() {
             if let Some(opening) = &mut l.opening {
@@ -229,61 +204,17 @@ impl Driver {
         }
     }
 
-    /// Sends the utterance being captured to the streaming ASR, opening a stream for a new one.
-    fn feed_live(&mut self) {
-        if self.app.providers.streaming_asr.is_none() {
-            return;
-        }
-        let Some((turn, _)) = self.core.utterance() else {
-            return;
-        };
-        if !self.live.iter().any(|l| l.turn == turn) {
-            // Streams of utterances that never ended (dismissed) go; finalizing ones stay.
-            self.live.retain(|l| l.ended.is_some());
-            let Some(provider) = self.app.providers.streaming_asr.clone() else {
-                return;
-            };
-            // A provider whose breaker is open is not even tried: the utterance goes the
-            // whole-utterance way through the fallbacks.
-            let skip = self.live.len() >= MAX_LIVE_STREAMS || self.app.providers.asr.is_open(0);
-            self.live.push(LiveAsr {
-                turn,
-                opening: (!skip).then(|| provider.open()),
-                stream: None,
-                pushed: 0,
-                ended: None,
-                failed: skip,
-                provider_failed: false,
-            });
-        }
-        if let (Some(l), Some((_, audio))) = (
-            self.live.iter_mut().find(|l| l.turn == turn),
-            self.core.utterance(),
-        ) {
-            if !l.failed {
-                l.catch_up(audio);
-            }
-        }
-    }
-
-    /// A live stream's event.
-    fn on_live_event(&mut self, turn: TurnId, event: LiveEvent, replies: &mut Vec<String>) {
+    /// A live stream's event, for the core.
+    fn on_live_event(&mut self, turn: TurnId, event: LiveEvent) {
         let Some(at) = self.live.iter().position(|l| l.turn == turn) else {
             return;
         };
-        match event {
+        let event = match event {
             LiveEvent::Opened(Ok(stream)) => {
                 let l = &mut self.live[at];
                 l.opening = None;
                 l.stream = Some(stream);
-                match (&l.ended, self.core.utterance()) {
-                    (Some(ended), _) => {
-                        let ended = Arc::clone(ended);
-                        l.catch_up(&ended);
-                    }
-                    (None, Some((t, audio))) if t == turn => l.catch_up(audio),
-                    _ => {}
-                }
+                AsrStreamEvent::Opened
             }
             LiveEvent::Opened(Err(e)) | LiveEvent::Update(Some(Err(e))) => self.live_failed(at, e),
             LiveEvent::Update(None) => self.live_failed(
@@ -293,64 +224,53 @@ impl Driver {
                     message: "the recognition stream ended without a final transcript".into(),
                 },
             ),
-            LiveEvent::Update(Some(Ok(update))) => {
-                let now = self.now();
-                match update {
-                    AsrUpdate::Interim { text } => replies.push(interim(turn, &text)),
-                    AsrUpdate::Final {
-                        text, speech_final, ..
-                    } => {
-                        replies.push(interim(turn, &text));
-                        if speech_final {
-                            // The provider heard the end of speech: no need to wait for the
-                            // VAD's hangover.
-                            self.core.handle_endpoint(now, turn);
-                        }
-                    }
-                    AsrUpdate::Finalized(transcript) => {
-                        self.live.remove(at);
-                        self.app.providers.asr.succeeded(0, &self.app.metrics);
-                        self.core.handle_provider(
-                            now,
-                            turn,
-                            ProviderEvent::Transcript(Ok(transcript.text)),
-                        );
-                    }
+            LiveEvent::Update(Some(Ok(update))) => match update {
+                AsrUpdate::Interim { text } => AsrStreamEvent::Interim(text),
+                AsrUpdate::Final {
+                    text, speech_final, ..
+                } => AsrStreamEvent::Final { text, speech_final },
+                AsrUpdate::Finalized(transcript) => {
+                    self.live.remove(at);
+                    let chain = &self.app.providers.asr;
+                    chain.succeeded(STREAMING_LINK, &self.app.metrics);
+                    AsrStreamEvent::Finalized(transcript.text)
                 }
-            }
-        }
+            },
+        };
+        let now = self.now();
+        self.core.handle_asr_stream(now, turn, event);
     }
 
-    /// Live stream `at` failed: its utterance goes the whole-utterance way (through the fallback
-    /// chain) now if it ended, or when it ends.
-    fn live_failed(&mut self, at: usize, e: ProviderError) {
-        let l = &mut self.live[at];
+    /// Live stream `at` failed (a failed stream has ended): it goes, and counts against the
+    /// streaming provider's breaker.
+    fn live_failed(&mut self, at: usize, e: ProviderError) -> AsrStreamEvent {
+        let l = self.live.remove(at);
         warn!(turn_id = l.turn.0, error = %e, "streaming ASR failed; transcribing the whole utterance instead");
-        self.app.providers.asr.failed(0, &self.app.metrics);
-        l.failed = true;
-        l.provider_failed = true;
-        l.stream = None;
-        l.opening = None;
-        if l.ended.is_some() {
-            let l = self.live.remove(at);
-            if let Some(ended) = l.ended {
-                self.transcribe_whole(l.turn, ended, true);
-            }
-        }
+        self.app
+            .providers
+            .asr
+            .failed(STREAMING_LINK, &self.app.metrics);
+        AsrStreamEvent::Failed(failure(e))
     }
 
     /// Transcribes a whole utterance through the ASR chain, as one of the session's calls.
-    /// `after_stream`: the streaming provider (link 0) just failed on this utterance, so the chain
-    /// starts at its fallback, if it has one.
+    /// `after_stream`: the streaming provider (`STREAMING_LINK`) failed on this utterance, so the
+    /// chain starts at its fallback, if it has one.
     fn transcribe_whole(&mut self, turn: TurnId, audio: Arc<[i16]>, after_stream: bool) {
         let app = Arc::clone(&self.app);
         let limit = self.timeouts.asr;
-        let from = usize::from(after_stream && app.providers.asr.len() > 1);
-        if from == 1 {
+        let from = if after_stream && app.providers.asr.len() > STREAMING_LINK + 1 {
             let chain = &app.providers.asr;
-            app.metrics
-                .fallback(chain.stage(), chain.name(0), chain.name(1));
-        }
+            let fallback = STREAMING_LINK + 1;
+            app.metrics.fallback(
+                chain.stage(),
+                chain.name(STREAMING_LINK),
+                chain.name(fallback),
+            );
+            fallback
+        } else {
+            0
+        };
         self.start(
             turn,
             stream::once(async move {
@@ -500,7 +420,7 @@ impl Driver {
                     self.core.handle_provider(now, turn, event);
                 }
                 (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
-                    self.on_live_event(turn, e, &mut replies);
+                    self.on_live_event(turn, e);
                 }
                 () = &mut idle => {
                     let due = last_message + idle_timeout;
@@ -546,7 +466,7 @@ impl Driver {
                                 self.collect(&mut replies);
                             }
                             (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
-                                self.on_live_event(turn, e, &mut replies);
+                                self.on_live_event(turn, e);
                                 self.collect(&mut replies);
                             }
                         }
@@ -603,10 +523,7 @@ impl Driver {
 
     fn on_text(&mut self, now: Time, frame: &str, replies: &mut Vec<String>) {
         match protocol::parse_client(frame) {
-            Ok(ClientMessage::SpeechStart) => {
-                self.core.handle_speech_start(now);
-                self.feed_live();
-            }
+            Ok(ClientMessage::SpeechStart) => self.core.handle_speech_start(now),
             Ok(ClientMessage::SpeechEnd) => self.core.handle_speech_end(now),
             Ok(ClientMessage::Text(t)) => self.core.handle_text(now, &t),
             Ok(ClientMessage::Ping(id)) => {
@@ -638,7 +555,6 @@ impl Driver {
                 self.core.handle_audio(now, &self.resampled);
             }
         }
-        self.feed_live();
     }
 
     /// Moves `replies` and then every output of the core, in order, into the outbox: events and
@@ -657,8 +573,6 @@ impl Driver {
                             timings,
                             ..
                         } => {
-                            self.turns.remove(turn);
-                            self.voices.remove(turn);
                             metrics.turn_done(*status, timings);
                             let ttft_ms = timings
                                 .first_audio_sent
@@ -677,13 +591,6 @@ impl Driver {
                         Event::FalseAlarm { turn } => {
                             debug!(turn_id = turn.0, "false alarm: the response goes on");
                             metrics.false_alarms.increment(1);
-                        }
-                        Event::Transcript { turn, .. }
-                            if self.core.current_response() != Some(*turn) =>
-                        {
-                            // A judged barge-in's transcription is over.
-                            self.turns.remove(turn);
-                            self.voices.remove(turn);
                         }
                         Event::ProviderError {
                             turn,
@@ -716,32 +623,51 @@ impl Driver {
                     // Dropping a stream closes its socket.
                     self.live.retain(|l| l.turn != turn);
                 }
+                Output::TurnReleased(turn) => {
+                    self.turns.remove(&turn);
+                    self.voices.remove(&turn);
+                    self.live.retain(|l| l.turn != turn);
+                }
                 Output::StartAsr {
                     turn,
                     audio,
-                    carried,
-                } => {
-                    let live = self
-                        .live
-                        .iter_mut()
-                        .find(|l| l.turn == turn && !l.failed && carried == 0);
-                    if let Some(l) = live {
-                        // The stream heard the whole utterance as it was spoken: finalize it.
-                        l.ended = Some(Arc::clone(&audio));
-                        l.catch_up(&audio);
-                    } else {
-                        // A stream that failed already counted its failure: start at the
-                        // fallback.
-                        let after_stream = self.app.providers.streaming_asr.is_some()
-                            && (self.app.providers.asr.is_open(0)
-                                || self
-                                    .live
-                                    .iter()
-                                    .any(|l| l.turn == turn && l.provider_failed));
-                        self.live.retain(|l| l.turn != turn);
-                        self.transcribe_whole(turn, audio, after_stream);
+                    after_stream,
+                } => self.transcribe_whole(turn, audio, after_stream),
+                Output::OpenAsrStream(turn) => {
+                    // A provider whose breaker is open is not even tried.
+                    let provider = self
+                        .app
+                        .providers
+                        .streaming_asr
+                        .as_ref()
+                        .filter(|_| !self.app.providers.asr.is_open(STREAMING_LINK));
+                    match provider {
+                        Some(p) => self.live.push(LiveStream {
+                            turn,
+                            opening: Some(p.open()),
+                            stream: None,
+                        }),
+                        None => {
+                            let now = self.now();
+                            self.core
+                                .handle_asr_stream(now, turn, AsrStreamEvent::Unavailable);
+                        }
                     }
                 }
+                Output::PushAsrStream { turn, samples } => {
+                    let live = self.live.iter_mut().find(|l| l.turn == turn);
+                    if let Some(stream) = live.and_then(|l| l.stream.as_mut()) {
+                        // A push error also comes out of the stream, once; it is handled there.
+                        let _ = stream.push(self.core.asr_stream_audio(turn, samples));
+                    }
+                }
+                Output::FinalizeAsrStream(turn) => {
+                    let live = self.live.iter_mut().find(|l| l.turn == turn);
+                    if let Some(stream) = live.and_then(|l| l.stream.as_mut()) {
+                        let _ = stream.finalize();
+                    }
+                }
+                Output::CloseAsrStream(turn) => self.live.retain(|l| l.turn != turn),
                 Output::StartLlm { turn, messages } => {
                     let app = Arc::clone(&self.app);
                     let (first, stall) = (self.timeouts.llm_first_token, self.timeouts.llm_stall);
@@ -952,16 +878,6 @@ impl<'a> Relay<'a> {
             yield done;
         }
     }
-}
-
-/// A `transcript` event with `final: false`: what the streaming ASR has heard so far.
-fn interim(turn: TurnId, text: &str) -> String {
-    ServerMessage::Transcript {
-        turn_id: turn.0,
-        text,
-        is_final: false,
-    }
-    .to_json()
 }
 
 fn text(s: String) -> Message {

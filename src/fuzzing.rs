@@ -15,8 +15,8 @@ use serde_json::Value;
 use voxd_core::session::invariants::Checker;
 use voxd_core::vad::{Aggressiveness, Engine};
 use voxd_core::{
-    ChatMessage, Event, Output, ProviderEvent, ProviderFailure, SampleRate, Session, SessionConfig,
-    Time, ToolCall, TurnId,
+    AsrStreamEvent, ChatMessage, Event, Output, ProviderEvent, ProviderFailure, SampleRate,
+    Session, SessionConfig, Time, ToolCall, TurnId,
 };
 
 use crate::protocol::{self, ClientMessage, ServerMessage};
@@ -193,7 +193,9 @@ pub fn session(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let server_vad = bool::arbitrary(&mut u).unwrap_or(false);
     let tweaks = Option::<Tweaks>::arbitrary(&mut u).unwrap_or(None);
-    let mut d = Driver::new(config(server_vad, tweaks));
+    let mut cfg = config(server_vad, tweaks);
+    cfg.streaming_asr = bool::arbitrary(&mut u).unwrap_or(false);
+    let mut d = Driver::new(cfg);
     for _ in 0..MAX_STEPS {
         if u.is_empty() {
             break;
@@ -319,11 +321,22 @@ enum Step {
         first: u8,
         events: u8,
     },
-    /// A streaming ASR's endpoint (`speech_final`) for the utterance being captured, or for an
-    /// older turn.
-    Endpoint {
-        current: bool,
+    /// An event of a streaming ASR's recognition stream: of the stream opened last, or of turn 1
+    /// (often stale).
+    Stream {
+        last: bool,
+        event: StreamEv,
     },
+}
+
+#[derive(Arbitrary, Debug)]
+enum StreamEv {
+    Opened,
+    Unavailable,
+    Interim(Words),
+    Final { text: Words, speech_final: bool },
+    Finalized(Words),
+    Failed { timed_out: bool },
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -447,6 +460,8 @@ struct Driver {
     input_pos: u64,
     last_turn: u64,
     last_asr: Option<TurnId>,
+    /// The turn of the recognition stream opened last.
+    last_stream: Option<TurnId>,
     tts_seq: HashMap<TurnId, u32>,
     tools: HashMap<TurnId, Vec<String>>,
     /// The output rate, in Hz.
@@ -516,6 +531,7 @@ impl Driver {
             input_pos: 0,
             last_turn: 0,
             last_asr: None,
+            last_stream: None,
             tts_seq: HashMap::new(),
             tools: HashMap::new(),
             calls: Vec::new(),
@@ -563,7 +579,23 @@ impl Driver {
                     self.calls.retain(|c| c.turn() != *turn);
                     *turn
                 }
-                Output::Audio { turn, .. } => *turn,
+                Output::OpenAsrStream(turn) => {
+                    self.last_stream = Some(*turn);
+                    *turn
+                }
+                Output::PushAsrStream { turn, samples } => {
+                    let audio = self.s.asr_stream_audio(*turn, samples.clone());
+                    assert_eq!(
+                        audio.len(),
+                        samples.len(),
+                        "turn {turn}: push of {samples:?}"
+                    );
+                    *turn
+                }
+                Output::Audio { turn, .. }
+                | Output::FinalizeAsrStream(turn)
+                | Output::CloseAsrStream(turn)
+                | Output::TurnReleased(turn) => *turn,
                 Output::Event(e) => event_turn(e),
             };
             self.last_turn = self.last_turn.max(turn.0);
@@ -606,12 +638,27 @@ impl Driver {
                 self.s.handle_speech_end(self.now);
                 self.drain();
             }
-            Step::Endpoint { current } => {
-                let turn = match self.s.utterance() {
-                    Some((turn, _)) if current => turn,
+            Step::Stream { last, event } => {
+                let turn = match self.last_stream {
+                    Some(turn) if last => turn,
                     _ => TurnId(1),
                 };
-                self.s.handle_endpoint(self.now, turn);
+                let event = match event {
+                    StreamEv::Opened => AsrStreamEvent::Opened,
+                    StreamEv::Unavailable => AsrStreamEvent::Unavailable,
+                    StreamEv::Interim(w) => AsrStreamEvent::Interim(w.text()),
+                    StreamEv::Final { text, speech_final } => AsrStreamEvent::Final {
+                        text: text.text(),
+                        speech_final,
+                    },
+                    StreamEv::Finalized(w) => AsrStreamEvent::Finalized(w.text()),
+                    StreamEv::Failed { timed_out } => AsrStreamEvent::Failed(ProviderFailure {
+                        provider: "stream".into(),
+                        message: "failed".into(),
+                        timed_out,
+                    }),
+                };
+                self.s.handle_asr_stream(self.now, turn, event);
                 self.drain();
             }
             Step::Audio {

@@ -18,7 +18,7 @@ mod test_audio;
 
 pub use history::{ChatMessage, ToolCall};
 pub use session::{
-    Event, Output, ProviderEvent, ProviderFailure, ResponseStatus, Session, SessionConfig, Stage,
-    Timings,
+    AsrStreamEvent, Event, Output, ProviderEvent, ProviderFailure, ResponseStatus, Session,
+    SessionConfig, Stage, Timings,
 };
 pub use types::{SampleRate, Time, TurnId};

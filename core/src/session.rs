@@ -27,6 +27,7 @@
 //! `invariants::Checker` (with the `invariants` feature) states these as an owner observes them.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,10 @@ use crate::history::{ChatMessage, History, ToolCall};
 use crate::splitter::SentenceSplitter;
 use crate::types::{SampleRate, Time, TurnId};
 use crate::vad::{VadConfig, VadEvent, VoiceDetector};
+
+mod live_asr;
+pub use live_asr::{AsrStreamEvent, MAX_STREAMS};
+use live_asr::{LiveStreams, Then};
 
 /// The session's settings, validated by the server's config loader.
 #[derive(Clone, Debug)]
@@ -78,6 +83,9 @@ pub struct SessionConfig {
     pub max_tts_backlog: Duration,
     /// Clauses at least this long (characters) are spoken without waiting for the sentence end.
     pub min_clause_chars: usize,
+    /// The ASR can stream: each utterance gets a recognition stream as it is spoken
+    /// (`AsrStreamEvent`, and the policy in `live_asr`).
+    pub streaming_asr: bool,
 }
 
 impl Default for SessionConfig {
@@ -107,6 +115,7 @@ impl Default for SessionConfig {
             max_history_messages: 64,
             max_tts_backlog: Duration::from_millis(3000),
             min_clause_chars: 60,
+            streaming_asr: false,
         }
     }
 }
@@ -351,18 +360,37 @@ pub enum Output {
         /// The bytes.
         pcm: Bytes,
     },
-    /// Transcribe an utterance (16 kHz mono PCM16).
+    /// Transcribe a whole utterance (16 kHz mono PCM16): the ASR's answer comes back as
+    /// `ProviderEvent::Transcript`.
     StartAsr {
         /// The turn.
         turn: TurnId,
-        /// The audio.
+        /// The audio. It may begin with audio carried over from a turn cancelled before its
+        /// transcript (the user had only paused).
         audio: Arc<[i16]>,
-        /// Samples at the start of `audio` carried over from a turn cancelled before its
-        /// transcript; they were not part of the utterance as `Session::utterance` showed it. A
-        /// driver that streamed the utterance to a streaming ASR can use that stream's result only
-        /// when this is 0.
-        carried: usize,
+        /// The streaming ASR already failed on this utterance (or was skipped as unavailable) and
+        /// counted it: start at the ASR chain's fallback.
+        after_stream: bool,
     },
+    /// Open a recognition stream on the streaming ASR for the utterance of this turn; report
+    /// with `Session::handle_asr_stream` (`Opened`, `Unavailable` or `Failed`).
+    OpenAsrStream(TurnId),
+    /// Send these samples of the turn's utterance on its stream:
+    /// `Session::asr_stream_audio(turn, samples)`. Valid until the next `handle_*` call.
+    PushAsrStream {
+        /// The turn.
+        turn: TurnId,
+        /// The range, in samples of the utterance (16 kHz mono).
+        samples: Range<usize>,
+    },
+    /// The utterance ended: finalize its stream (the transcript comes back as
+    /// `AsrStreamEvent::Finalized`).
+    FinalizeAsrStream(TurnId),
+    /// Drop the turn's stream: its utterance was dismissed, or is transcribed whole.
+    CloseAsrStream(TurnId),
+    /// The turn needs nothing more from providers, and its calls are over: forget its
+    /// bookkeeping. (`CancelTurn` also releases the turn, after aborting its calls.)
+    TurnReleased(TurnId),
     /// Start streaming an LLM reply for the conversation.
     StartLlm {
         /// The turn.
@@ -653,6 +681,8 @@ pub struct Session {
     user: Option<Utterance>,
     judged: Option<Judged>,
     response: Option<Response>,
+    /// The streaming ASR's recognition streams.
+    live: LiveStreams,
     /// Audio of a turn cancelled before its transcript was known: the user had only paused, so
     /// it is prepended to the next utterance.
     carry_audio: Vec<i16>,
@@ -709,6 +739,7 @@ impl Session {
             user: None,
             judged: None,
             response: None,
+            live: LiveStreams::new(cfg.streaming_asr),
             carry_audio: Vec::new(),
             outputs: VecDeque::with_capacity(16),
             vad_events: Vec::with_capacity(4),
@@ -780,16 +811,63 @@ impl Session {
     }
 
     /// The utterance being captured: its turn and its audio so far (pre-roll and any joined
-    /// fragment included). A driver with a streaming ASR sends it on as it grows.
+    /// fragment included).
+    #[cfg(any(test, feature = "invariants"))]
     pub fn utterance(&self) -> Option<(TurnId, &[i16])> {
         self.user.as_ref().map(|u| (u.turn, u.audio.as_slice()))
     }
 
-    /// A streaming ASR reports that the speech of `turn` is final (its endpoint), before the
-    /// server VAD's hangover has passed: the utterance ends now. Ignored unless `turn` is the
-    /// utterance being captured by server VAD (a client that sends its own `speech_end` decides
-    /// when it stops).
-    pub fn handle_endpoint(&mut self, now: Time, turn: TurnId) {
+    /// The samples an `Output::PushAsrStream` names (empty if the turn's utterance is gone).
+    pub fn asr_stream_audio(&self, turn: TurnId, samples: Range<usize>) -> &[i16] {
+        let captured = self
+            .user
+            .as_ref()
+            .filter(|u| u.turn == turn)
+            .map(|u| u.audio.get(samples.clone()));
+        match captured {
+            Some(audio) => audio.unwrap_or_default(),
+            None => self.live.ended_audio(turn, samples).unwrap_or_default(),
+        }
+    }
+
+    /// The recognition stream of `turn` did something (see `live_asr` for what follows).
+    pub fn handle_asr_stream(&mut self, now: Time, turn: TurnId, event: AsrStreamEvent) {
+        let captured = self
+            .user
+            .as_ref()
+            .filter(|u| u.turn == turn)
+            .map(|u| u.audio.len());
+        match self.live.on_event(turn, event, captured, &mut self.outputs) {
+            Then::Nothing => {}
+            Then::Interim(text) => self.emit(Event::Transcript {
+                turn,
+                text,
+                is_final: false,
+            }),
+            Then::Endpoint(text) => {
+                self.emit(Event::Transcript {
+                    turn,
+                    text,
+                    is_final: false,
+                });
+                self.endpoint(now, turn);
+            }
+            Then::Transcript(text) => {
+                self.provider_event(now, turn, ProviderEvent::Transcript(Ok(text)));
+            }
+            Then::Transcribe(audio, after_stream) => self.outputs.push_back(Output::StartAsr {
+                turn,
+                audio,
+                after_stream,
+            }),
+        }
+        self.pump(now);
+    }
+
+    /// The streaming ASR heard the speech of `turn` end (its endpoint), before the server VAD's
+    /// hangover has passed: the utterance ends now. Ignored unless `turn` is the utterance being
+    /// captured by server VAD (a client that sends its own `speech_end` decides when it stops).
+    fn endpoint(&mut self, now: Time, turn: TurnId) {
         let vad_utterance = self
             .user
             .as_ref()
@@ -798,7 +876,6 @@ impl Session {
             self.end_speech(now);
             self.check_interruption(now);
         }
-        self.pump(now);
     }
 
     /// Microphone audio: mono PCM16 at 16 kHz (the owner resamples other rates first).
@@ -864,6 +941,9 @@ impl Session {
         if force_end && self.user.is_some() {
             self.end_speech(now);
         }
+        if let Some(u) = &self.user {
+            self.live.feed(u.turn, u.audio.len(), &mut self.outputs);
+        }
         self.check_interruption(now);
         self.pump(now);
     }
@@ -917,6 +997,11 @@ impl Session {
     /// A provider event for `turn`. Events of any turn but the current response's (or the judged
     /// barge-in candidate's) are dropped: that turn was cancelled.
     pub fn handle_provider(&mut self, now: Time, turn: TurnId, event: ProviderEvent) {
+        self.provider_event(now, turn, event);
+        self.pump(now);
+    }
+
+    fn provider_event(&mut self, now: Time, turn: TurnId, event: ProviderEvent) {
         if self.judged.as_ref().is_some_and(|j| j.turn == turn) {
             if let ProviderEvent::Transcript(result) = event {
                 self.resolve_judged(now, result);
@@ -924,7 +1009,6 @@ impl Session {
         } else if self.response.as_ref().is_some_and(|r| r.turn == turn) {
             self.on_response_event(now, event);
         }
-        self.pump(now);
     }
 
     /// Time passed: pace audio, end the response, speak a filler, time out a barge-in candidate.
@@ -937,7 +1021,7 @@ impl Session {
             // `speech_end`, if any, finds no speech in progress and is ignored.
             if let Some(u) = self.user.take() {
                 // Nothing of the candidate's turn may run on (a streaming ASR's stream).
-                self.outputs.push_back(Output::CancelTurn(u.turn));
+                self.cancel_turn(u.turn);
                 self.emit(Event::FalseAlarm { turn: u.turn });
             }
             self.sync_hold(now);
@@ -989,6 +1073,18 @@ impl Session {
         self.outputs.push_back(Output::Event(e));
     }
 
+    /// Aborts every provider call of `turn`, its recognition stream included.
+    fn cancel_turn(&mut self, turn: TurnId) {
+        self.live.cancel(turn);
+        self.outputs.push_back(Output::CancelTurn(turn));
+    }
+
+    /// `turn` needs nothing more from providers (its recognition stream included).
+    fn release_turn(&mut self, turn: TurnId) {
+        self.live.cancel(turn);
+        self.outputs.push_back(Output::TurnReleased(turn));
+    }
+
     fn push_preroll(&mut self, samples: &[i16]) {
         let cap = self.preroll_cap;
         if cap == 0 {
@@ -1020,7 +1116,7 @@ impl Session {
         if let Some(j) = self.judged.take() {
             // More speech before the last fragment's transcript arrived: one utterance, judged as
             // a whole. The fragment's transcription is cancelled.
-            self.outputs.push_back(Output::CancelTurn(j.turn));
+            self.cancel_turn(j.turn);
             let mut audio = j.audio;
             audio.append(&mut u.audio);
             u.audio = audio;
@@ -1028,6 +1124,7 @@ impl Session {
             u.barge_in = self.response.is_some();
         }
         self.user = Some(u);
+        self.live.begin(turn, &mut self.outputs);
         self.emit(Event::SpeechStarted { turn, at: now });
         self.sync_hold(now);
     }
@@ -1061,11 +1158,13 @@ impl Session {
                 voiced,
                 audio: u.audio,
             });
-            self.outputs.push_back(Output::StartAsr {
-                turn: u.turn,
-                audio,
-                carried: 0,
-            });
+            if let Some(after_stream) = self.live.end(u.turn, &audio, 0, &mut self.outputs) {
+                self.outputs.push_back(Output::StartAsr {
+                    turn: u.turn,
+                    audio,
+                    after_stream,
+                });
+            }
         } else {
             // Speech that began while idle supersedes anything started meanwhile (a `text` turn).
             self.interrupt_response(now);
@@ -1088,11 +1187,13 @@ impl Session {
         let mut r = Response::new(turn, speech_end, self.cfg.min_clause_chars);
         r.asr_audio = Some(audio.clone());
         self.response = Some(r);
-        self.outputs.push_back(Output::StartAsr {
-            turn,
-            audio,
-            carried,
-        });
+        if let Some(after_stream) = self.live.end(turn, &audio, carried, &mut self.outputs) {
+            self.outputs.push_back(Output::StartAsr {
+                turn,
+                audio,
+                after_stream,
+            });
+        }
     }
 
     /// A barge-in candidate that has lasted `min_interruption` is an interruption, decided now.
@@ -1115,6 +1216,7 @@ impl Session {
     /// alarm, real words interrupt.
     fn resolve_judged(&mut self, now: Time, result: Result<String, ProviderFailure>) {
         let Some(j) = self.judged.take() else { return };
+        self.live.settled(j.turn, &mut self.outputs);
         let text = match result {
             Ok(text) => text.trim().to_owned(),
             Err(failure) => {
@@ -1135,11 +1237,13 @@ impl Session {
         let false_alarm = self.is_backchannel(&text);
         if self.response.is_some() && false_alarm {
             self.emit(Event::FalseAlarm { turn: j.turn });
+            self.release_turn(j.turn);
             self.sync_hold(now);
             return;
         }
         if text.is_empty() {
             // Nothing said and nothing to resume.
+            self.release_turn(j.turn);
             self.sync_hold(now);
             return;
         }
@@ -1229,7 +1333,7 @@ impl Session {
         let Some(mut r) = self.response.take() else {
             return;
         };
-        self.outputs.push_back(Output::CancelTurn(r.turn));
+        self.cancel_turn(r.turn);
         r.play.stop(now, r.sent, self.cfg.output_rate);
         let played = r.play.played;
         if let Some(audio) = r.asr_audio.take() {
@@ -1252,7 +1356,7 @@ impl Session {
         let Some(mut r) = self.response.take() else {
             return;
         };
-        self.outputs.push_back(Output::CancelTurn(r.turn));
+        self.cancel_turn(r.turn);
         // The client plays out what it was sent; that much was heard.
         self.history
             .push_assistant_text(&r.heard_text(r.sent, false, self.samples_per_char));
@@ -1280,6 +1384,7 @@ impl Session {
             timings: r.timings,
             reason,
         });
+        self.release_turn(r.turn);
     }
 
     fn on_response_event(&mut self, now: Time, event: ProviderEvent) {
@@ -1292,6 +1397,7 @@ impl Session {
                 }
                 r.timings.asr_done = Some(now);
                 r.asr_audio = None;
+                self.live.settled(turn, &mut self.outputs);
                 let text = text.trim().to_owned();
                 self.emit(Event::Transcript {
                     turn,

@@ -51,6 +51,12 @@ struct TurnLog {
     paused: bool,
     interrupted: bool,
     cancelled: bool,
+    /// `TurnReleased`: nothing more of providers for this turn.
+    released: bool,
+    /// A recognition stream was opened, and not closed.
+    streaming: bool,
+    /// Samples of the utterance pushed on its stream.
+    pushed: usize,
     done: usize,
 }
 
@@ -193,13 +199,47 @@ impl Checker {
                     start: t.produced.len() as u64 / 2,
                 });
             }
-            Output::StartAsr { turn, .. } | Output::StartTool { turn, .. } => {
+            Output::StartAsr { turn, .. }
+            | Output::StartTool { turn, .. }
+            | Output::OpenAsrStream(turn) => {
                 let t = self.turns.entry(*turn).or_default();
                 assert!(
                     !t.cancelled,
                     "turn {turn}: provider call after cancellation"
                 );
+                assert!(!t.released, "turn {turn}: provider call after release");
                 assert_eq!(t.done, 0, "turn {turn}: provider call after response_done");
+                if matches!(output, Output::OpenAsrStream(_)) {
+                    assert!(!t.streaming, "turn {turn}: a second recognition stream");
+                    t.streaming = true;
+                }
+            }
+            Output::PushAsrStream { turn, .. } | Output::FinalizeAsrStream(turn) => {
+                let t = self.turns.entry(*turn).or_default();
+                assert!(
+                    t.streaming,
+                    "turn {turn}: {output:?} without an open stream"
+                );
+                assert!(!t.cancelled, "turn {turn}: {output:?} after cancellation");
+                assert!(!t.released, "turn {turn}: {output:?} after release");
+                if let Output::PushAsrStream { samples, .. } = output {
+                    assert!(
+                        samples.start == t.pushed && samples.end > samples.start,
+                        "turn {turn}: the stream heard {} samples, then {samples:?}",
+                        t.pushed
+                    );
+                    t.pushed = samples.end;
+                }
+            }
+            Output::CloseAsrStream(turn) => {
+                let t = self.turns.entry(*turn).or_default();
+                assert!(t.streaming, "turn {turn}: closing a stream never opened");
+                t.streaming = false;
+            }
+            Output::TurnReleased(turn) => {
+                let t = self.turns.entry(*turn).or_default();
+                assert!(!t.released, "turn {turn}: released twice");
+                t.released = true;
             }
             Output::StartLlm { turn, messages } => {
                 let t = self.turns.entry(*turn).or_default();

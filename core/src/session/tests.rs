@@ -6,7 +6,7 @@
 //! `CancelTurn`, and wakes the session at its `poll_timeout`. Every step checks the invariants
 //! (`invariants::Checker`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::invariants::Checker;
 use super::*;
@@ -36,6 +36,55 @@ fn transcript_for(samples: usize) -> &'static str {
     }
 }
 
+/// What a scheduled input is.
+#[derive(Debug)]
+enum Input {
+    Provider(ProviderEvent),
+    Stream(AsrStreamEvent),
+}
+
+/// How the scripted streaming ASR behaves.
+#[derive(Debug, Clone, Copy)]
+struct StreamScript {
+    /// Time to connect.
+    open_ms: u64,
+    /// What connecting gives: `Opened`, `Unavailable` or `Failed`.
+    open: Opens,
+    /// Time from `FinalizeAsrStream` to the transcript.
+    finalize_ms: u64,
+    /// The stream fails once it has heard this many samples (at the next push).
+    fail_after: Option<usize>,
+    /// The stream fails instead of answering a finalize.
+    fail_finalize: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Opens {
+    Ok,
+    Unavailable,
+    Fails,
+}
+
+impl Default for StreamScript {
+    fn default() -> Self {
+        StreamScript {
+            open_ms: 40,
+            open: Opens::Ok,
+            finalize_ms: 30,
+            fail_after: None,
+            fail_finalize: false,
+        }
+    }
+}
+
+fn stream_failure() -> ProviderFailure {
+    ProviderFailure {
+        provider: "stream".into(),
+        message: "reset".into(),
+        timed_out: false,
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Sent {
     at: Time,
@@ -46,7 +95,7 @@ struct Sim {
     s: Session,
     now: Time,
     seq: u64,
-    scheduled: BTreeMap<(Time, u64), (TurnId, ProviderEvent)>,
+    scheduled: BTreeMap<(Time, u64), (TurnId, Input)>,
     log: Vec<Sent>,
     cancelled: HashSet<TurnId>,
     /// Overrides of the scripted ASR's answer, consumed in order.
@@ -63,8 +112,14 @@ struct Sim {
     check: Checker,
     /// Turns the LLM was asked to answer.
     started: HashSet<TurnId>,
-    /// Every transcription started: turn, audio length, carried samples.
-    asr_calls: Vec<(TurnId, usize, usize)>,
+    /// Every whole-utterance transcription started: turn, audio length, `after_stream`.
+    asr_calls: Vec<(TurnId, usize, bool)>,
+    /// The scripted streaming ASR (with `SessionConfig::streaming_asr`).
+    stream: StreamScript,
+    /// Open recognition streams: the samples each has heard.
+    streams: HashMap<TurnId, usize>,
+    /// Every stream opened.
+    opened: Vec<TurnId>,
 }
 
 /// Server VAD with webrtc-vad, which hears the sim's buzz (`Sim::voice`) as speech: for the
@@ -103,12 +158,29 @@ impl Sim {
             tts_realtime: false,
             started: HashSet::new(),
             asr_calls: Vec::new(),
+            stream: StreamScript::default(),
+            streams: HashMap::new(),
+            opened: Vec::new(),
         }
     }
 
     fn schedule(&mut self, at: Time, turn: TurnId, e: ProviderEvent) {
         self.seq += 1;
-        self.scheduled.insert((at, self.seq), (turn, e));
+        self.scheduled
+            .insert((at, self.seq), (turn, Input::Provider(e)));
+    }
+
+    fn schedule_stream(&mut self, after_ms: u64, turn: TurnId, e: AsrStreamEvent) {
+        self.seq += 1;
+        let at = self.now + Duration::from_millis(after_ms);
+        self.scheduled
+            .insert((at, self.seq), (turn, Input::Stream(e)));
+    }
+
+    /// A stream event now, as a driver reports it.
+    fn stream_event(&mut self, turn: TurnId, e: AsrStreamEvent) {
+        self.s.handle_asr_stream(self.now, turn, e);
+        self.drain();
     }
 
     /// Drains outputs, checking invariants and starting scripted provider calls.
@@ -120,9 +192,9 @@ impl Sim {
                 Output::StartAsr {
                     turn,
                     audio,
-                    carried,
+                    after_stream,
                 } => {
-                    self.asr_calls.push((*turn, audio.len(), *carried));
+                    self.asr_calls.push((*turn, audio.len(), *after_stream));
                     let text = if self.asr_answers.is_empty() {
                         transcript_for(audio.len())
                     } else {
@@ -155,9 +227,58 @@ impl Sim {
                 }
                 Output::CancelTurn(turn) => {
                     self.cancelled.insert(*turn);
+                    self.streams.remove(turn);
                     self.scheduled.retain(|_, (t, _)| t != turn);
                 }
-                Output::Event(_) | Output::Audio { .. } => {}
+                Output::OpenAsrStream(turn) => {
+                    self.opened.push(*turn);
+                    let script = self.stream;
+                    let event = match script.open {
+                        Opens::Ok => {
+                            self.streams.insert(*turn, 0);
+                            AsrStreamEvent::Opened
+                        }
+                        Opens::Unavailable => AsrStreamEvent::Unavailable,
+                        Opens::Fails => AsrStreamEvent::Failed(stream_failure()),
+                    };
+                    self.schedule_stream(script.open_ms, *turn, event);
+                }
+                Output::PushAsrStream { turn, samples } => {
+                    let audio = self.s.asr_stream_audio(*turn, samples.clone());
+                    assert_eq!(audio.len(), samples.len(), "{samples:?} of {turn}");
+                    let heard = self
+                        .streams
+                        .get_mut(turn)
+                        .expect("pushed to an open stream");
+                    assert_eq!(*heard, samples.start, "pushes are contiguous");
+                    *heard = samples.end;
+                    let heard = *heard;
+                    if self.stream.fail_after.is_some_and(|n| heard >= n) {
+                        self.streams.remove(turn);
+                        self.schedule_stream(0, *turn, AsrStreamEvent::Failed(stream_failure()));
+                    }
+                }
+                Output::FinalizeAsrStream(turn) => {
+                    if let Some(&heard) = self.streams.get(turn) {
+                        let event = if self.stream.fail_finalize {
+                            AsrStreamEvent::Failed(stream_failure())
+                        } else {
+                            let text = if self.asr_answers.is_empty() {
+                                transcript_for(heard)
+                            } else {
+                                self.asr_answers.remove(0)
+                            };
+                            AsrStreamEvent::Finalized(text.to_owned())
+                        };
+                        self.schedule_stream(self.stream.finalize_ms, *turn, event);
+                    }
+                }
+                Output::CloseAsrStream(turn) => {
+                    self.streams.remove(turn);
+                    self.scheduled
+                        .retain(|_, (t, i)| t != turn || matches!(i, Input::Provider(_)));
+                }
+                Output::Event(_) | Output::Audio { .. } | Output::TurnReleased(_) => {}
             }
             self.log.push(Sent { at: now, output: o });
         }
@@ -261,9 +382,13 @@ impl Sim {
             self.now = next;
             if next_provider == Some(next) {
                 let key = *self.scheduled.keys().next().unwrap();
-                let (turn, e) = self.scheduled.remove(&key).unwrap();
-                self.check.provider(&self.s, turn, &e);
-                self.s.handle_provider(next, turn, e);
+                match self.scheduled.remove(&key).unwrap() {
+                    (turn, Input::Provider(e)) => {
+                        self.check.provider(&self.s, turn, &e);
+                        self.s.handle_provider(next, turn, e);
+                    }
+                    (turn, Input::Stream(e)) => self.s.handle_asr_stream(next, turn, e),
+                }
             } else {
                 self.s.handle_timeout(next);
             }
@@ -950,28 +1075,158 @@ fn server_vad_drives_turns_over_voiced_audio() {
     assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
 }
 
+fn streaming() -> SessionConfig {
+    SessionConfig {
+        vad: None,
+        streaming_asr: true,
+        ..SessionConfig::default()
+    }
+}
+
+fn streaming_vad() -> SessionConfig {
+    SessionConfig {
+        streaming_asr: true,
+        ..webrtc_vad()
+    }
+}
+
+/// The outputs of `turn` that concern its recognition stream, by name, in order.
+fn stream_outputs(sim: &Sim, turn: TurnId) -> Vec<&'static str> {
+    sim.log
+        .iter()
+        .filter_map(|s| match &s.output {
+            Output::OpenAsrStream(t) if *t == turn => Some("open"),
+            Output::PushAsrStream { turn: t, .. } if *t == turn => Some("push"),
+            Output::FinalizeAsrStream(t) if *t == turn => Some("finalize"),
+            Output::CloseAsrStream(t) if *t == turn => Some("close"),
+            Output::StartAsr { turn: t, .. } if *t == turn => Some("whole"),
+            _ => None,
+        })
+        .fold(Vec::new(), |mut v, name| {
+            // Runs of pushes count once.
+            if !(name == "push" && v.last() == Some(&"push")) {
+                v.push(name);
+            }
+            v
+        })
+}
+
+#[test]
+fn a_stream_opens_as_speech_begins_catches_up_and_gives_the_transcript() {
+    let mut sim = Sim::with(streaming());
+    // Connecting takes 200 ms: the first 200 ms of speech wait in the session.
+    sim.stream.open_ms = 200;
+    sim.say(2000);
+    // The whole utterance was heard by the stream, in order (the scripted stream checks that the
+    // pushes are contiguous), and no whole-utterance transcription ran.
+    assert!(sim.asr_calls.is_empty(), "{:?}", sim.asr_calls);
+    assert_eq!(
+        stream_outputs(&sim, TurnId(1)),
+        ["open", "push", "finalize"]
+    );
+    // The first push after connecting carries the audio that waited: the nine 20 ms frames that
+    // arrived before it connected.
+    let first = sim.log.iter().find_map(|s| match &s.output {
+        Output::PushAsrStream { samples, .. } => Some(samples.clone()),
+        _ => None,
+    });
+    assert_eq!(first, Some(0..180 * 16));
+    sim.settle();
+    assert!(sim.has(
+        |e| matches!(e, Event::Transcript { text, is_final: true, .. }
+        if text == "what's the weather like today")
+    ));
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    sim.assert_all_done();
+}
+
+#[test]
+fn an_utterance_that_ends_before_its_stream_connects_is_finalized_on_connect() {
+    let mut sim = Sim::with(streaming());
+    sim.stream.open_ms = 1500;
+    sim.say(1000);
+    assert_eq!(stream_outputs(&sim, TurnId(1)), ["open"]);
+    sim.run_ms(600);
+    assert_eq!(
+        stream_outputs(&sim, TurnId(1)),
+        ["open", "push", "finalize"]
+    );
+    sim.settle();
+    assert!(sim.asr_calls.is_empty());
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+}
+
+#[test]
+fn interim_and_final_segments_reach_the_client_as_interim_transcripts() {
+    let mut sim = Sim::with(streaming());
+    sim.speech_start();
+    sim.audio(400, 0);
+    sim.stream_event(TurnId(1), AsrStreamEvent::Interim("what's the".into()));
+    sim.stream_event(
+        TurnId(1),
+        AsrStreamEvent::Final {
+            text: "what's the weather".into(),
+            speech_final: false,
+        },
+    );
+    // An event of a turn that has no stream changes nothing.
+    sim.stream_event(TurnId(7), AsrStreamEvent::Interim("nobody".into()));
+    let interims: Vec<&str> = sim
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Transcript {
+                text,
+                is_final: false,
+                ..
+            } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(interims, ["what's the", "what's the weather"]);
+    // A client's speech_end decides when its utterance ends, whatever the provider's endpoint.
+    sim.stream_event(
+        TurnId(1),
+        AsrStreamEvent::Final {
+            text: "what's the weather".into(),
+            speech_final: true,
+        },
+    );
+    assert!(sim.s.user_speaking(), "the client's speech_end decides");
+    sim.audio(1600, 0);
+    sim.speech_end();
+    sim.settle();
+    sim.assert_all_done();
+}
+
 #[test]
 fn a_streaming_asr_endpoint_ends_vad_speech_before_the_hangover() {
-    let mut sim = Sim::with(webrtc_vad());
+    let mut sim = Sim::with(streaming_vad());
     sim.audio(300, 0);
     sim.voice(1000);
     let (turn, audio) = sim.s.utterance().expect("speaking");
-    // The utterance so far holds the pre-roll and every voiced frame, for a streaming ASR.
+    // The utterance so far holds the pre-roll and every voiced frame.
     assert!(audio.len() >= 16 * 1000, "{}", audio.len());
     // 100 ms of silence: the VAD's 500 ms hangover has not passed, the provider says "final".
     sim.audio(100, 0);
     assert!(sim.s.user_speaking());
-    let before = sim.asr_calls.len();
-    sim.s.handle_endpoint(sim.now, TurnId(99)); // another turn's endpoint changes nothing
-    sim.drain();
+    let endpoint = |speech_final| AsrStreamEvent::Final {
+        text: "what about tomorrow".into(),
+        speech_final,
+    };
+    sim.stream_event(turn, endpoint(false));
+    assert!(sim.s.user_speaking(), "a final segment is not an endpoint");
+    sim.stream_event(TurnId(99), endpoint(true)); // another turn's endpoint changes nothing
     assert!(sim.s.user_speaking());
-    sim.s.handle_endpoint(sim.now, turn);
-    sim.drain();
+    sim.stream_event(turn, endpoint(true));
     assert!(!sim.s.user_speaking());
-    let asr = sim.asr_calls[before..].iter().find(|c| c.0 == turn);
-    let &(_, len, carried) = asr.expect("the transcription starts at the endpoint");
-    assert_eq!(carried, 0);
-    assert!(len >= 16 * 1100);
+    assert_eq!(stream_outputs(&sim, turn), ["open", "push", "finalize"]);
+    let stopped = sim.first_at(|o| matches!(o, Output::Event(Event::SpeechStopped { .. })));
+    assert_eq!(
+        stopped,
+        Some(sim.now),
+        "the utterance ended at the endpoint"
+    );
     sim.settle();
     assert_eq!(sim.done_of(turn).0, ResponseStatus::Completed);
     // The VAD goes on: the next utterance is detected as usual.
@@ -980,29 +1235,107 @@ fn a_streaming_asr_endpoint_ends_vad_speech_before_the_hangover() {
 }
 
 #[test]
-fn an_endpoint_does_not_end_an_utterance_the_client_signals() {
-    let mut sim = Sim::new();
-    sim.speech_start();
-    sim.audio(500, 0);
-    let (turn, _) = sim.s.utterance().unwrap();
-    sim.s.handle_endpoint(sim.now, turn);
-    assert!(sim.s.user_speaking(), "the client's speech_end decides");
-    sim.speech_end();
+fn a_stream_that_fails_while_the_user_speaks_leaves_the_utterance_to_the_fallback() {
+    let mut sim = Sim::with(streaming());
+    sim.stream.fail_after = Some(500 * 16);
+    sim.say(2000);
+    // The stream failed at 500 ms; the utterance went whole, from the chain's fallback.
+    assert_eq!(stream_outputs(&sim, TurnId(1)), ["open", "push", "whole"]);
+    assert_eq!(sim.asr_calls, [(TurnId(1), 32_000, true)]);
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+}
+
+#[test]
+fn a_stream_that_fails_to_finalize_leaves_the_utterance_to_the_fallback() {
+    let mut sim = Sim::with(streaming());
+    sim.stream.fail_finalize = true;
+    sim.say(2000);
+    sim.run_ms(100);
+    assert_eq!(
+        stream_outputs(&sim, TurnId(1)),
+        ["open", "push", "finalize", "whole"]
+    );
+    assert_eq!(sim.asr_calls, [(TurnId(1), 32_000, true)]);
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+}
+
+#[test]
+fn a_stream_that_cannot_connect_leaves_the_utterance_to_the_fallback() {
+    for (opens, after_stream) in [(Opens::Fails, true), (Opens::Unavailable, true)] {
+        let mut sim = Sim::with(streaming());
+        sim.stream.open = opens;
+        sim.say(2000);
+        assert_eq!(
+            stream_outputs(&sim, TurnId(1)),
+            ["open", "whole"],
+            "{opens:?}"
+        );
+        assert_eq!(sim.asr_calls, [(TurnId(1), 32_000, after_stream)]);
+        sim.settle();
+        assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    }
+}
+
+#[test]
+fn carried_audio_goes_whole_since_the_stream_never_heard_it() {
+    let mut sim = Sim::with(streaming());
+    // The first utterance's transcript is slow; the user goes on before it arrives.
+    sim.stream.finalize_ms = 1000;
+    sim.say(1000);
+    sim.run_ms(20);
+    sim.say(1000);
+    // Turn 1 was cancelled with its stream; turn 2 carries its audio, which turn 2's stream
+    // never heard: closed, and the two utterances are transcribed together.
+    assert_eq!(
+        stream_outputs(&sim, TurnId(2)),
+        ["open", "push", "close", "whole"]
+    );
+    assert_eq!(sim.asr_calls, [(TurnId(2), 32_000, false)]);
     sim.settle();
     sim.assert_all_done();
 }
 
 #[test]
-fn carried_audio_is_marked_so_a_streamed_transcript_is_not_used_for_it() {
-    let mut sim = Sim::new();
-    sim.asr_ms = 1000;
-    sim.say(1000);
-    sim.run_ms(20);
-    sim.say(1000);
-    let carried = sim.asr_calls.iter().find(|c| c.0 == TurnId(2));
-    assert_eq!(carried, Some(&(TurnId(2), 32_000, 16_000)));
+fn a_dismissed_utterance_closes_its_stream_and_nothing_of_it_runs_on() {
+    let mut sim = Sim::with(streaming());
+    sim.text("tell me a story");
+    sim.run_ms(600);
+    // A barge-in candidate that never ends: a false alarm at the timeout.
+    sim.speech_start();
+    sim.audio(200, 0);
+    let candidate = TurnId(2);
+    assert_eq!(stream_outputs(&sim, candidate), ["open", "push"]);
+    sim.run_ms(3000);
+    assert!(sim.cancelled.contains(&candidate));
+    // A late event of its stream is ignored.
+    sim.stream_event(candidate, AsrStreamEvent::Finalized("stop".into()));
+    assert!(!sim.has(|e| matches!(e, Event::Interrupted { .. })));
     sim.settle();
-    sim.assert_all_done();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+}
+
+#[test]
+fn a_turn_is_released_once_its_response_is_done_or_its_candidate_judged() {
+    let mut sim = Sim::with(streaming());
+    sim.text("tell me a story");
+    sim.run_ms(1500);
+    // A backchannel: judged a false alarm, its turn released; the story goes on.
+    sim.asr_answers.push("mhm");
+    sim.say(300);
+    sim.run_ms(200);
+    let released = |sim: &Sim, turn| {
+        sim.log
+            .iter()
+            .any(|s| matches!(s.output, Output::TurnReleased(t) if t == turn))
+    };
+    assert!(sim.has(|e| matches!(e, Event::FalseAlarm { turn } if *turn == TurnId(2))));
+    assert!(released(&sim, TurnId(2)));
+    assert!(!released(&sim, TurnId(1)), "the story is still playing");
+    sim.settle();
+    assert!(released(&sim, TurnId(1)));
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
 }
 
 #[test]
