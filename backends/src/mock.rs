@@ -92,6 +92,67 @@ fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
 /// The FNV-1a 64-bit offset basis.
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
+/// What the mock providers' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+    use std::time::Duration;
+
+    use futures_util::stream::{Stream, StreamExt};
+
+    /// A waker that counts how often it is woken.
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `stream` once with a counting waker; it must be waiting for its next item.
+    fn poll_pending<S: Stream + Unpin>(stream: &mut S) -> Arc<CountingWaker> {
+        let counter = Arc::new(CountingWaker::default());
+        let waker = Waker::from(counter.clone());
+        assert!(
+            stream
+                .poll_next_unpin(&mut Context::from_waker(&waker))
+                .is_pending(),
+            "the stream should be waiting for its next item"
+        );
+        counter
+    }
+
+    /// Checks that dropping a stream stops its work: `kept` and `dropped` are two identical
+    /// calls, each waiting (on a timer) for its next item. No task runs either of them, and once
+    /// `dropped` is dropped nothing wakes it again, while `kept`, polled the same way, is woken
+    /// when its next item is due and goes on to yield it. Needs paused time.
+    pub(crate) async fn assert_dropping_stops_it<S: Stream + Unpin>(mut kept: S, dropped: S) {
+        let mut dropped = dropped;
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        assert_eq!(tasks, 0, "the calls run in no task of their own");
+        let kept_wakes = poll_pending(&mut kept);
+        let dropped_wakes = poll_pending(&mut dropped);
+        drop(dropped);
+        // Long past every item's due time: the kept call's timer fires, the dropped one's is gone.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(
+            kept_wakes.0.load(Ordering::SeqCst) > 0,
+            "the kept call was woken for its next item"
+        );
+        assert_eq!(
+            dropped_wakes.0.load(Ordering::SeqCst),
+            0,
+            "the dropped call was woken after it was dropped"
+        );
+        assert!(kept.next().await.is_some(), "the kept call goes on");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -606,13 +606,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn dropping_the_stream_mid_way_is_fine() {
+    async fn dropping_the_stream_mid_way_stops_it() {
         let llm = demo_llm();
-        let mut stream = llm.stream(user("tell me a story"));
-        for _ in 0..3 {
-            stream.next().await.expect("a token").expect("no failure");
+        let mut kept = llm.stream(user("tell me a story"));
+        let mut dropped = llm.stream(user("tell me a story"));
+        for stream in [&mut kept, &mut dropped] {
+            for _ in 0..3 {
+                stream.next().await.expect("a token").expect("no failure");
+            }
         }
-        drop(stream);
+        crate::mock::testing::assert_dropping_stops_it(kept, dropped).await;
         // The model is still usable afterwards.
         assert!(!reply_text(&llm, user("wait")).await.is_empty());
     }

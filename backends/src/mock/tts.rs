@@ -409,9 +409,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_the_stream_stops_it() {
         let voice = tts(MockTtsConfig::default());
-        let mut stream = voice.synthesize("A fairly long sentence to speak.".into(), RATE);
-        stream.next().await.expect("a chunk").expect("no failure");
-        drop(stream);
+        let text = "A fairly long sentence to speak.";
+        let mut kept = voice.synthesize(text.into(), RATE);
+        let mut dropped = voice.synthesize(text.into(), RATE);
+        // Both have more chunks to come after their first.
+        for stream in [&mut kept, &mut dropped] {
+            stream.next().await.expect("a chunk").expect("no failure");
+        }
+        crate::mock::testing::assert_dropping_stops_it(kept, dropped).await;
     }
 
     #[tokio::test(start_paused = true)]
