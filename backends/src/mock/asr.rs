@@ -439,29 +439,69 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The committed fixtures (`fixtures/transcripts.toml`) and what they say. The server's
+    /// tests and the load tool rely on these transcripts.
+    const REPOSITORY_FIXTURES: [(&str, &str); 7] = [
+        ("weather.wav", "what's the weather like today"),
+        ("balance.wav", "can you check my account balance please"),
+        ("tomorrow.wav", "what about tomorrow"),
+        ("story.wav", "tell me a long story about the sea"),
+        ("stop.wav", "wait stop"),
+        ("mhm.wav", "mhm"),
+        ("interrupt.wav", "actually what about tomorrow instead"),
+    ];
+
     #[tokio::test(start_paused = true)]
     async fn the_repository_fixtures_are_recognised() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-        if !root.join("transcripts.toml").exists() {
-            println!("skipping: {} has no transcripts.toml", root.display());
-            return;
+        let table_path = root.join("transcripts.toml");
+        let table_text = std::fs::read_to_string(&table_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", table_path.display()));
+        let table: toml::Table = toml::from_str(&table_text).expect("parse table");
+        let entries = table["fixture"].as_array().expect("fixture array");
+        let listed: Vec<(&str, &str, i64)> = entries
+            .iter()
+            .map(|e| {
+                let field = |k: &str| e.get(k).unwrap_or_else(|| panic!("{k} in {e}"));
+                (
+                    field("file").as_str().expect("file is a string"),
+                    field("text").as_str().expect("text is a string"),
+                    field("speech_ms")
+                        .as_integer()
+                        .expect("speech_ms is a number"),
+                )
+            })
+            .collect();
+        for (file, text) in REPOSITORY_FIXTURES {
+            assert!(
+                listed.iter().any(|&(f, t, _)| (f, t) == (file, text)),
+                "{file} saying {text:?} is not in {}",
+                table_path.display()
+            );
         }
+
         let config = MockAsrConfig {
             fixtures: Some("transcripts.toml".into()),
             ..MockAsrConfig::default()
         };
         let asr = MockAsr::new(config, &root).expect("the repository fixtures load");
-        let table: toml::Table = toml::from_str(
-            &std::fs::read_to_string(root.join("transcripts.toml")).expect("read table"),
-        )
-        .expect("parse table");
-        let entries = table["fixture"].as_array().expect("fixture array");
-        assert!(!entries.is_empty());
-        for entry in entries {
-            let file = entry["file"].as_str().expect("file");
-            let text = entry["text"].as_str().expect("text");
+        assert_eq!(
+            asr.fixture_count(),
+            listed.len(),
+            "one recording per fixture"
+        );
+        for (file, text, speech_ms) in listed {
+            let samples = load_wav_16k_mono(&root.join(file)).expect("fixture wav");
+            // The table's speech_ms is the span of the file's non-zero samples.
+            let speech = SampleRate::INTERNAL.duration_of(trim_zeros(&samples).len() as u64);
+            let speech_ms = u128::try_from(speech_ms).expect("speech_ms >= 0");
+            assert!(
+                speech.as_millis().abs_diff(speech_ms) <= 1,
+                "{file}: {speech:?} of speech, the table says {speech_ms} ms"
+            );
+            assert!(speech >= Duration::from_millis(300), "{file}: {speech:?}");
             let mut audio = silence(150);
-            audio.extend(load_wav_16k_mono(&root.join(file)).expect("fixture wav"));
+            audio.extend(samples);
             audio.extend(silence(250));
             assert_eq!(transcribe(&asr, audio).await, text, "{file}");
         }
