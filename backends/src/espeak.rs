@@ -559,11 +559,16 @@ mod tests {
             .is_ok_and(|s| s.success())
     }
 
-    /// Returns from the test, visibly, when espeak-ng is not installed.
+    /// Returns from the test, visibly, when espeak-ng is not installed; fails it instead when
+    /// `VOXD_REQUIRE_ESPEAK=1` (CI installs espeak-ng, so a skip there would hide a broken setup).
     macro_rules! require_espeak {
         () => {
             if !espeak_installed() {
-                eprintln!("skipping: espeak-ng not installed");
+                assert!(
+                    std::env::var("VOXD_REQUIRE_ESPEAK").as_deref() != Ok("1"),
+                    "espeak-ng is not installed, and VOXD_REQUIRE_ESPEAK=1 requires it"
+                );
+                eprintln!("SKIPPED: espeak-ng not installed (apt-get install espeak-ng)");
                 return;
             }
         };
