@@ -164,6 +164,21 @@ mod tests {
         assert_eq!(fnv1a64(FNV_OFFSET, b"foobar"), 0x8594_4171_f739_67e8);
     }
 
+    /// The load tool keeps its own copies of these defaults (it depends on no crate of the
+    /// server) to compute the pipeline minimum from a config that leaves them out.
+    #[test]
+    fn the_load_tools_copies_of_the_defaults_agree() {
+        let copies = voxd_bench::CONFIG_DEFAULTS;
+        assert_eq!(copies.asr_latency_ms, MockAsrConfig::default().latency_ms);
+        let llm = MockLlmConfig::default();
+        assert_eq!(copies.llm_first_token_ms, llm.first_token_ms);
+        assert_eq!(copies.llm_token_interval_ms, llm.token_interval_ms);
+        assert_eq!(
+            copies.tts_first_audio_ms,
+            MockTtsConfig::default().first_audio_ms
+        );
+    }
+
     #[test]
     fn probability_is_checked() {
         assert!(check_probability("x", 0.0).is_ok());
