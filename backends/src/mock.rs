@@ -28,13 +28,13 @@ pub const PROVIDER_NAME: &str = "mock";
 /// Reads a WAV file that must be 16 kHz, mono, 16-bit integer PCM (voxd's internal format).
 ///
 /// # Errors
-/// `BuildError::Io` when the file cannot be read; `BuildError::Invalid` (keyed by the path) when it
-/// is not a WAV file or has another format.
+/// `BuildError::Io` when the file cannot be read; `BuildError::Invalid` (with an empty key, its
+/// message naming the file) when it is not a WAV file or has another format.
 pub fn load_wav_16k_mono(path: &Path) -> Result<Vec<i16>, BuildError> {
     let shown = path.display().to_string();
     let invalid = |message: String| BuildError::Invalid {
-        key: shown.clone(),
-        message,
+        key: String::new(),
+        message: format!("{shown}: {message}"),
     };
     let reader = hound::WavReader::open(path).map_err(|e| match e {
         hound::Error::IoError(source) => BuildError::Io {
@@ -61,7 +61,8 @@ pub fn load_wav_16k_mono(path: &Path) -> Result<Vec<i16>, BuildError> {
         .map_err(|e| invalid(format!("cannot decode samples: {e}")))
 }
 
-/// Checks that a config's `failure_rate` is a probability.
+/// Checks that a config's rate (`failure_rate`, `hang_rate`, ...) is a probability. `key` is the
+/// rate's key in the provider's table.
 fn check_probability(key: &str, value: f64) -> Result<(), BuildError> {
     if (0.0..=1.0).contains(&value) {
         Ok(())

@@ -19,7 +19,7 @@ use super::{check_probability, fnv1a64, inject_failure, load_wav_16k_mono, FNV_O
 use crate::{Asr, BuildError, ProviderError, Transcript};
 
 /// The config key of the fixture table, for errors.
-const FIXTURES_KEY: &str = "asr.mock.fixtures";
+const FIXTURES_KEY: &str = "fixtures";
 
 /// Configuration of the mock ASR (`[asr.mock]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -114,8 +114,8 @@ impl MockAsr {
     /// table is malformed, a WAV is not 16 kHz mono 16-bit, a fixture is all silence, two fixtures
     /// with the same audio disagree, or `failure_rate` is not a probability.
     pub fn new(config: MockAsrConfig, base_dir: &Path) -> Result<MockAsr, BuildError> {
-        check_probability("asr.mock.failure_rate", config.failure_rate)?;
-        check_probability("asr.mock.hang_rate", config.hang_rate)?;
+        check_probability("failure_rate", config.failure_rate)?;
+        check_probability("hang_rate", config.hang_rate)?;
         let fixtures = match &config.fixtures {
             Some(table) => load_fixtures(&base_dir.join(table))?,
             None => HashMap::new(),
@@ -225,8 +225,11 @@ fn load_fixtures(table_path: &Path) -> Result<HashMap<u64, String>, BuildError> 
             message: format!("{}: {message}", wav.display()),
         };
         let samples = load_wav_16k_mono(&wav).map_err(|e| match e {
-            // Re-keyed so the message names both the config key and the file.
-            BuildError::Invalid { message, .. } => invalid(message),
+            // Keyed, so the error names both the config key and the file (which its message does).
+            BuildError::Invalid { message, .. } => BuildError::Invalid {
+                key: FIXTURES_KEY.to_owned(),
+                message,
+            },
             io => io,
         })?;
         if trim_zeros(&samples).is_empty() {
@@ -406,6 +409,7 @@ mod tests {
         let err = MockAsr::new(config, Path::new("/nonexistent")).expect_err("8 kHz fixture");
         assert!(matches!(err, BuildError::Invalid { .. }), "{err:?}");
         let message = err.to_string();
+        assert!(message.starts_with("fixtures: "), "{message}");
         assert!(message.contains("narrowband.wav"), "{message}");
         assert!(message.contains("8000 Hz"), "{message}");
         let _ = std::fs::remove_dir_all(&dir);
