@@ -23,14 +23,14 @@ pub fn install_crypto() {
     });
 }
 
-/// Reads an API key from `env` or `file`. `key` names the config table for errors, e.g. `llm.openai`.
+/// Reads an API key from `env` (the provider's `api_key_env`) or `file` (its `api_key_file`).
 /// Returns `None` when neither is set (local servers often need no key). A named env var that is
 /// unset or empty, or an unreadable file, is an error: a typo must not silently send no key.
 ///
 /// # Errors
-/// `BuildError::Invalid` naming `<key>.api_key_env` or `BuildError::Io` for the file.
+/// `BuildError::Invalid` naming `api_key_env` or `api_key_file` (keys of the provider's table),
+/// or `BuildError::Io` for the file.
 pub fn read_secret(
-    key: &str,
     env: Option<&str>,
     file: Option<&Path>,
     base_dir: &Path,
@@ -39,7 +39,7 @@ pub fn read_secret(
         return match std::env::var(var) {
             Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
             _ => Err(BuildError::Invalid {
-                key: format!("{key}.api_key_env"),
+                key: "api_key_env".to_owned(),
                 message: format!("env var {var} is unset or empty; set it to the provider's API key or remove api_key_env"),
             }),
         };
@@ -54,7 +54,7 @@ pub fn read_secret(
         let text = text.trim();
         if text.is_empty() {
             return Err(BuildError::Invalid {
-                key: format!("{key}.api_key_file"),
+                key: "api_key_file".to_owned(),
                 message: format!("{} is empty", path.display()),
             });
         }
@@ -67,29 +67,26 @@ pub fn read_secret(
 /// `"{scheme} {key}"`, marked sensitive so that `Debug` never shows it. `None` without a key.
 ///
 /// # Errors
-/// What `read_secret` returns, or `BuildError::Invalid` naming the key's source when the key holds
-/// characters an HTTP header cannot carry.
+/// What `read_secret` returns, or `BuildError::Invalid` naming the key's source (`api_key_env`
+/// or `api_key_file`) when the key holds characters an HTTP header cannot carry.
 pub fn authorization(
-    key: &str,
     scheme: &str,
     env: Option<&str>,
     file: Option<&Path>,
     base_dir: &Path,
 ) -> Result<Option<reqwest::header::HeaderValue>, BuildError> {
-    let Some(secret) = read_secret(key, env, file, base_dir)? else {
+    let Some(secret) = read_secret(env, file, base_dir)? else {
         return Ok(None);
     };
     let mut value =
         reqwest::header::HeaderValue::from_str(&format!("{scheme} {secret}")).map_err(|_| {
             BuildError::Invalid {
-                key: format!(
-                    "{key}.{}",
-                    if env.is_some() {
-                        "api_key_env"
-                    } else {
-                        "api_key_file"
-                    }
-                ),
+                key: if env.is_some() {
+                    "api_key_env"
+                } else {
+                    "api_key_file"
+                }
+                .to_owned(),
                 message: "the API key holds characters that cannot be sent in an HTTP header"
                     .into(),
             }
@@ -102,8 +99,9 @@ pub fn authorization(
 /// TLS connect; per-request read deadlines are set by each provider (streams use per-chunk ones).
 ///
 /// # Errors
-/// `BuildError::Invalid` keyed by `key` when the TLS setup fails.
-pub fn client(key: &str, connect_timeout: Duration) -> Result<reqwest::Client, BuildError> {
+/// `BuildError::Invalid` with an empty key (the provider's table as a whole) when the TLS setup
+/// fails.
+pub fn client(connect_timeout: Duration) -> Result<reqwest::Client, BuildError> {
     install_crypto();
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
@@ -112,7 +110,7 @@ pub fn client(key: &str, connect_timeout: Duration) -> Result<reqwest::Client, B
         .user_agent(concat!("voxd/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| BuildError::Invalid {
-            key: key.to_owned(),
+            key: String::new(),
             message: format!("cannot build an HTTP client: {e}"),
         })
 }
@@ -127,15 +125,15 @@ pub fn join(base_url: &str, path: &str) -> String {
     )
 }
 
-/// Checks that `base_url` is an http(s) URL, naming `key` otherwise.
+/// Checks that `base_url` (the provider's key of that name) is an http(s) URL.
 ///
 /// # Errors
-/// `BuildError::Invalid` keyed by `<key>.base_url`.
-pub fn check_base_url(key: &str, base_url: &str) -> Result<(), BuildError> {
+/// `BuildError::Invalid` keyed by `base_url`.
+pub fn check_base_url(base_url: &str) -> Result<(), BuildError> {
     match reqwest::Url::parse(base_url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
         _ => Err(BuildError::Invalid {
-            key: format!("{key}.base_url"),
+            key: "base_url".to_owned(),
             message: format!("expected an http:// or https:// URL, found {base_url:?}"),
         }),
     }
@@ -206,9 +204,9 @@ mod tests {
 
     #[test]
     fn base_url_must_be_http() {
-        assert!(check_base_url("llm.openai", "https://api.openai.com/v1").is_ok());
-        let e = check_base_url("llm.openai", "api.openai.com").unwrap_err();
-        assert!(e.to_string().contains("llm.openai.base_url"), "{e}");
+        assert!(check_base_url("https://api.openai.com/v1").is_ok());
+        let e = check_base_url("api.openai.com").unwrap_err();
+        assert!(e.to_string().starts_with("base_url: "), "{e}");
     }
 
     #[test]
@@ -216,11 +214,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("voxd-secret-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("k"), "sk-test\n").unwrap();
-        let got = read_secret("llm.openai", None, Some(Path::new("k")), &dir).unwrap();
+        let got = read_secret(None, Some(Path::new("k")), &dir).unwrap();
         assert_eq!(got.as_deref(), Some("sk-test"));
-        let e = read_secret("llm.openai", Some("VOXD_SURELY_UNSET_VAR"), None, &dir).unwrap_err();
-        assert!(e.to_string().contains("llm.openai.api_key_env"), "{e}");
+        let e = read_secret(Some("VOXD_SURELY_UNSET_VAR"), None, &dir).unwrap_err();
+        assert!(e.to_string().starts_with("api_key_env: "), "{e}");
         assert!(!e.to_string().contains("sk-test"));
-        assert_eq!(read_secret("x", None, None, &dir).unwrap(), None);
+        std::fs::write(dir.join("empty"), " \n").unwrap();
+        let e = read_secret(None, Some(Path::new("empty")), &dir).unwrap_err();
+        assert!(e.to_string().starts_with("api_key_file: "), "{e}");
+        assert_eq!(read_secret(None, None, &dir).unwrap(), None);
     }
 }

@@ -62,6 +62,12 @@ pub enum ProviderError {
 }
 
 /// A failure to build a provider from its configuration.
+///
+/// A provider knows its own config table, not where the caller keeps it: the `key` of an
+/// `Invalid` error a provider returns is relative to that table (`api_key_env`, `rules[0]`,
+/// `check_balance.failure_rate` for the tool registry), or empty for the table as a whole. The
+/// caller, which knows the table's path in its config file, places the key there before showing
+/// the error, e.g. with `in_table("llm.openai")`.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A file the provider needs could not be read.
@@ -76,13 +82,43 @@ pub enum BuildError {
         source: std::io::Error,
     },
     /// The configuration is inconsistent.
-    #[error("{key}: {message}")]
+    #[error("{}{message}", key_prefix(.key))]
     Invalid {
-        /// The config key at fault, e.g. `asr.mock.rules`.
+        /// The config key at fault. From a provider: relative to its own table (e.g. `rules[0]`
+        /// in `[llm.mock]`), empty for the table itself.
         key: String,
         /// What is expected instead.
         message: String,
     },
+}
+
+/// `"key: "`, or nothing for an empty key.
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+impl BuildError {
+    /// Places a provider's key under the path of its config table: `api_key_env` in `llm.openai`
+    /// becomes `llm.openai.api_key_env`, `rules[0]` in `llm.mock` becomes `llm.mock.rules[0]`,
+    /// and an empty key becomes `llm.openai`. An `Io` error names a file and is returned as is.
+    #[must_use]
+    pub fn in_table(self, table: &str) -> BuildError {
+        match self {
+            BuildError::Invalid { key, message } => BuildError::Invalid {
+                key: match (table.is_empty(), key.is_empty()) {
+                    (true, _) => key,
+                    (false, true) => table.to_owned(),
+                    (false, false) => format!("{table}.{key}"),
+                },
+                message,
+            },
+            io @ BuildError::Io { .. } => io,
+        }
+    }
 }
 
 /// The result of transcribing one utterance.
@@ -289,4 +325,51 @@ pub trait Tts: Send + Sync + 'static {
         text: String,
         rate: SampleRate,
     ) -> BoxStream<'static, Result<Vec<i16>, ProviderError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(key: &str) -> BuildError {
+        BuildError::Invalid {
+            key: key.to_owned(),
+            message: "expected something else".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_key_is_placed_under_its_table() {
+        let shown = |e: BuildError| e.to_string();
+        assert_eq!(
+            shown(invalid("api_key_env")),
+            "api_key_env: expected something else"
+        );
+        assert_eq!(shown(invalid("")), "expected something else");
+        assert_eq!(
+            shown(invalid("api_key_env").in_table("llm.openai")),
+            "llm.openai.api_key_env: expected something else"
+        );
+        assert_eq!(
+            shown(invalid("rules[0]").in_table("llm.mock")),
+            "llm.mock.rules[0]: expected something else"
+        );
+        assert_eq!(
+            shown(invalid("").in_table("tts.espeak")),
+            "tts.espeak: expected something else"
+        );
+        assert_eq!(
+            shown(invalid("failure_rate").in_table("")),
+            "failure_rate: expected something else"
+        );
+        let io = BuildError::Io {
+            what: "cannot read",
+            path: "k".to_owned(),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(
+            shown(io.in_table("llm.openai")),
+            "cannot read k: entity not found"
+        );
+    }
 }

@@ -46,9 +46,6 @@ use crate::{
 /// The name this provider reports (`StreamingAsr::name`, `Asr::name` and its `ProviderError`s).
 pub const PROVIDER_NAME: &str = "stream";
 
-/// The config table, for errors.
-const CONFIG_KEY: &str = "asr.stream";
-
 /// Bytes of 16 kHz mono PCM16 per millisecond.
 const BYTES_PER_MS: usize = 32;
 
@@ -170,12 +167,12 @@ impl StreamAsrProvider {
     /// is the folder a relative `api_key_file` is resolved against (the config file's folder).
     ///
     /// # Errors
-    /// `BuildError::Invalid` naming the `asr.stream` key at fault: a URL that is not `ws(s)://`,
+    /// `BuildError::Invalid` naming the key at fault: a URL that is not `ws(s)://`,
     /// a query parameter that repeats one voxd sets, a zero duration, an unset key env var or a
     /// key that cannot be a header value; `BuildError::Io` for an unreadable key file.
     pub fn new(config: StreamAsrConfig, base_dir: &Path) -> Result<StreamAsrProvider, BuildError> {
         let invalid = |field: &str, message: String| BuildError::Invalid {
-            key: format!("{CONFIG_KEY}.{field}"),
+            key: field.to_owned(),
             message,
         };
         for (field, value) in [
@@ -238,7 +235,6 @@ impl StreamAsrProvider {
         );
 
         let authorization = crate::http::authorization(
-            CONFIG_KEY,
             "Token",
             config.api_key_env.as_deref(),
             config.api_key_file.as_deref(),
@@ -1580,28 +1576,28 @@ mod tests {
             url: "https://api.deepgram.com/v1/listen".into(),
             ..StreamAsrConfig::default()
         });
-        assert!(e.contains("asr.stream.url"), "{e}");
+        assert!(e.starts_with("url: "), "{e}");
         let e = error(StreamAsrConfig {
             url: "wss://h/v1/listen?model=x".into(),
             ..StreamAsrConfig::default()
         });
-        assert!(e.contains("asr.stream.url") && e.contains("model"), "{e}");
+        assert!(e.starts_with("url: ") && e.contains("model"), "{e}");
         let mut params = BTreeMap::new();
         params.insert("sample_rate".to_owned(), "8000".to_owned());
         let e = error(StreamAsrConfig {
             params,
             ..StreamAsrConfig::default()
         });
-        assert!(e.contains("asr.stream.params"), "{e}");
+        assert!(e.starts_with("params: "), "{e}");
         let e = error(StreamAsrConfig {
             finalize_timeout_ms: 0,
             ..StreamAsrConfig::default()
         });
-        assert!(e.contains("asr.stream.finalize_timeout_ms"), "{e}");
+        assert!(e.starts_with("finalize_timeout_ms: "), "{e}");
         let e = error(StreamAsrConfig {
             api_key_env: Some("VOXD_SURELY_UNSET_STREAM_KEY".into()),
             ..StreamAsrConfig::default()
         });
-        assert!(e.contains("asr.stream.api_key_env"), "{e}");
+        assert!(e.starts_with("api_key_env: "), "{e}");
     }
 }

@@ -72,15 +72,18 @@ impl ToolRegistry {
         Self::default()
     }
 
-    /// Builds a registry of `MockTool`s from their configuration (name → config).
+    /// Builds a registry of `MockTool`s from their configuration (name → config, the table that
+    /// holds one table per tool).
     ///
     /// # Errors
     /// `BuildError::Invalid` when a name is not a valid tool name, a `failure_rate` is outside
-    /// `0..=1`, or `parameters` is not a JSON object schema.
+    /// `0..=1`, or `parameters` is not a JSON object schema. The key is relative to the table of
+    /// all tools: `NAME` or `NAME.failure_rate`.
     pub fn from_mock_config(tools: &BTreeMap<String, MockToolConfig>) -> Result<Self, BuildError> {
         let mut registry = Self::new();
         for (name, config) in tools {
-            registry.register(Arc::new(MockTool::new(name, config.clone())?));
+            let tool = MockTool::new(name, config.clone()).map_err(|e| e.in_table(name))?;
+            registry.register(Arc::new(tool));
         }
         Ok(registry)
     }
@@ -258,9 +261,9 @@ impl MockTool {
     ///
     /// # Errors
     /// `BuildError::Invalid` when `name` is not a valid tool name (`[A-Za-z0-9_-]`, 1 to 64
-    /// characters), `failure_rate` is outside `0..=1`, or `parameters` is not a JSON object.
+    /// characters; the key is empty: the tool's table itself), `failure_rate` is outside `0..=1`,
+    /// or `parameters` is not a JSON object. Keys are relative to the tool's table.
     pub fn new(name: &str, config: MockToolConfig) -> Result<Self, BuildError> {
-        let key = |field: &str| format!("tools.{name}.{field}");
         let name_ok = !name.is_empty()
             && name.len() <= 64
             && name
@@ -268,13 +271,13 @@ impl MockTool {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !name_ok {
             return Err(BuildError::Invalid {
-                key: format!("tools.{name}"),
+                key: String::new(),
                 message: "a tool name is 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'".into(),
             });
         }
         if !(0.0..=1.0).contains(&config.failure_rate) {
             return Err(BuildError::Invalid {
-                key: key("failure_rate"),
+                key: "failure_rate".to_owned(),
                 message: format!(
                     "expected a probability between 0 and 1, got {}",
                     config.failure_rate
@@ -283,7 +286,7 @@ impl MockTool {
         }
         if !config.parameters.is_object() {
             return Err(BuildError::Invalid {
-                key: key("parameters"),
+                key: "parameters".to_owned(),
                 message:
                     "expected a JSON schema object such as {\"type\":\"object\",\"properties\":{}}"
                         .into(),
@@ -459,14 +462,15 @@ mod tests {
             .failure_rate = 1.5;
         let err = ToolRegistry::from_mock_config(&tools).expect_err("rate above 1");
         assert!(
-            err.to_string().contains("tools.send_email.failure_rate"),
+            err.to_string().starts_with("send_email.failure_rate: "),
             "{err}"
         );
 
         let mut tools = default_mock_tools();
         let config = tools.remove("send_email").expect("default tool");
         tools.insert("send email".into(), config);
-        assert!(ToolRegistry::from_mock_config(&tools).is_err());
+        let err = ToolRegistry::from_mock_config(&tools).expect_err("a space in the name");
+        assert!(err.to_string().starts_with("send email: "), "{err}");
     }
 
     #[test]

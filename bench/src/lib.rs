@@ -12,8 +12,9 @@
 //! (N → M → N, a table per phase) and `stress` (doubling until a bound breaks; reports the knee).
 //! The run reports its own CPU use, so a saturated client is never mistaken for a slow server.
 //!
-//! Boundary: this crate knows only the `/ws` protocol, and the mock providers' config format (to
-//! compute the pipeline minimum). It does not depend on the server.
+//! Boundary: this crate knows only the `/ws` protocol, and the few keys of the mock providers'
+//! config it reads to compute the pipeline minimum (`CONFIG_DEFAULTS`). It depends on no crate of
+//! the server (neither `voxd` nor its providers), so it measures voxd as any client would.
 
 pub mod failif;
 pub mod report;
@@ -228,6 +229,37 @@ impl Mix {
     }
 }
 
+/// voxd's defaults for the settings the pipeline minimum reads, taken when a config file leaves
+/// one out.
+///
+/// The mock providers' delays are copies of the `Default`s of voxd-backends' `MockAsrConfig`,
+/// `MockLlmConfig` and `MockTtsConfig` (docs/providers.md), and `vad_hangover_ms` is the server's
+/// `[vad] hangover_ms` default. They are copied rather than imported because the load tool
+/// depends on no crate of the server: it knows the `/ws` protocol and these few config keys.
+/// A test in voxd-backends (`mock.rs`) checks that the copies agree with the originals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConfigDefaults {
+    /// `[asr.mock] latency_ms`.
+    pub asr_latency_ms: u64,
+    /// `[llm.mock] first_token_ms`.
+    pub llm_first_token_ms: u64,
+    /// `[llm.mock] token_interval_ms`.
+    pub llm_token_interval_ms: u64,
+    /// `[tts.mock] first_audio_ms`.
+    pub tts_first_audio_ms: u64,
+    /// `[vad] hangover_ms`.
+    pub vad_hangover_ms: u64,
+}
+
+/// The defaults `PipelineMinimum::from_config` falls back on.
+pub const CONFIG_DEFAULTS: ConfigDefaults = ConfigDefaults {
+    asr_latency_ms: 50,
+    llm_first_token_ms: 100,
+    llm_token_interval_ms: 10,
+    tts_first_audio_ms: 50,
+    vad_hangover_ms: 500,
+};
+
 /// The pipeline minimum of the mock providers: ASR + LLM first token + the tokens up to the
 /// first sentence's end + TTS first audio (+ the VAD hangover with server VAD).
 #[derive(Debug, Clone, Copy)]
@@ -264,20 +296,18 @@ impl PipelineMinimum {
                 .and_then(|x| x.as_float().or_else(|| x.as_integer().map(|i| i as f64)))
                 .unwrap_or(default)
         };
-        let asr = voxd_backends::mock::MockAsrConfig::default();
-        let llm = voxd_backends::mock::MockLlmConfig::default();
-        let tts = voxd_backends::mock::MockTtsConfig::default();
+        let d = CONFIG_DEFAULTS;
         Ok(PipelineMinimum {
-            asr_ms: num("asr.mock", "latency_ms", asr.latency_ms as f64),
-            first_token_ms: num("llm.mock", "first_token_ms", llm.first_token_ms as f64),
+            asr_ms: num("asr.mock", "latency_ms", d.asr_latency_ms as f64),
+            first_token_ms: num("llm.mock", "first_token_ms", d.llm_first_token_ms as f64),
             token_interval_ms: num(
                 "llm.mock",
                 "token_interval_ms",
-                llm.token_interval_ms as f64,
+                d.llm_token_interval_ms as f64,
             ),
-            tts_first_audio_ms: num("tts.mock", "first_audio_ms", tts.first_audio_ms as f64),
+            tts_first_audio_ms: num("tts.mock", "first_audio_ms", d.tts_first_audio_ms as f64),
             hangover_ms: if server_vad {
-                num("vad", "hangover_ms", 500.0)
+                num("vad", "hangover_ms", d.vad_hangover_ms as f64)
             } else {
                 0.0
             },

@@ -19,7 +19,7 @@ use super::{check_probability, fnv1a64, inject_failure, load_wav_16k_mono, FNV_O
 use crate::{Asr, BuildError, ProviderError, Transcript};
 
 /// The config key of the fixture table, for errors.
-const FIXTURES_KEY: &str = "asr.mock.fixtures";
+const FIXTURES_KEY: &str = "fixtures";
 
 /// Configuration of the mock ASR (`[asr.mock]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -114,8 +114,8 @@ impl MockAsr {
     /// table is malformed, a WAV is not 16 kHz mono 16-bit, a fixture is all silence, two fixtures
     /// with the same audio disagree, or `failure_rate` is not a probability.
     pub fn new(config: MockAsrConfig, base_dir: &Path) -> Result<MockAsr, BuildError> {
-        check_probability("asr.mock.failure_rate", config.failure_rate)?;
-        check_probability("asr.mock.hang_rate", config.hang_rate)?;
+        check_probability("failure_rate", config.failure_rate)?;
+        check_probability("hang_rate", config.hang_rate)?;
         let fixtures = match &config.fixtures {
             Some(table) => load_fixtures(&base_dir.join(table))?,
             None => HashMap::new(),
@@ -225,8 +225,11 @@ fn load_fixtures(table_path: &Path) -> Result<HashMap<u64, String>, BuildError> 
             message: format!("{}: {message}", wav.display()),
         };
         let samples = load_wav_16k_mono(&wav).map_err(|e| match e {
-            // Re-keyed so the message names both the config key and the file.
-            BuildError::Invalid { message, .. } => invalid(message),
+            // Keyed, so the error names both the config key and the file (which its message does).
+            BuildError::Invalid { message, .. } => BuildError::Invalid {
+                key: FIXTURES_KEY.to_owned(),
+                message,
+            },
             io => io,
         })?;
         if trim_zeros(&samples).is_empty() {
@@ -406,6 +409,7 @@ mod tests {
         let err = MockAsr::new(config, Path::new("/nonexistent")).expect_err("8 kHz fixture");
         assert!(matches!(err, BuildError::Invalid { .. }), "{err:?}");
         let message = err.to_string();
+        assert!(message.starts_with("fixtures: "), "{message}");
         assert!(message.contains("narrowband.wav"), "{message}");
         assert!(message.contains("8000 Hz"), "{message}");
         let _ = std::fs::remove_dir_all(&dir);
@@ -439,29 +443,69 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The committed fixtures (`fixtures/transcripts.toml`) and what they say. The server's
+    /// tests and the load tool rely on these transcripts.
+    const REPOSITORY_FIXTURES: [(&str, &str); 7] = [
+        ("weather.wav", "what's the weather like today"),
+        ("balance.wav", "can you check my account balance please"),
+        ("tomorrow.wav", "what about tomorrow"),
+        ("story.wav", "tell me a long story about the sea"),
+        ("stop.wav", "wait stop"),
+        ("mhm.wav", "mhm"),
+        ("interrupt.wav", "actually what about tomorrow instead"),
+    ];
+
     #[tokio::test(start_paused = true)]
     async fn the_repository_fixtures_are_recognised() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-        if !root.join("transcripts.toml").exists() {
-            println!("skipping: {} has no transcripts.toml", root.display());
-            return;
+        let table_path = root.join("transcripts.toml");
+        let table_text = std::fs::read_to_string(&table_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", table_path.display()));
+        let table: toml::Table = toml::from_str(&table_text).expect("parse table");
+        let entries = table["fixture"].as_array().expect("fixture array");
+        let listed: Vec<(&str, &str, i64)> = entries
+            .iter()
+            .map(|e| {
+                let field = |k: &str| e.get(k).unwrap_or_else(|| panic!("{k} in {e}"));
+                (
+                    field("file").as_str().expect("file is a string"),
+                    field("text").as_str().expect("text is a string"),
+                    field("speech_ms")
+                        .as_integer()
+                        .expect("speech_ms is a number"),
+                )
+            })
+            .collect();
+        for (file, text) in REPOSITORY_FIXTURES {
+            assert!(
+                listed.iter().any(|&(f, t, _)| (f, t) == (file, text)),
+                "{file} saying {text:?} is not in {}",
+                table_path.display()
+            );
         }
+
         let config = MockAsrConfig {
             fixtures: Some("transcripts.toml".into()),
             ..MockAsrConfig::default()
         };
         let asr = MockAsr::new(config, &root).expect("the repository fixtures load");
-        let table: toml::Table = toml::from_str(
-            &std::fs::read_to_string(root.join("transcripts.toml")).expect("read table"),
-        )
-        .expect("parse table");
-        let entries = table["fixture"].as_array().expect("fixture array");
-        assert!(!entries.is_empty());
-        for entry in entries {
-            let file = entry["file"].as_str().expect("file");
-            let text = entry["text"].as_str().expect("text");
+        assert_eq!(
+            asr.fixture_count(),
+            listed.len(),
+            "one recording per fixture"
+        );
+        for (file, text, speech_ms) in listed {
+            let samples = load_wav_16k_mono(&root.join(file)).expect("fixture wav");
+            // The table's speech_ms is the span of the file's non-zero samples.
+            let speech = SampleRate::INTERNAL.duration_of(trim_zeros(&samples).len() as u64);
+            let speech_ms = u128::try_from(speech_ms).expect("speech_ms >= 0");
+            assert!(
+                speech.as_millis().abs_diff(speech_ms) <= 1,
+                "{file}: {speech:?} of speech, the table says {speech_ms} ms"
+            );
+            assert!(speech >= Duration::from_millis(300), "{file}: {speech:?}");
             let mut audio = silence(150);
-            audio.extend(load_wav_16k_mono(&root.join(file)).expect("fixture wav"));
+            audio.extend(samples);
             audio.extend(silence(250));
             assert_eq!(transcribe(&asr, audio).await, text, "{file}");
         }

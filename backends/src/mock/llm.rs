@@ -189,9 +189,9 @@ impl MockLlm {
     /// an empty keyword, neither or both of `reply` and `tool`, `arguments` without `tool`, or
     /// `arguments` that are not a JSON object.
     pub fn new(config: MockLlmConfig) -> Result<MockLlm, BuildError> {
-        check_probability("llm.mock.failure_rate", config.failure_rate)?;
-        check_probability("llm.mock.hang_rate", config.hang_rate)?;
-        check_probability("llm.mock.stall_rate", config.stall_rate)?;
+        check_probability("failure_rate", config.failure_rate)?;
+        check_probability("hang_rate", config.hang_rate)?;
+        check_probability("stall_rate", config.stall_rate)?;
         let rules = config
             .rules
             .into_iter()
@@ -333,7 +333,7 @@ impl Llm for MockLlm {
 
 fn validate_rule(index: usize, rule: LlmRule) -> Result<Rule, BuildError> {
     let invalid = |message: &str| BuildError::Invalid {
-        key: format!("llm.mock.rules[{index}]"),
+        key: format!("rules[{index}]"),
         message: message.to_owned(),
     };
     let keywords: Vec<String> = rule
@@ -606,13 +606,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn dropping_the_stream_mid_way_is_fine() {
+    async fn dropping_the_stream_mid_way_stops_it() {
         let llm = demo_llm();
-        let mut stream = llm.stream(user("tell me a story"));
-        for _ in 0..3 {
-            stream.next().await.expect("a token").expect("no failure");
+        let mut kept = llm.stream(user("tell me a story"));
+        let mut dropped = llm.stream(user("tell me a story"));
+        for stream in [&mut kept, &mut dropped] {
+            for _ in 0..3 {
+                stream.next().await.expect("a token").expect("no failure");
+            }
         }
-        drop(stream);
+        crate::mock::testing::assert_dropping_stops_it(kept, dropped).await;
         // The model is still usable afterwards.
         assert!(!reply_text(&llm, user("wait")).await.is_empty());
     }
@@ -660,7 +663,7 @@ mod tests {
             arguments: None,
         };
         let err = MockLlm::new(with_rule(both)).expect_err("reply and tool");
-        assert!(err.to_string().contains("llm.mock.rules[0]"), "{err}");
+        assert!(err.to_string().starts_with("rules[0]: "), "{err}");
         let no_keywords = LlmRule {
             keywords: vec![],
             reply: Some("hi".into()),

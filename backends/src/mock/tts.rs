@@ -88,7 +88,7 @@ impl MockTts {
     /// `failure_rate` is not a probability.
     pub fn new(config: MockTtsConfig) -> Result<MockTts, BuildError> {
         let invalid = |field: &str, message: &str| BuildError::Invalid {
-            key: format!("tts.mock.{field}"),
+            key: field.to_owned(),
             message: message.to_owned(),
         };
         if !(config.chars_per_second.is_finite() && config.chars_per_second > 0.0) {
@@ -103,8 +103,8 @@ impl MockTts {
         if config.amplitude == 0 || config.amplitude > i16::MAX as u16 {
             return Err(invalid("amplitude", "expected 1 to 32767"));
         }
-        check_probability("tts.mock.failure_rate", config.failure_rate)?;
-        check_probability("tts.mock.hang_rate", config.hang_rate)?;
+        check_probability("failure_rate", config.failure_rate)?;
+        check_probability("hang_rate", config.hang_rate)?;
         Ok(MockTts {
             first_audio: Duration::from_millis(config.first_audio_ms),
             interval: Duration::from_secs_f64(
@@ -409,9 +409,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_the_stream_stops_it() {
         let voice = tts(MockTtsConfig::default());
-        let mut stream = voice.synthesize("A fairly long sentence to speak.".into(), RATE);
-        stream.next().await.expect("a chunk").expect("no failure");
-        drop(stream);
+        let text = "A fairly long sentence to speak.";
+        let mut kept = voice.synthesize(text.into(), RATE);
+        let mut dropped = voice.synthesize(text.into(), RATE);
+        // Both have more chunks to come after their first.
+        for stream in [&mut kept, &mut dropped] {
+            stream.next().await.expect("a chunk").expect("no failure");
+        }
+        crate::mock::testing::assert_dropping_stops_it(kept, dropped).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -448,6 +453,13 @@ mod tests {
         for config in bad {
             assert!(MockTts::new(config.clone()).is_err(), "{config:?}");
         }
+        // The key is the one in the provider's own table.
+        let err = MockTts::new(MockTtsConfig {
+            chunk_ms: 0,
+            ..MockTtsConfig::default()
+        })
+        .expect_err("chunk_ms 0");
+        assert!(err.to_string().starts_with("chunk_ms: "), "{err}");
         let parsed: MockTtsConfig = toml::from_str("chunk_ms = 20").expect("partial config");
         assert_eq!(parsed.chunk_ms, 20);
         assert_eq!(parsed.amplitude, 3000);

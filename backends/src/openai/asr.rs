@@ -22,9 +22,6 @@ use crate::{Asr, BuildError, ProviderError, Transcript};
 /// The name this provider reports (`Asr::name` and `ProviderError`s).
 const PROVIDER_NAME: &str = "openai";
 
-/// The config table, for errors.
-const KEY: &str = "asr.openai";
-
 /// Configuration of the OpenAI-compatible ASR (`[asr.openai]`).
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,15 +115,15 @@ impl OpenAiAsr {
     /// `base_dir` is the folder a relative `api_key_file` is resolved against.
     ///
     /// # Errors
-    /// `BuildError::Invalid` naming the key at fault (`asr.openai.base_url`, `.model`,
-    /// `.language`, `.timeout_ms`, `.connect_timeout_ms`, `.api_key_env`, `.api_key_file`);
-    /// `BuildError::Io` when the key file cannot be read.
+    /// `BuildError::Invalid` naming the key at fault (`base_url`, `model`, `language`,
+    /// `timeout_ms`, `connect_timeout_ms`, `api_key_env`, `api_key_file`); `BuildError::Io` when
+    /// the key file cannot be read.
     pub fn new(config: OpenAiAsrConfig, base_dir: &Path) -> Result<OpenAiAsr, BuildError> {
         let invalid = |field: &str, message: &str| BuildError::Invalid {
-            key: format!("{KEY}.{field}"),
+            key: field.to_owned(),
             message: message.to_owned(),
         };
-        check_base_url(KEY, &config.base_url)?;
+        check_base_url(&config.base_url)?;
         if config.model.trim().is_empty() {
             return Err(invalid(
                 "model",
@@ -150,12 +147,11 @@ impl OpenAiAsr {
             return Err(invalid("connect_timeout_ms", "expected at least 1 ms"));
         }
         let api_key = read_secret(
-            KEY,
             config.api_key_env.as_deref(),
             config.api_key_file.as_deref(),
             base_dir,
         )?;
-        let client = client(KEY, Duration::from_millis(config.connect_timeout_ms))?;
+        let client = client(Duration::from_millis(config.connect_timeout_ms))?;
         Ok(OpenAiAsr {
             client,
             url: join(&config.base_url, "audio/transcriptions"),
@@ -540,40 +536,40 @@ mod tests {
                     base_url: "localhost:8000".into(),
                     ..OpenAiAsrConfig::default()
                 },
-                "asr.openai.base_url",
+                "base_url",
             ),
             (
                 OpenAiAsrConfig {
                     model: " ".into(),
                     ..OpenAiAsrConfig::default()
                 },
-                "asr.openai.model",
+                "model",
             ),
             (
                 OpenAiAsrConfig {
                     language: Some(String::new()),
                     ..OpenAiAsrConfig::default()
                 },
-                "asr.openai.language",
+                "language",
             ),
             (
                 OpenAiAsrConfig {
                     timeout_ms: 0,
                     ..OpenAiAsrConfig::default()
                 },
-                "asr.openai.timeout_ms",
+                "timeout_ms",
             ),
             (
                 OpenAiAsrConfig {
                     api_key_env: Some("VOXD_SURELY_UNSET_ASR_KEY".into()),
                     ..OpenAiAsrConfig::default()
                 },
-                "asr.openai.api_key_env",
+                "api_key_env",
             ),
         ];
         for (config, key) in cases {
             let err = OpenAiAsr::new(config, Path::new(".")).unwrap_err();
-            assert!(err.to_string().starts_with(key), "{err}");
+            assert!(err.to_string().starts_with(&format!("{key}: ")), "{err}");
         }
     }
 }

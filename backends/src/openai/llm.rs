@@ -35,9 +35,6 @@ use crate::{BuildError, Llm, LlmEvent, LlmRequest, ProviderError, ToolSpec};
 /// The name this provider reports (`Llm::name` and its `ProviderError`s).
 const PROVIDER: &str = "openai";
 
-/// The config table, for error keys.
-const KEY: &str = "llm.openai";
-
 /// How long to wait for the tail of a reply (`[DONE]`, the end of the body) once the model has
 /// finished. Reading it lets the connection go back to the pool for the next turn; a server that
 /// never sends it only costs that connection, not an error.
@@ -122,10 +119,10 @@ impl OpenAiLlm {
     /// `BuildError::Io` when `api_key_file` cannot be read.
     pub fn new(config: OpenAiLlmConfig, base_dir: &Path) -> Result<OpenAiLlm, BuildError> {
         let invalid = |field: &str, message: String| BuildError::Invalid {
-            key: format!("{KEY}.{field}"),
+            key: field.to_owned(),
             message,
         };
-        check_base_url(KEY, &config.base_url)?;
+        check_base_url(&config.base_url)?;
         let model = config.model.trim();
         if model.is_empty() {
             return Err(invalid(
@@ -170,13 +167,12 @@ impl OpenAiLlm {
             ));
         }
         let authorization = crate::http::authorization(
-            KEY,
             "Bearer",
             config.api_key_env.as_deref(),
             config.api_key_file.as_deref(),
             base_dir,
         )?;
-        let client = client(KEY, Duration::from_millis(config.connect_timeout_ms))?;
+        let client = client(Duration::from_millis(config.connect_timeout_ms))?;
         Ok(OpenAiLlm {
             client,
             url: join(&config.base_url, "chat/completions"),
@@ -824,49 +820,31 @@ mod tests {
             edit(&mut config);
             key_of(build(config).expect_err("invalid"))
         };
-        assert_eq!(
-            with(|c| c.base_url = "localhost:8080".into()),
-            "llm.openai.base_url"
-        );
-        assert_eq!(with(|c| c.model = " ".into()), "llm.openai.model");
-        assert_eq!(
-            with(|c| c.temperature = Some(2.5)),
-            "llm.openai.temperature"
-        );
-        assert_eq!(
-            with(|c| c.temperature = Some(-0.1)),
-            "llm.openai.temperature"
-        );
-        assert_eq!(
-            with(|c| c.temperature = Some(f32::NAN)),
-            "llm.openai.temperature"
-        );
-        assert_eq!(with(|c| c.max_tokens = Some(0)), "llm.openai.max_tokens");
+        assert_eq!(with(|c| c.base_url = "localhost:8080".into()), "base_url");
+        assert_eq!(with(|c| c.model = " ".into()), "model");
+        assert_eq!(with(|c| c.temperature = Some(2.5)), "temperature");
+        assert_eq!(with(|c| c.temperature = Some(-0.1)), "temperature");
+        assert_eq!(with(|c| c.temperature = Some(f32::NAN)), "temperature");
+        assert_eq!(with(|c| c.max_tokens = Some(0)), "max_tokens");
         assert_eq!(
             with(|c| {
                 c.max_tokens = Some(10);
                 c.max_completion_tokens = Some(10);
             }),
-            "llm.openai.max_completion_tokens"
+            "max_completion_tokens"
         );
-        assert_eq!(
-            with(|c| c.read_timeout_ms = 0),
-            "llm.openai.read_timeout_ms"
-        );
-        assert_eq!(
-            with(|c| c.connect_timeout_ms = 0),
-            "llm.openai.connect_timeout_ms"
-        );
+        assert_eq!(with(|c| c.read_timeout_ms = 0), "read_timeout_ms");
+        assert_eq!(with(|c| c.connect_timeout_ms = 0), "connect_timeout_ms");
         assert_eq!(
             with(|c| {
                 c.api_key_env = Some("X".into());
                 c.api_key_file = Some("k".into());
             }),
-            "llm.openai.api_key_file"
+            "api_key_file"
         );
         assert_eq!(
             with(|c| c.api_key_env = Some("VOXD_SURELY_UNSET_OPENAI_KEY".into())),
-            "llm.openai.api_key_env"
+            "api_key_env"
         );
         assert!(build(OpenAiLlmConfig {
             temperature: Some(2.0),
@@ -900,7 +878,7 @@ mod tests {
         )
         .expect_err("a newline cannot be sent in a header");
         assert!(!error.to_string().contains("secret"), "{error}");
-        assert_eq!(key_of(error), "llm.openai.api_key_file");
+        assert_eq!(key_of(error), "api_key_file");
     }
 
     fn call(id: &str, name: &str, arguments: &str) -> ToolCall {

@@ -30,9 +30,6 @@ use crate::{BuildError, ProviderError, Tts};
 /// The name this provider reports (`Tts::name` and `ProviderError`s).
 const PROVIDER_NAME: &str = "openai";
 
-/// The config table, for errors.
-const KEY: &str = "tts.openai";
-
 /// Configuration of the OpenAI-compatible TTS (`[tts.openai]`).
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -125,15 +122,15 @@ impl OpenAiTts {
     /// `base_dir` is the folder a relative `api_key_file` is resolved against.
     ///
     /// # Errors
-    /// `BuildError::Invalid` naming the key at fault (`tts.openai.base_url`, `.model`, `.voice`,
-    /// `.speed`, `.source_rate`, `.connect_timeout_ms`, `.read_timeout_ms`, `.api_key_env`,
-    /// `.api_key_file`); `BuildError::Io` when the key file cannot be read.
+    /// `BuildError::Invalid` naming the key at fault (`base_url`, `model`, `voice`, `speed`,
+    /// `source_rate`, `connect_timeout_ms`, `read_timeout_ms`, `api_key_env`, `api_key_file`);
+    /// `BuildError::Io` when the key file cannot be read.
     pub fn new(config: OpenAiTtsConfig, base_dir: &Path) -> Result<OpenAiTts, BuildError> {
         let invalid = |field: &str, message: String| BuildError::Invalid {
-            key: format!("{KEY}.{field}"),
+            key: field.to_owned(),
             message,
         };
-        check_base_url(KEY, &config.base_url)?;
+        check_base_url(&config.base_url)?;
         if config.model.trim().is_empty() {
             return Err(invalid(
                 "model",
@@ -171,12 +168,11 @@ impl OpenAiTts {
             return Err(invalid("read_timeout_ms", "expected at least 1 ms".into()));
         }
         let api_key = read_secret(
-            KEY,
             config.api_key_env.as_deref(),
             config.api_key_file.as_deref(),
             base_dir,
         )?;
-        let client = client(KEY, Duration::from_millis(config.connect_timeout_ms))?;
+        let client = client(Duration::from_millis(config.connect_timeout_ms))?;
         Ok(OpenAiTts {
             client,
             url: join(&config.base_url, "audio/speech"),
@@ -810,47 +806,47 @@ mod tests {
                     base_url: "ftp://example".into(),
                     ..OpenAiTtsConfig::default()
                 },
-                "tts.openai.base_url",
+                "base_url",
             ),
             (
                 OpenAiTtsConfig {
                     voice: String::new(),
                     ..OpenAiTtsConfig::default()
                 },
-                "tts.openai.voice",
+                "voice",
             ),
             (
                 OpenAiTtsConfig {
                     speed: Some(5.0),
                     ..OpenAiTtsConfig::default()
                 },
-                "tts.openai.speed",
+                "speed",
             ),
             (
                 OpenAiTtsConfig {
                     source_rate: 1_000,
                     ..OpenAiTtsConfig::default()
                 },
-                "tts.openai.source_rate",
+                "source_rate",
             ),
             (
                 OpenAiTtsConfig {
                     read_timeout_ms: 0,
                     ..OpenAiTtsConfig::default()
                 },
-                "tts.openai.read_timeout_ms",
+                "read_timeout_ms",
             ),
             (
                 OpenAiTtsConfig {
                     api_key_env: Some("VOXD_SURELY_UNSET_TTS_KEY".into()),
                     ..OpenAiTtsConfig::default()
                 },
-                "tts.openai.api_key_env",
+                "api_key_env",
             ),
         ];
         for (config, key) in cases {
             let err = OpenAiTts::new(config, Path::new(".")).unwrap_err();
-            assert!(err.to_string().starts_with(key), "{err}");
+            assert!(err.to_string().starts_with(&format!("{key}: ")), "{err}");
         }
     }
 }
