@@ -62,10 +62,19 @@ impl Providers {
             provider_chain("asr", file.asr.provider, &file.asr.providers).map_err(chain_error)?
         {
             asr.push(match p {
-                AsrProvider::Mock => Arc::new(MockAsr::new(file.asr.mock.clone(), base_dir)?),
-                AsrProvider::Openai => Arc::new(OpenAiAsr::new(file.asr.openai.clone(), base_dir)?),
+                AsrProvider::Mock => Arc::new(
+                    MockAsr::new(file.asr.mock.clone(), base_dir)
+                        .map_err(|e| e.in_table("asr.mock"))?,
+                ),
+                AsrProvider::Openai => Arc::new(
+                    OpenAiAsr::new(file.asr.openai.clone(), base_dir)
+                        .map_err(|e| e.in_table("asr.openai"))?,
+                ),
                 AsrProvider::Stream => {
-                    let p = Arc::new(StreamAsrProvider::new(file.asr.stream.clone(), base_dir)?);
+                    let p = Arc::new(
+                        StreamAsrProvider::new(file.asr.stream.clone(), base_dir)
+                            .map_err(|e| e.in_table("asr.stream"))?,
+                    );
                     if asr.is_empty() {
                         streaming_asr = Some(p.clone());
                     }
@@ -78,8 +87,13 @@ impl Providers {
             provider_chain("llm", file.llm.provider, &file.llm.providers).map_err(chain_error)?
         {
             llm.push(match p {
-                LlmProvider::Mock => Arc::new(MockLlm::new(file.llm.mock.clone())?),
-                LlmProvider::Openai => Arc::new(OpenAiLlm::new(file.llm.openai.clone(), base_dir)?),
+                LlmProvider::Mock => Arc::new(
+                    MockLlm::new(file.llm.mock.clone()).map_err(|e| e.in_table("llm.mock"))?,
+                ),
+                LlmProvider::Openai => Arc::new(
+                    OpenAiLlm::new(file.llm.openai.clone(), base_dir)
+                        .map_err(|e| e.in_table("llm.openai"))?,
+                ),
             });
         }
         let mut tts: Vec<Arc<dyn Tts>> = Vec::new();
@@ -87,12 +101,21 @@ impl Providers {
             provider_chain("tts", file.tts.provider, &file.tts.providers).map_err(chain_error)?
         {
             tts.push(match p {
-                TtsProvider::Mock => Arc::new(MockTts::new(file.tts.mock.clone())?),
-                TtsProvider::Openai => Arc::new(OpenAiTts::new(file.tts.openai.clone(), base_dir)?),
-                TtsProvider::Espeak => Arc::new(EspeakTts::new(file.tts.espeak.clone(), base_dir)?),
+                TtsProvider::Mock => Arc::new(
+                    MockTts::new(file.tts.mock.clone()).map_err(|e| e.in_table("tts.mock"))?,
+                ),
+                TtsProvider::Openai => Arc::new(
+                    OpenAiTts::new(file.tts.openai.clone(), base_dir)
+                        .map_err(|e| e.in_table("tts.openai"))?,
+                ),
+                TtsProvider::Espeak => Arc::new(
+                    EspeakTts::new(file.tts.espeak.clone(), base_dir)
+                        .map_err(|e| e.in_table("tts.espeak"))?,
+                ),
             });
         }
-        let tools = ToolRegistry::from_mock_config(&config.tools)?;
+        let tools =
+            ToolRegistry::from_mock_config(&config.tools).map_err(|e| e.in_table("tools"))?;
         let tool_specs = tools.specs().into();
         Ok(Providers {
             asr: Arc::new(Chain::new(Stage::Asr, asr, breaker)),
@@ -116,5 +139,23 @@ impl Providers {
     /// Whether every stage has a provider that would take a request now.
     pub fn available(&self) -> bool {
         self.asr.available() && self.llm.available() && self.tts.available()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A provider names the key within its own table; the error says which table.
+    #[test]
+    fn a_provider_error_names_the_key_with_its_table() {
+        let config = Config::from_toml(
+            "[llm]\nprovider = \"openai\"\n[llm.openai]\napi_key_env = \"VOXD_TEST_UNSET_KEY_VAR\"\n",
+            std::path::Path::new("."),
+        )
+        .expect("a valid config");
+        let err = Providers::build(&config).err().expect("the key is unset");
+        let message = err.to_string();
+        assert!(message.contains("llm.openai.api_key_env"), "{message}");
     }
 }
