@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use voxd::protocol::{encode_event, parse_client};
+use voxd::wire::{encode_event, parse_client};
 use voxd_core::{Event, ResponseStatus, Time, Timings, TurnId};
 
 /// `protocol/parse_speech_start` — one iteration: `parse_client` of `{"type":"speech_start"}`.

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use voxd::app::{serve, AppState};
-use voxd::config::Config;
+use voxd::{serve, AppState, Config};
 
 /// voxd: a streaming voice-bot orchestration server.
 #[derive(Parser)]
@@ -66,7 +65,7 @@ fn main() -> ExitCode {
             match Config::load(&path).and_then(|c| {
                 voxd::providers::Providers::build(&c)
                     .map(|_| ())
-                    .map_err(|e| voxd::config::ConfigError::Invalid {
+                    .map_err(|e| voxd::ConfigError::Invalid {
                         key: "providers".into(),
                         message: e.to_string(),
                     })

@@ -19,13 +19,13 @@ use metrics_exporter_prometheus::{
 use voxd_core::{ResponseStatus, Stage, Timings};
 
 /// Histogram buckets for voice latencies, in seconds: 5 ms to 10 s.
-pub const LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
     10.0,
 ];
 
 /// Histogram buckets for scheduling waits, in seconds: 50 µs to 250 ms.
-pub const WAIT_BUCKETS: &[f64] = &[
+pub(crate) const WAIT_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 ];
 

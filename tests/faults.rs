@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::{TestServer, FAST_CLIENT_LIMITS, TEST_CONFIG};
 use serde_json::{json, Value};
-use voxd::config::Config;
+use voxd::Config;
 
 /// The test config with `line` added to the `[table]` section, plus `extra` sections.
 async fn server(table: &str, line: &str, extra: &str) -> TestServer {

@@ -13,10 +13,8 @@ use futures_util::stream::BoxStream;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use voxd::app::AppState;
-use voxd::config::Config;
-use voxd::fallback::{BreakerConfig, Chain};
-use voxd::providers::Providers;
+use voxd::providers::{BreakerConfig, Chain, Providers};
+use voxd::{AppState, Config};
 use voxd_backends::{ProviderError, Tts};
 use voxd_core::{SampleRate, Stage};
 

@@ -6,6 +6,9 @@
 //! is an output the caller drains. That is what lets the tests play minutes of dialogue in
 //! milliseconds, deterministically. Cargo enforces it: this crate depends on neither tokio nor axum.
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod resample;
 pub mod session;

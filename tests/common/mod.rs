@@ -13,12 +13,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use voxd::app::{serve, AppState};
-use voxd::config::Config;
+use voxd::{serve, AppState, Config};
 
 /// Delays shrunk so the suite stays fast; audio is still paced at real time, so replies are
 /// spoken at 50 characters a second to keep them short.
-pub const TEST_CONFIG: &str = r#"
+pub(crate) const TEST_CONFIG: &str = r#"
 [asr.mock]
 latency_ms = 10
 fixtures = "fixtures/transcripts.toml"
@@ -33,12 +32,13 @@ chars_per_second = 50.0
 "#;
 
 /// Input limits for test clients that stream audio faster than real time.
-pub const FAST_CLIENT_LIMITS: &str = "[limits]\nmax_audio_rate = 100.0\naudio_burst_ms = 600000\n";
+pub(crate) const FAST_CLIENT_LIMITS: &str =
+    "[limits]\nmax_audio_rate = 100.0\naudio_burst_ms = 600000\n";
 
 /// A guard against a hung test, never a timing assertion.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
@@ -46,14 +46,14 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start() -> TestServer {
+    pub(crate) async fn start() -> TestServer {
         Self::start_with("").await
     }
 
     /// Starts voxd with `TEST_CONFIG` plus `extra` TOML (sections must not repeat TEST_CONFIG's).
     /// Unless `extra` has its own `[limits]`, the input rate limits are lifted: these tests stream
     /// audio faster than real time on purpose (speech is measured in audio time).
-    pub async fn start_with(extra: &str) -> TestServer {
+    pub(crate) async fn start_with(extra: &str) -> TestServer {
         let limits = if extra.contains("[limits]") {
             ""
         } else {
@@ -65,12 +65,12 @@ impl TestServer {
         Self::start_config(config).await
     }
 
-    pub async fn start_config(config: Config) -> TestServer {
+    pub(crate) async fn start_config(config: Config) -> TestServer {
         Self::start_state(AppState::new(config).expect("providers build")).await
     }
 
     /// Serves `state`, built by the test (with a provider of its own, say).
-    pub async fn start_state(state: Arc<AppState>) -> TestServer {
+    pub(crate) async fn start_state(state: Arc<AppState>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -93,16 +93,16 @@ impl TestServer {
         }
     }
 
-    pub fn ws_url(&self, query: &str) -> String {
+    pub(crate) fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/ws{}", self.addr, query)
     }
 
-    pub async fn connect(&self) -> Client {
+    pub(crate) async fn connect(&self) -> Client {
         Client::connect(&self.ws_url("")).await
     }
 
     /// Stops the server and waits until it has closed every session.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -112,19 +112,19 @@ impl TestServer {
     }
 
     /// A plain HTTP GET over a real socket: (status, body).
-    pub async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let r = self.request("GET", path, None, &[]).await;
         (r.status, r.body)
     }
 
     /// `POST /v1/transcribe` with `body` as `content_type`.
-    pub async fn transcribe(&self, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
+    pub(crate) async fn transcribe(&self, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
         self.request("POST", "/v1/transcribe", content_type, body)
             .await
     }
 
     /// An HTTP/1.1 request over a real socket, with `Connection: close`.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: &str,
         path: &str,
@@ -136,7 +136,7 @@ impl TestServer {
 }
 
 /// An HTTP/1.1 request to `addr` over a real socket, with `Connection: close`.
-pub async fn http_request(
+pub(crate) async fn http_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -151,7 +151,7 @@ pub async fn http_request(
 }
 
 /// An HTTP/1.1 request with the given headers, with `Connection: close`.
-pub async fn http_request_with(
+pub(crate) async fn http_request_with(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -197,13 +197,13 @@ pub async fn http_request_with(
 }
 
 /// A server in another process, reached over its address.
-pub struct RemoteServer {
+pub(crate) struct RemoteServer {
     pub addr: SocketAddr,
 }
 
 impl RemoteServer {
     /// A plain HTTP GET: (status, body).
-    pub async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let r = http_request(self.addr, "GET", path, None, &[]).await;
         (r.status, r.body)
     }
@@ -211,18 +211,18 @@ impl RemoteServer {
 
 /// An HTTP response read off the socket.
 #[derive(Debug)]
-pub struct HttpResponse {
+pub(crate) struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
 impl HttpResponse {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
@@ -245,18 +245,18 @@ fn dechunk(mut s: &str) -> String {
 
 /// What the server sent: a JSON event or a binary audio frame.
 #[derive(Debug, Clone)]
-pub enum Item {
+pub(crate) enum Item {
     Event(Value),
     Audio(Vec<u8>),
 }
 
 impl Item {
-    pub fn is(&self, ty: &str) -> bool {
+    pub(crate) fn is(&self, ty: &str) -> bool {
         matches!(self, Item::Event(v) if v["type"] == ty)
     }
 }
 
-pub struct Client {
+pub(crate) struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub ready: Value,
     /// Everything received so far, in order.
@@ -264,7 +264,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(url: &str) -> Client {
+    pub(crate) async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("connect");
@@ -282,27 +282,27 @@ impl Client {
         c
     }
 
-    pub async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.ws
             .send(Message::Text(v.to_string().into()))
             .await
             .unwrap();
     }
 
-    pub async fn send_raw_text(&mut self, t: &str) {
+    pub(crate) async fn send_raw_text(&mut self, t: &str) {
         self.ws
             .send(Message::Text(t.to_owned().into()))
             .await
             .unwrap();
     }
 
-    pub async fn send_bytes(&mut self, b: Vec<u8>) {
+    pub(crate) async fn send_bytes(&mut self, b: Vec<u8>) {
         self.ws.send(Message::Binary(b.into())).await.unwrap();
     }
 
     /// Streams `samples` in 20 ms frames (of 16 kHz audio unless `rate` says otherwise), as fast as
     /// the socket takes them: the server measures speech in audio time.
-    pub async fn send_audio(&mut self, samples: &[i16], rate: u32) {
+    pub(crate) async fn send_audio(&mut self, samples: &[i16], rate: u32) {
         for chunk in samples.chunks(rate as usize / 50) {
             let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
             self.ws.feed(Message::Binary(bytes.into())).await.unwrap();
@@ -310,19 +310,19 @@ impl Client {
         self.ws.flush().await.unwrap();
     }
 
-    pub async fn send_silence(&mut self, ms: usize) {
+    pub(crate) async fn send_silence(&mut self, ms: usize) {
         self.send_audio(&vec![0i16; ms * 16], 16000).await;
     }
 
     /// One utterance with client signals over silence.
-    pub async fn say(&mut self, ms: usize) {
+    pub(crate) async fn say(&mut self, ms: usize) {
         self.send(json!({"type": "speech_start"})).await;
         self.send_silence(ms).await;
         self.send(json!({"type": "speech_end"})).await;
     }
 
     /// The next item (recorded in `log`).
-    pub async fn next(&mut self) -> Item {
+    pub(crate) async fn next(&mut self) -> Item {
         loop {
             let msg = tokio::time::timeout(PATIENCE, self.ws.next())
                 .await
@@ -340,7 +340,7 @@ impl Client {
     }
 
     /// Reads until an event of type `ty` arrives and returns it.
-    pub async fn until(&mut self, ty: &str) -> Value {
+    pub(crate) async fn until(&mut self, ty: &str) -> Value {
         loop {
             if let Item::Event(v) = self.next().await {
                 if v["type"] == ty {
@@ -351,7 +351,7 @@ impl Client {
     }
 
     /// Reads until at least `bytes` of audio have arrived since the log index `from`.
-    pub async fn until_audio(&mut self, from: usize, bytes: usize) {
+    pub(crate) async fn until_audio(&mut self, from: usize, bytes: usize) {
         while audio_bytes(&self.log[from..]) < bytes {
             self.next().await;
         }
@@ -359,14 +359,14 @@ impl Client {
 
     /// Reads until `audio_start`, then until `bytes` more of audio have arrived: the answer is
     /// audibly playing.
-    pub async fn until_playing(&mut self, bytes: usize) {
+    pub(crate) async fn until_playing(&mut self, bytes: usize) {
         self.until("audio_start").await;
         let from = self.log.len();
         self.until_audio(from, bytes).await;
     }
 
     /// The events of type `ty` received so far.
-    pub fn events(&self, ty: &str) -> Vec<&Value> {
+    pub(crate) fn events(&self, ty: &str) -> Vec<&Value> {
         self.log
             .iter()
             .filter_map(|i| match i {
@@ -377,7 +377,7 @@ impl Client {
     }
 
     /// The reply's text so far (`response_text` events), of one turn or of all.
-    pub fn spoken(&self, turn: Option<u64>) -> String {
+    pub(crate) fn spoken(&self, turn: Option<u64>) -> String {
         self.events("response_text")
             .iter()
             .filter(|v| turn.is_none_or(|t| v["turn_id"] == t))
@@ -385,12 +385,12 @@ impl Client {
             .collect()
     }
 
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
 }
 
-pub fn audio_bytes(items: &[Item]) -> usize {
+pub(crate) fn audio_bytes(items: &[Item]) -> usize {
     items
         .iter()
         .map(|i| match i {
@@ -400,7 +400,7 @@ pub fn audio_bytes(items: &[Item]) -> usize {
         .sum()
 }
 
-pub fn audio_concat(items: &[Item]) -> Vec<u8> {
+pub(crate) fn audio_concat(items: &[Item]) -> Vec<u8> {
     items
         .iter()
         .filter_map(|i| match i {
@@ -412,7 +412,7 @@ pub fn audio_concat(items: &[Item]) -> Vec<u8> {
 }
 
 /// The bytes of a committed fixture file.
-pub fn fixture_bytes(name: &str) -> Vec<u8> {
+pub(crate) fn fixture_bytes(name: &str) -> Vec<u8> {
     std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures")
@@ -422,7 +422,7 @@ pub fn fixture_bytes(name: &str) -> Vec<u8> {
 }
 
 /// A WAV file in memory.
-pub fn wav(samples: &[f32], rate: u32, channels: u16, float: bool) -> Vec<u8> {
+pub(crate) fn wav(samples: &[f32], rate: u32, channels: u16, float: bool) -> Vec<u8> {
     let spec = hound::WavSpec {
         channels,
         sample_rate: rate,
@@ -447,7 +447,7 @@ pub fn wav(samples: &[f32], rate: u32, channels: u16, float: bool) -> Vec<u8> {
 }
 
 /// A committed speech fixture (16 kHz mono PCM16).
-pub fn fixture(name: &str) -> Vec<i16> {
+pub(crate) fn fixture(name: &str) -> Vec<i16> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(name);
@@ -458,7 +458,7 @@ pub fn fixture(name: &str) -> Vec<i16> {
 
 /// Polls a condition (bounded): for state that settles asynchronously after a socket closes.
 #[track_caller]
-pub fn wait_for(cond: impl Fn() -> bool) -> impl std::future::Future<Output = ()> {
+pub(crate) fn wait_for(cond: impl Fn() -> bool) -> impl std::future::Future<Output = ()> {
     let caller = std::panic::Location::caller();
     async move {
         let deadline = tokio::time::Instant::now() + PATIENCE;

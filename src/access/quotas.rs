@@ -16,30 +16,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use serde::Deserialize;
 
-use crate::config::ConfigError;
-
-/// `[quotas]`: 0 turns a quota off.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QuotasSection {
-    /// New `/ws` sessions per second from one IP address (sustained).
-    pub per_ip_sessions_per_s: f64,
-    /// New sessions one IP address may open at once before the rate applies.
-    pub per_ip_burst: u32,
-    /// Concurrent sessions from one IP address.
-    pub per_ip_max_sessions: u32,
-    /// New sessions per second with one API key (or tokens minted by it).
-    pub per_key_sessions_per_s: f64,
-    /// New sessions one key may open at once before the rate applies.
-    pub per_key_burst: u32,
-    /// Concurrent sessions with one API key (or tokens minted by it).
-    pub per_key_max_sessions: u32,
-    /// Take the client's address from the last entry of `X-Forwarded-For` (the one the nearest
-    /// proxy appended). Only behind a proxy that sets it: otherwise clients could pick their IP.
-    pub trust_x_forwarded_for: bool,
-}
+use crate::config::{ConfigError, QuotasSection};
 
 /// Which quota refused an upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,23 +112,19 @@ impl std::fmt::Debug for Quotas {
     }
 }
 
-fn rate(key: &str, per_s: f64, burst: u32) -> Result<Option<Quota>, ConfigError> {
+/// The bucket for `per_s` new sessions a second after a burst of `burst`; `None` (off) for 0. The
+/// rate is in range: `QuotasSection::check` has passed.
+fn rate(per_s: f64, burst: u32) -> Option<Quota> {
     if per_s == 0.0 {
-        return Ok(None);
-    }
-    if !(0.001..=100_000.0).contains(&per_s) {
-        return Err(ConfigError::Invalid {
-            key: format!("quotas.{key}"),
-            message: format!("is {per_s}; expected 0 (off) or 0.001 to 100000"),
-        });
+        return None;
     }
     let period = Duration::from_secs_f64(1.0 / per_s);
     let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
-    Ok(Some(
+    Some(
         Quota::with_period(period)
             .expect("a positive period")
             .allow_burst(burst),
-    ))
+    )
 }
 
 impl Quotas {
@@ -159,19 +133,10 @@ impl Quotas {
     /// # Errors
     /// `ConfigError::Invalid` naming the key when a rate is out of range.
     pub fn from_config(q: &QuotasSection) -> Result<Quotas, ConfigError> {
+        q.check()?;
         Ok(Quotas {
-            ip_rate: rate(
-                "per_ip_sessions_per_s",
-                q.per_ip_sessions_per_s,
-                q.per_ip_burst,
-            )?
-            .map(RateLimiter::keyed),
-            key_rate: rate(
-                "per_key_sessions_per_s",
-                q.per_key_sessions_per_s,
-                q.per_key_burst,
-            )?
-            .map(RateLimiter::keyed),
+            ip_rate: rate(q.per_ip_sessions_per_s, q.per_ip_burst).map(RateLimiter::keyed),
+            key_rate: rate(q.per_key_sessions_per_s, q.per_key_burst).map(RateLimiter::keyed),
             ip_sessions: Counted::new(q.per_ip_max_sessions),
             key_sessions: Counted::new(q.per_key_max_sessions),
             trust_x_forwarded_for: q.trust_x_forwarded_for,
@@ -259,42 +224,6 @@ impl Drop for QuotaGuard {
     }
 }
 
-/// The client's address: the socket's peer, or with `trust_x_forwarded_for` the last entry of the
-/// last `X-Forwarded-For` header (the one the nearest proxy appended; earlier entries are the
-/// client's to choose). An entry that does not parse (`ip:port`, `[v6]:port` are understood) means
-/// the peer. IPv6 addresses are keyed by their /64, since one client usually holds a whole /64;
-/// IPv4-mapped IPv6 addresses are keyed as IPv4.
-pub fn client_ip(peer: IpAddr, headers: &axum::http::HeaderMap, trust_forwarded: bool) -> IpAddr {
-    let ip = if trust_forwarded {
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(parse_forwarded)
-            .unwrap_or(peer)
-    } else {
-        peer
-    };
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
-}
-
-/// One `X-Forwarded-For` entry: `ip`, `ip:port` or `[v6]:port`.
-fn parse_forwarded(entry: &str) -> Option<IpAddr> {
-    let entry = entry.trim();
-    entry
-        .parse::<IpAddr>()
-        .ok()
-        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,33 +280,6 @@ mod tests {
         assert!((1..=2).contains(&refusal.retry_after_s()), "{refusal:?}");
         // Another address has its own bucket; no key means no key quota.
         drop(q.admit(B, None).unwrap());
-    }
-
-    #[test]
-    fn forwarded_addresses_only_when_trusted_and_only_the_proxys_entry() {
-        let header = |v: &str| {
-            let mut h = axum::http::HeaderMap::new();
-            h.insert("x-forwarded-for", v.parse().unwrap());
-            h
-        };
-        let h = header("1.2.3.4, 10.0.0.2");
-        assert_eq!(client_ip(A, &h, false), A);
-        assert_eq!(client_ip(A, &h, true), B);
-        assert_eq!(client_ip(A, &axum::http::HeaderMap::new(), true), A);
-        // A proxy that appends a port; a client-chosen entry before it changes nothing.
-        assert_eq!(client_ip(A, &header("9.9.9.9, 10.0.0.2:5555"), true), B);
-        // An entry that does not parse means the peer, never an earlier entry.
-        assert_eq!(client_ip(A, &header("9.9.9.9, garbage"), true), A);
-        // IPv6 by /64, and IPv4-mapped as IPv4.
-        let v6: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let same_64: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        assert_eq!(client_ip(v6, &h, false), client_ip(same_64, &h, false));
-        assert_eq!(
-            client_ip(A, &header("[2001:db8::1]:443"), true).to_string(),
-            "2001:db8::"
-        );
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(mapped, &h, false), A);
     }
 
     #[test]

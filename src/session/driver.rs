@@ -18,15 +18,13 @@
 //! core, so a provider's work never pauses behind a client that stopped reading.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use futures_util::stream::{self, AbortHandle, Abortable, BoxStream, SelectAll};
+use futures_util::stream::{self, AbortHandle, Abortable, SelectAll};
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
-use tracing::{debug, info, info_span, warn, Instrument, Span};
+use tracing::{debug, info, info_span, warn, Instrument};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
@@ -34,17 +32,17 @@ use voxd_backends::{AsrStream, AsrUpdate, LlmEvent, LlmRequest, ProviderError};
 use voxd_core::resample::StreamResampler;
 use voxd_core::ResponseStatus;
 use voxd_core::{
-    AsrStreamEvent, Event, Output, ProviderEvent, ProviderFailure, SampleRate, Session, Time,
-    ToolCall, TurnId,
+    AsrStreamEvent, Event, Output, ProviderEvent, SampleRate, Session, Time, ToolCall, TurnId,
 };
 
-use crate::app::AppState;
-use crate::fallback::{failure, timed_out, Attempt};
-use crate::limits::{Admit, ClientLimits};
+use super::calls::{Call, Relay};
+use super::limits::{Admit, ClientLimits};
 use crate::metrics::WireCounts;
-use crate::protocol::{self, ClientMessage, ServerMessage, PROTOCOL_VERSION};
-use crate::sessions::{Permit, Signal, CLOSE, DRAIN};
-use crate::ws::WebSocket;
+use crate::providers::{failure, timed_out};
+use crate::registry::{Permit, Signal, CLOSE, DRAIN};
+use crate::state::AppState;
+use crate::transport::WebSocket;
+use crate::wire::{self, ClientMessage, ServerMessage, PROTOCOL_VERSION};
 
 /// Wire counts are added to the shared metrics after this many messages (and at the end), so
 /// the per-frame path writes no shared memory.
@@ -93,7 +91,12 @@ impl Exit {
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs one session until its socket closes or the server shuts down.
-pub async fn run(socket: WebSocket, app: Arc<AppState>, permit: Permit, input_rate: SampleRate) {
+pub(crate) async fn run(
+    socket: WebSocket,
+    app: Arc<AppState>,
+    permit: Permit,
+    input_rate: SampleRate,
+) {
     let id = permit.id();
     let span = info_span!("session", session_id = %id);
     async move {
@@ -522,7 +525,7 @@ impl Driver {
     }
 
     fn on_text(&mut self, now: Time, frame: &str, replies: &mut Vec<String>) {
-        match protocol::parse_client(frame) {
+        match wire::parse_client(frame) {
             Ok(ClientMessage::SpeechStart) => self.core.handle_speech_start(now),
             Ok(ClientMessage::SpeechEnd) => self.core.handle_speech_end(now),
             Ok(ClientMessage::Text(t)) => self.core.handle_text(now, &t),
@@ -537,7 +540,7 @@ impl Driver {
     }
 
     fn on_audio(&mut self, now: Time, frame: &[u8], replies: &mut Vec<String>) {
-        if let Err(e) = protocol::check_audio(frame.len()) {
+        if let Err(e) = wire::check_audio(frame.len()) {
             replies.push(error_json(e.code, &e.message));
             return;
         }
@@ -605,7 +608,7 @@ impl Driver {
                         }
                         _ => {}
                     }
-                    if let Some(json) = protocol::encode_event(&e) {
+                    if let Some(json) = wire::encode_event(&e) {
                         self.wire.out_text += 1;
                         self.outbox.push(text(json));
                     }
@@ -790,93 +793,6 @@ impl Driver {
         };
         self.calls.push(Abortable::new(call, registration));
         self.turns.entry(turn).or_default().push(handle);
-    }
-}
-
-/// One provider call: its events, tagged with its turn, polled by the session's own task. The
-/// provider's work runs inside the call's `turn` span, so its log lines carry the turn id.
-struct Call {
-    turn: TurnId,
-    span: Span,
-    events: BoxStream<'static, ProviderEvent>,
-}
-
-impl Stream for Call {
-    type Item = (TurnId, ProviderEvent);
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let _entered = this.span.enter();
-        let turn = this.turn;
-        this.events
-            .poll_next_unpin(cx)
-            .map(|event| event.map(|e| (turn, e)))
-    }
-}
-
-/// Turns an opened provider stream into its session's events: each item as an event, under the
-/// stall deadline, then `done`; a failure as one event. The attempt is settled with the outcome,
-/// so a provider that fails mid-stream counts against its breaker.
-struct Relay<'a> {
-    metrics: &'a crate::metrics::Metrics,
-    stall: std::time::Duration,
-    stalled: &'static str,
-}
-
-impl<'a> Relay<'a> {
-    fn run<P, S, T>(
-        self,
-        opened: Result<(Attempt<'a, P>, S, Option<T>), ProviderFailure>,
-        item_event: impl Fn(T) -> ProviderEvent + 'a,
-        failed_event: impl Fn(ProviderFailure) -> ProviderEvent + 'a,
-        done: ProviderEvent,
-    ) -> impl Stream<Item = ProviderEvent> + 'a
-    where
-        P: ?Sized + crate::fallback::Named + 'a,
-        S: Stream<Item = Result<T, ProviderError>> + Unpin + 'a,
-        T: 'a,
-    {
-        async_stream::stream! {
-            let (attempt, mut stream, mut item) = match opened {
-                Ok((attempt, stream, first)) => (attempt, stream, first.map(Ok)),
-                Err(f) => {
-                    yield failed_event(f);
-                    return;
-                }
-            };
-            // One stall timer for the whole stream, pushed back after each item: extending a
-            // tokio timer's deadline is an atomic store, where a timeout per item would insert
-            // into and remove from the timer wheel for every token and every audio chunk.
-            let stall = tokio::time::sleep(self.stall);
-            tokio::pin!(stall);
-            while let Some(next) = item {
-                match next {
-                    Ok(x) => yield item_event(x),
-                    Err(e) => {
-                        attempt.failed(true, self.metrics);
-                        yield failed_event(failure(e));
-                        return;
-                    }
-                }
-                stall.as_mut().reset(Instant::now() + self.stall);
-                let next = tokio::select! {
-                    biased;
-                    next = stream.next() => Some(next),
-                    () = &mut stall => None,
-                };
-                item = match next {
-                    Some(next) => next,
-                    None => {
-                        let f = timed_out(attempt.name(), self.stalled, self.stall);
-                        attempt.failed(true, self.metrics);
-                        yield failed_event(f);
-                        return;
-                    }
-                };
-            }
-            attempt.succeeded(self.metrics);
-            yield done;
-        }
     }
 }
 

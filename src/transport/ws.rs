@@ -9,7 +9,7 @@
 //! at several percent of an idle session's CPU (BENCHMARKS.md, "The WebSocket layer"). The
 //! protocol itself (framing, masking, limits, ping and close replies) stays tungstenite's.
 //!
-//! When voxd's own server (`app::serve`) made the upgrade, the session gets the bare
+//! When voxd's own server (`accept.rs`) made the upgrade, the session gets the bare
 //! `TcpStream` back from hyper (`Upgraded::downcast`), so every read and write goes straight to
 //! tokio's socket instead of through hyper's boxed `Upgraded` and its rewind buffer. Under
 //! another server (an embedder's) the session runs on hyper's `Upgraded` as it is.
@@ -32,19 +32,30 @@ use tokio_util::either::Either;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error, Message};
 
-use crate::app::error_response;
-
 /// An accepted upgrade request: extract it in a handler, then answer with
 /// [`WsUpgrade::on_upgrade`].
-pub struct WsUpgrade {
+pub(crate) struct WsUpgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
-    type Rejection = Response;
+/// Why a request is not a WebSocket upgrade voxd can accept. The HTTP layer's error mapping
+/// (`http::error`) answers it as a JSON `not_websocket` error with `status`.
+#[derive(Debug)]
+pub(crate) struct NotWebSocket {
+    /// 405, 400 or 426.
+    pub(crate) status: StatusCode,
+    /// What is wrong with the request.
+    pub(crate) message: &'static str,
+    /// The answer names the version this server speaks (`Sec-WebSocket-Version: 13`, RFC 6455,
+    /// 4.4).
+    pub(crate) name_version: bool,
+}
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = NotWebSocket;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, NotWebSocket> {
         if parts.method != Method::GET {
             return Err(not_websocket(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -68,16 +79,11 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             .map(HeaderValue::as_bytes)
             != Some(b"13")
         {
-            // RFC 6455, 4.4: name the version this server speaks.
-            let mut resp = not_websocket(
-                StatusCode::UPGRADE_REQUIRED,
-                "the Sec-WebSocket-Version header is not '13'",
-            );
-            resp.headers_mut().insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-            return Err(resp);
+            return Err(NotWebSocket {
+                status: StatusCode::UPGRADE_REQUIRED,
+                message: "the Sec-WebSocket-Version header is not '13'",
+                name_version: true,
+            });
         }
         let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).cloned() else {
             return Err(not_websocket(
@@ -98,7 +104,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
 impl WsUpgrade {
     /// The `101 Switching Protocols` answer. Once the client has it, `session` runs on the
     /// upgraded connection in a task of its own; if the upgrade fails, `session` is dropped.
-    pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, session: F) -> Response
+    pub(crate) fn on_upgrade<F, Fut>(self, config: WebSocketConfig, session: F) -> Response
     where
         F: FnOnce(WebSocket) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -123,8 +129,12 @@ impl WsUpgrade {
     }
 }
 
-fn not_websocket(status: StatusCode, message: &str) -> Response {
-    error_response(status, "not_websocket", message)
+fn not_websocket(status: StatusCode, message: &'static str) -> NotWebSocket {
+    NotWebSocket {
+        status,
+        message,
+        name_version: false,
+    }
 }
 
 /// Whether the comma-separated header `name` has `token` (case-insensitive).
@@ -137,7 +147,7 @@ fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool 
 
 /// A server-side WebSocket on an upgraded connection, for one task: `recv` is cancel-safe (all
 /// of a partly read frame stays in tungstenite's buffer), writes are `feed` then `flush`.
-pub struct WebSocket {
+pub(crate) struct WebSocket {
     io: Conn,
     protocol: WebSocketContext,
 }
@@ -218,7 +228,7 @@ impl WebSocket {
 
     /// The next message; `None` once the connection is closed (after a close handshake, or
     /// when the client went away). Pings are answered inside.
-    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+    pub(crate) async fn recv(&mut self) -> Option<Result<Message, Error>> {
         poll_fn(|cx| {
             let mut io = Io {
                 io: &mut self.io,
@@ -237,7 +247,7 @@ impl WebSocket {
     /// Queues `message`; it goes out with a later `flush` (or sooner, once the write buffer
     /// fills). Waits only when the write buffer is at its cap and the socket does not drain; a
     /// message too big for even an empty buffer is an error (`WriteBufferFull`).
-    pub async fn feed(&mut self, message: Message) -> Result<(), Error> {
+    pub(crate) async fn feed(&mut self, message: Message) -> Result<(), Error> {
         // A close frame goes out after everything queued: tungstenite leaves the open state
         // before it buffers the frame, so a close frame that did not fit could not be queued
         // again.
@@ -272,7 +282,7 @@ impl WebSocket {
     }
 
     /// Writes out everything queued.
-    pub async fn flush(&mut self) -> Result<(), Error> {
+    pub(crate) async fn flush(&mut self) -> Result<(), Error> {
         poll_fn(|cx| {
             let mut io = Io {
                 io: &mut self.io,
@@ -288,13 +298,13 @@ impl WebSocket {
     }
 
     /// `feed` then `flush`.
-    pub async fn send(&mut self, message: Message) -> Result<(), Error> {
+    pub(crate) async fn send(&mut self, message: Message) -> Result<(), Error> {
         self.feed(message).await?;
         self.flush().await
     }
 
     /// Answers a close the client started: the reply tungstenite queued goes out.
-    pub async fn close(&mut self) -> Result<(), Error> {
+    pub(crate) async fn close(&mut self) -> Result<(), Error> {
         match self.flush().await {
             Err(Error::ConnectionClosed | Error::AlreadyClosed) => Ok(()),
             other => other,

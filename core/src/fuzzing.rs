@@ -1,180 +1,25 @@
-//! The fuzz targets' bodies, one function per target.
+//! The `session` fuzz target's body: a random life of one `Session`, every output checked by the
+//! invariants `Checker`.
 //!
-//! The `cargo fuzz` targets in `fuzz/` (nightly, libFuzzer) call these, and so do this module's
-//! tests, which replay the committed corpora (`fuzz/corpus/<target>/`) and a bounded random run on
-//! stable in `cargo test`, so CI exercises the same code. Each body takes arbitrary bytes and panics
-//! when a promise is broken; an error for bad input is a pass. See docs/fuzzing.md.
+//! The cargo-fuzz target `fuzz/fuzz_targets/session.rs` (nightly, libFuzzer) calls it through
+//! `voxd::fuzzing`, and this module's tests replay the committed corpus (`fuzz/corpus/session/`)
+//! and a bounded random run on stable in `cargo test`, so CI exercises the same code. It panics
+//! when a promise is broken. It needs nothing but this crate: the owner it plays is the drain rule
+//! with well-behaved providers, no JSON and no socket. See docs/fuzzing.md.
 //!
-//! Built for tests and with the `fuzzing` feature; not part of the server.
+//! Built for tests and with the `fuzzing` feature; not part of a normal build.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use serde_json::Value;
-use voxd_core::session::invariants::Checker;
-use voxd_core::vad::{Aggressiveness, Engine};
-use voxd_core::{
+
+use crate::session::invariants::Checker;
+use crate::vad::{Aggressiveness, Engine};
+use crate::{
     AsrStreamEvent, ChatMessage, Event, Output, ProviderEvent, ProviderFailure, SampleRate,
     Session, SessionConfig, Time, ToolCall, TurnId,
 };
-
-use crate::protocol::{self, ClientMessage, ServerMessage};
-use crate::transcribe::{self, Decoded};
-
-/// Every `code` a client message can be refused with.
-const CLIENT_CODES: &[&str] = &[
-    "invalid_json",
-    "invalid_message",
-    "missing_type",
-    "unknown_type",
-    "invalid_field",
-];
-
-/// An error message echoes at most 64 characters of the client's input, so it stays short
-/// whatever the input.
-const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
-
-/// `client_message`: a WebSocket frame. As text (when UTF-8), `parse_client` never panics; what
-/// it accepts is a JSON object whose `type` names the variant, with the fields it carries; what it
-/// refuses gets a stable code and a short message. As binary, `check_audio` accepts exactly the
-/// whole numbers of 16-bit samples.
-///
-/// # Panics
-/// When a promise is broken.
-pub fn client_message(data: &[u8]) {
-    assert_eq!(
-        protocol::check_audio(data.len()).is_ok(),
-        data.len().is_multiple_of(2),
-        "check_audio({})",
-        data.len()
-    );
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    match protocol::parse_client(text) {
-        Ok(msg) => {
-            let value: Value = serde_json::from_str(text).expect("an accepted message is JSON");
-            let map = value.as_object().expect("an accepted message is an object");
-            let ty = map.get("type").and_then(Value::as_str);
-            match &msg {
-                ClientMessage::SpeechStart => assert_eq!(ty, Some("speech_start")),
-                ClientMessage::SpeechEnd => assert_eq!(ty, Some("speech_end")),
-                ClientMessage::Text(t) => {
-                    assert_eq!(ty, Some("text"));
-                    assert!(!t.trim().is_empty(), "an empty text turn was accepted");
-                    assert_eq!(map.get("text").and_then(Value::as_str), Some(t.as_str()));
-                }
-                ClientMessage::Ping(id) => {
-                    assert_eq!(ty, Some("ping"));
-                    assert_eq!(id.as_ref(), map.get("id"));
-                    let pong = ServerMessage::Pong { id: id.as_ref() }.to_json();
-                    let pong: Value = serde_json::from_str(&pong).expect("a pong is JSON");
-                    assert_eq!(pong["type"], "pong");
-                }
-            }
-        }
-        Err(e) => {
-            assert!(CLIENT_CODES.contains(&e.code), "unknown code {:?}", e.code);
-            assert!(
-                !e.message.is_empty() && e.message.len() <= MAX_ERROR_MESSAGE_BYTES,
-                "an error message of {} bytes",
-                e.message.len()
-            );
-        }
-    }
-}
-
-/// `wav`: a `/v1/transcribe` body. `decode_wav` (or, for a body that is not RIFF, `decode_pcm`
-/// with a rate and channel count taken from its first bytes) then `to_internal` never panic and
-/// never allocate more than the body justifies (a header's claimed length is not trusted); what
-/// they accept has consistent lengths; what they refuse is a 4xx with a known code.
-///
-/// # Panics
-/// When a promise is broken.
-pub fn wav(data: &[u8]) {
-    let decoded = if data.starts_with(b"RIFF") {
-        transcribe::decode_wav(data)
-    } else {
-        // A raw-PCM request: `?sample_rate=` and `?channels=` are strings from the query.
-        let (rate, channels, body) = match data {
-            [r, c, body @ ..] => {
-                let rates = [
-                    "16000",
-                    "8000",
-                    "48000",
-                    "44100",
-                    "7999",
-                    "0",
-                    "x",
-                    "4294967296",
-                ];
-                let rate = rates[usize::from(*r) % rates.len()];
-                let channels = ["1", "2", "8", "0", "9", "-1"];
-                (
-                    Some(rate),
-                    Some(channels[usize::from(*c) % channels.len()]),
-                    body,
-                )
-            }
-            _ => (None, None, data),
-        };
-        transcribe::decode_pcm(body, rate, channels)
-    };
-    let d = match decoded {
-        Ok(d) => d,
-        Err(e) => {
-            assert!(
-                e.status().is_client_error(),
-                "{} for {:?}",
-                e.status(),
-                e.code()
-            );
-            assert!(
-                [
-                    "invalid_wav",
-                    "unsupported_encoding",
-                    "empty_audio",
-                    "missing_parameter",
-                    "invalid_parameter",
-                    "invalid_pcm",
-                ]
-                .contains(&e.code()),
-                "unknown code {:?}",
-                e.code()
-            );
-            return;
-        }
-    };
-    check_decoded(&d, data.len());
-    match transcribe::to_internal(&d) {
-        Ok(audio) => {
-            let frames = (d.samples.len() / usize::from(d.channels)) as u128;
-            let rate = u128::from(d.rate);
-            // `resample_all` promises round(frames * 16000 / rate) samples.
-            let expected = (frames * 16_000 * 2 + rate) / (2 * rate);
-            assert_eq!(
-                audio.len() as u128,
-                expected,
-                "{frames} frames at {rate} Hz"
-            );
-        }
-        Err(e) => assert_eq!(e.code(), "unsupported_sample_rate"),
-    }
-}
-
-fn check_decoded(d: &Decoded, body_len: usize) {
-    assert!(d.channels >= 1, "0 channels accepted");
-    assert_eq!(
-        d.samples.len() % usize::from(d.channels),
-        0,
-        "{} samples of {} channels",
-        d.samples.len(),
-        d.channels
-    );
-    // At least a byte per sample: nothing is invented.
-    assert!(d.samples.len() <= body_len);
-}
 
 /// `session`: a random life of one session. The bytes decode (with `arbitrary`) into a
 /// configuration within the validated ranges and a sequence of inputs: the client's
@@ -868,11 +713,10 @@ static BUZZ: std::sync::LazyLock<Vec<i16>> = std::sync::LazyLock::new(|| {
         })
         .collect()
 });
-
 #[cfg(test)]
 mod tests {
     //! The stable, bounded equivalent of the fuzz runs: every committed corpus input, then a
-    //! fixed number of random ones per target.
+    //! fixed number of random ones.
 
     use std::path::PathBuf;
 
@@ -881,8 +725,9 @@ mod tests {
     use super::*;
 
     fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        // The corpus is the cargo-fuzz project's, at the workspace root.
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("fuzz/corpus")
+            .join("../fuzz/corpus")
             .join(target);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -909,114 +754,8 @@ mod tests {
     }
 
     #[test]
-    fn client_message_corpus() {
-        replay("client_message", client_message);
-    }
-
-    #[test]
-    fn wav_corpus() {
-        replay("wav", wav);
-    }
-
-    #[test]
     fn session_corpus() {
         replay("session", session);
-    }
-
-    /// Client-message-shaped JSON, mostly: objects with a `type` and a `text` or an `id`.
-    fn json_message() -> impl Strategy<Value = Vec<u8>> {
-        let ty = prop_oneof![
-            Just("\"speech_start\"".to_owned()),
-            Just("\"speech_end\"".to_owned()),
-            Just("\"text\"".to_owned()),
-            Just("\"ping\"".to_owned()),
-            "\"[a-z_]{0,12}\"",
-            "[0-9]{1,3}|null|true|\\[\\]|\\{\\}",
-        ];
-        let value = prop_oneof![
-            "\"(\\PC|\\\\[nu\"])*\"",
-            "-?[0-9]{1,30}(\\.[0-9]{1,5})?(e[+-]?[0-9]{1,3})?",
-            Just("null".to_owned()),
-            Just("{\"a\":[1,{\"b\":null}]}".to_owned()),
-        ];
-        (ty, value, "text|id|type|extra", any::<bool>()).prop_map(|(ty, v, key, swap)| {
-            let s = if swap {
-                format!("{{\"{key}\":{v},\"type\":{ty}}}")
-            } else {
-                format!("{{\"type\":{ty},\"{key}\":{v}}}")
-            };
-            s.into_bytes()
-        })
-    }
-
-    /// A WAV header with every field random-ish, then a little data, then cut anywhere.
-    fn wav_file() -> impl Strategy<Value = Vec<u8>> {
-        (
-            prop_oneof![Just(1u16), Just(3), Just(0xFFFE), any::<u16>()],
-            0u16..4,
-            prop_oneof![
-                Just(16_000u32),
-                Just(8000),
-                Just(44_100),
-                Just(48_000),
-                Just(44_101),
-                any::<u32>()
-            ],
-            prop_oneof![Just(8u16), Just(16), Just(24), Just(32), any::<u16>()],
-            any::<bool>(),
-            prop_oneof![Just(None), any::<u32>().prop_map(Some)],
-            proptest::collection::vec(any::<u8>(), 0..256),
-            any::<prop::sample::Index>(),
-        )
-            .prop_map(
-                |(format, channels, rate, bits, consistent, claimed, data, cut)| {
-                    let align = if consistent {
-                        channels * (bits / 8)
-                    } else {
-                        bits
-                    };
-                    let mut f = Vec::new();
-                    f.extend_from_slice(b"RIFF");
-                    f.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-                    f.extend_from_slice(b"WAVEfmt ");
-                    f.extend_from_slice(&16u32.to_le_bytes());
-                    f.extend_from_slice(&format.to_le_bytes());
-                    f.extend_from_slice(&channels.to_le_bytes());
-                    f.extend_from_slice(&rate.to_le_bytes());
-                    f.extend_from_slice(&rate.wrapping_mul(u32::from(align)).to_le_bytes());
-                    f.extend_from_slice(&align.to_le_bytes());
-                    f.extend_from_slice(&bits.to_le_bytes());
-                    f.extend_from_slice(b"data");
-                    f.extend_from_slice(&claimed.unwrap_or(data.len() as u32).to_le_bytes());
-                    f.extend_from_slice(&data);
-                    let keep = cut.index(f.len() + 1);
-                    if keep > 12 {
-                        f.truncate(keep);
-                    }
-                    f
-                },
-            )
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-
-        #[test]
-        fn client_message_random(data in prop_oneof![
-            proptest::collection::vec(any::<u8>(), 0..64),
-            "\\PC{0,64}".prop_map(String::into_bytes),
-            json_message(),
-        ]) {
-            client_message(&data);
-        }
-
-        #[test]
-        fn wav_random(data in prop_oneof![
-            proptest::collection::vec(any::<u8>(), 0..128),
-            wav_file(),
-        ]) {
-            wav(&data);
-        }
     }
 
     proptest! {

@@ -13,9 +13,9 @@ use futures_util::task::AtomicWaker;
 use uuid::Uuid;
 
 /// `Signal` flag: the server is draining; finish the response in progress, then close.
-pub const DRAIN: u8 = 1;
+pub(crate) const DRAIN: u8 = 1;
 /// `Signal` flag: close now (the drain deadline passed).
-pub const CLOSE: u8 = 2;
+pub(crate) const CLOSE: u8 = 2;
 
 /// How the registry tells one session to drain or close: a flag word and a waker, no lock. The
 /// session polls it on every wake-up, so it must cost next to nothing (a cancellation token's
@@ -69,9 +69,7 @@ impl std::fmt::Display for SessionId {
 
 /// What the registry knows of a live session.
 #[derive(Debug)]
-pub struct SessionEntry {
-    /// When it was admitted.
-    pub started: Instant,
+pub(crate) struct SessionEntry {
     /// Raising its flags drains or closes the session.
     pub signal: Arc<Signal>,
 }
@@ -137,7 +135,6 @@ impl SessionManager {
         self.sessions.insert(
             id,
             SessionEntry {
-                started: Instant::now(),
                 signal: Arc::clone(&signal),
             },
         );

@@ -12,7 +12,11 @@ use voxd_backends::{Asr, BuildError, Llm, StreamingAsr, ToolRegistry, ToolSpec, 
 use voxd_core::Stage;
 
 use crate::config::{provider_chain, AsrProvider, Config, LlmProvider, TtsProvider};
-use crate::fallback::{BreakerConfig, Chain};
+
+mod fallback;
+
+pub(crate) use fallback::{failure, timed_out, Attempt, Named};
+pub use fallback::{BreakerConfig, Chain};
 
 /// The providers every session uses.
 #[derive(Clone)]
@@ -144,7 +148,39 @@ impl Providers {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    #[test]
+    fn the_shipped_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let espeak = std::process::Command::new("espeak-ng")
+            .arg("--version")
+            .output()
+            .is_ok();
+        for file in [
+            "config.toml",
+            "scripts/peer-workload.toml",
+            "scripts/soak.toml",
+            "examples/config.openai.toml",
+            "examples/config.espeak.toml",
+        ] {
+            let mut config =
+                Config::load(&root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            // The keys' env vars are the user's; building needs no network, only the settings.
+            let f = &mut config.file;
+            f.asr.openai.api_key_env = None;
+            f.asr.stream.api_key_env = None;
+            f.llm.openai.api_key_env = None;
+            f.tts.openai.api_key_env = None;
+            if !espeak && (file.contains("espeak") || file.contains("openai")) {
+                eprintln!("{file}: parsed; not built, since espeak-ng is not installed");
+                continue;
+            }
+            Providers::build(&config).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
 
     /// A provider names the key within its own table; the error says which table.
     #[test]

@@ -25,41 +25,18 @@ use voxd_core::resample::resample_all;
 use voxd_core::vad::{VadConfig, VoiceDetector};
 use voxd_core::SampleRate;
 
-use crate::app::{error_response, AppState};
-use crate::fallback::Chain;
+use super::error::error_response;
+use crate::config::TranscribeConfig;
 use crate::metrics::Metrics;
+use crate::providers::Chain;
+use crate::state::AppState;
 
-/// `[transcribe]` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TranscribeConfig {
-    /// Largest request body, in bytes (413 above).
-    pub max_body_bytes: usize,
-    /// Longest audio accepted, in seconds (413 above).
-    pub max_duration_s: u64,
-    /// Segments transcribed at once.
-    pub max_concurrent_segments: usize,
-    /// Longer speech regions are cut into pieces of at most this, in seconds.
-    pub max_segment_s: u64,
-    /// Audio kept around each speech region, in ms.
-    pub segment_padding_ms: u64,
-}
-
-impl Default for TranscribeConfig {
-    fn default() -> Self {
-        TranscribeConfig {
-            max_body_bytes: 25 * 1024 * 1024,
-            max_duration_s: 1800,
-            max_concurrent_segments: 8,
-            max_segment_s: 30,
-            segment_padding_ms: 300,
-        }
-    }
-}
+#[cfg(any(test, feature = "fuzzing"))]
+pub(super) mod fuzz;
 
 /// A request the client got wrong (or an ASR failure), as a status, a stable code and a message.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TranscribeError {
+pub(super) struct TranscribeError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -77,16 +54,6 @@ impl TranscribeError {
     fn bad(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
-
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The stable, machine-readable code.
-    pub fn code(&self) -> &'static str {
-        self.code
-    }
 }
 
 impl IntoResponse for TranscribeError {
@@ -97,7 +64,7 @@ impl IntoResponse for TranscribeError {
 
 /// Query parameters (raw PCM needs `sample_rate`; `response_format` as in the common API).
 #[derive(Debug, Default, Deserialize)]
-pub struct TranscribeQuery {
+pub(super) struct TranscribeQuery {
     sample_rate: Option<String>,
     channels: Option<String>,
     response_format: Option<String>,
@@ -105,7 +72,7 @@ pub struct TranscribeQuery {
 
 /// Decoded audio: interleaved samples as f32 in [-1, 1].
 #[derive(Debug)]
-pub struct Decoded {
+pub(super) struct Decoded {
     /// Samples, interleaved.
     pub samples: Vec<f32>,
     /// Rate in Hz.
@@ -116,7 +83,7 @@ pub struct Decoded {
 
 /// One speech region and its transcript.
 #[derive(Debug, Serialize)]
-pub struct Segment {
+pub(super) struct Segment {
     start_ms: f64,
     end_ms: f64,
     text: String,
@@ -139,7 +106,7 @@ struct Transcription {
 }
 
 /// The handler.
-pub async fn transcribe(
+pub(super) async fn transcribe(
     State(state): State<Arc<AppState>>,
     Query(query): Query<TranscribeQuery>,
     request: Request,
@@ -396,7 +363,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> TranscribeErr
 ///
 /// # Errors
 /// The first provider failure.
-pub async fn transcribe_regions(
+pub(super) async fn transcribe_regions(
     asr: &Chain<dyn voxd_backends::Asr>,
     metrics: &Metrics,
     limit: std::time::Duration,
@@ -421,7 +388,7 @@ pub async fn transcribe_regions(
 ///
 /// # Errors
 /// `invalid_wav` for a truncated or corrupt file, `unsupported_encoding` for other encodings.
-pub fn decode_wav(bytes: &[u8]) -> Result<Decoded, TranscribeError> {
+pub(super) fn decode_wav(bytes: &[u8]) -> Result<Decoded, TranscribeError> {
     if !bytes.starts_with(b"RIFF") {
         return Err(TranscribeError::bad(
             "invalid_wav",
@@ -490,7 +457,7 @@ fn wav_error(e: hound::Error) -> TranscribeError {
 /// # Errors
 /// `missing_parameter` without a rate; `invalid_parameter` for a bad rate or channel count;
 /// `invalid_pcm` when the length is not a whole number of frames.
-pub fn decode_pcm(
+pub(super) fn decode_pcm(
     bytes: &[u8],
     rate: Option<&str>,
     channels: Option<&str>,
@@ -545,7 +512,7 @@ pub fn decode_pcm(
 ///
 /// # Errors
 /// `unsupported_sample_rate` outside 8–48 kHz.
-pub fn to_internal(d: &Decoded) -> Result<Vec<i16>, TranscribeError> {
+pub(super) fn to_internal(d: &Decoded) -> Result<Vec<i16>, TranscribeError> {
     if !(8000..=48000).contains(&d.rate) {
         return Err(TranscribeError::bad(
             "unsupported_sample_rate",
@@ -574,7 +541,7 @@ pub fn to_internal(d: &Decoded) -> Result<Vec<i16>, TranscribeError> {
 
 /// Speech regions as sample ranges of `audio` (16 kHz): VAD utterances with padding, long ones
 /// cut into pieces of at most `max_segment_s`.
-pub fn speech_regions(
+pub(super) fn speech_regions(
     audio: &[i16],
     vad: VadConfig,
     cfg: &TranscribeConfig,
@@ -676,7 +643,7 @@ mod tests {
         let regions: Vec<(usize, usize)> = (0..20).map(|i| (i * 1000, i * 1000 + i + 1)).collect();
         let started = tokio::time::Instant::now();
         let providers: Vec<Arc<dyn voxd_backends::Asr>> = vec![asr.clone()];
-        let breaker = crate::fallback::BreakerConfig {
+        let breaker = crate::providers::BreakerConfig {
             failure_threshold: 5,
             cooldown: std::time::Duration::from_secs(1),
         };

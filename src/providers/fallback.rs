@@ -127,11 +127,6 @@ impl<P: ?Sized + Named> Chain<P> {
         }
     }
 
-    /// The preferred provider (for names in logs).
-    pub fn primary(&self) -> &Arc<P> {
-        &self.links[0].provider
-    }
-
     /// How many providers the chain has.
     pub fn len(&self) -> usize {
         self.links.len()
@@ -464,7 +459,7 @@ impl<P: ?Sized + Named> Drop for Attempt<'_, P> {
 }
 
 /// A provider error as the core reports it.
-pub fn failure(e: ProviderError) -> ProviderFailure {
+pub(crate) fn failure(e: ProviderError) -> ProviderFailure {
     let provider = match &e {
         ProviderError::Failed { provider, .. }
         | ProviderError::Timeout { provider, .. }
@@ -478,7 +473,7 @@ pub fn failure(e: ProviderError) -> ProviderFailure {
 }
 
 /// The failure of a provider that did not answer within `after`.
-pub fn timed_out(provider: &str, what: &str, after: Duration) -> ProviderFailure {
+pub(crate) fn timed_out(provider: &str, what: &str, after: Duration) -> ProviderFailure {
     ProviderFailure {
         provider: provider.to_owned(),
         message: format!("{provider}: {what} within {} ms", after.as_millis()),

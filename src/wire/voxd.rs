@@ -8,8 +8,11 @@ use serde::Serialize;
 use serde_json::Value;
 use voxd_core::{Event, Timings};
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(super) mod fuzz;
+
 /// The protocol version announced in `ready`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
 
 /// A message from the client.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,7 +113,7 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
 ///
 /// # Errors
 /// `invalid_audio` when the length is odd.
-pub fn check_audio(len: usize) -> Result<(), ProtocolError> {
+pub(crate) fn check_audio(len: usize) -> Result<(), ProtocolError> {
     if len % 2 == 1 {
         return Err(ProtocolError::new(
             "invalid_audio",
@@ -145,7 +148,7 @@ fn ms(x: f64) -> f64 {
 
 /// The waterfall of a turn, in ms since the session started.
 #[derive(Debug, Serialize)]
-pub struct TimingsJson {
+pub(crate) struct TimingsJson {
     speech_end: Option<f64>,
     asr_done: Option<f64>,
     llm_first_token: Option<f64>,
@@ -171,7 +174,7 @@ impl From<&Timings> for TimingsJson {
 /// A message to the client.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerMessage<'a> {
+pub(crate) enum ServerMessage<'a> {
     /// First message after the upgrade.
     Ready {
         session_id: &'a str,
@@ -262,7 +265,7 @@ pub enum ServerMessage<'a> {
 
 impl ServerMessage<'_> {
     /// The message as a JSON text frame.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string(self).expect("server messages always serialize")
     }
 }

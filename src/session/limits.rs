@@ -22,7 +22,7 @@ use crate::config::LimitsSection;
 
 /// What to do with a client message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admit {
+pub(super) enum Admit {
     /// Process it.
     Yes,
     /// Drop it and send this non-fatal error (the first of a run of limited messages).
@@ -34,7 +34,7 @@ pub enum Admit {
 }
 
 /// One session's limits.
-pub struct ClientLimits {
+pub(super) struct ClientLimits {
     max_text: usize,
     max_audio: usize,
     audio: DefaultDirectRateLimiter,
@@ -60,7 +60,7 @@ fn nz(n: u64) -> NonZeroU32 {
 impl ClientLimits {
     /// The limits of a session whose audio arrives at `input_rate`. The audio bucket counts bytes
     /// (2 per sample).
-    pub fn new(cfg: &LimitsSection, input_rate: SampleRate) -> Self {
+    pub(super) fn new(cfg: &LimitsSection, input_rate: SampleRate) -> Self {
         let bytes_per_s = f64::from(input_rate.hz()) * 2.0;
         let audio = Quota::per_second(nz((bytes_per_s * cfg.max_audio_rate) as u64))
             .allow_burst(nz((bytes_per_s * cfg.audio_burst_ms as f64 / 1000.0) as u64));
@@ -79,7 +79,7 @@ impl ClientLimits {
     }
 
     /// Checks a text frame of `len` bytes.
-    pub fn text(&mut self, len: usize) -> Admit {
+    pub(super) fn text(&mut self, len: usize) -> Admit {
         if len > self.max_text {
             return Admit::Close(1009, "text message too big");
         }
@@ -92,7 +92,7 @@ impl ClientLimits {
     }
 
     /// Checks a binary (audio) frame of `len` bytes.
-    pub fn audio(&mut self, len: usize) -> Admit {
+    pub(super) fn audio(&mut self, len: usize) -> Admit {
         if len > self.max_audio {
             return Admit::Close(1009, "audio frame too big");
         }
