@@ -20,6 +20,7 @@ use crate::registry::Refusal;
 use crate::session;
 use crate::state::AppState;
 use crate::transport::WsUpgrade;
+use crate::wire::VoxdCodec;
 
 /// Read buffer of a session's WebSocket, in bytes. Small on purpose: tungstenite zero-fills the
 /// buffer before every read, and a session reads twice per inbound frame (the frame, then "no
@@ -84,7 +85,7 @@ pub(super) async fn ws_upgrade(
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER + max);
     ws.on_upgrade(config, move |socket| {
         tracker.track_future(async move {
-            session::run(socket, state, permit, rate).await;
+            session::run(socket, state, permit, VoxdCodec::new(rate), rate).await;
             drop(quota);
         })
     })

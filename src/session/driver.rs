@@ -1,4 +1,6 @@
 //! The IO driver of one WebSocket session: a single task that owns the session's state machine.
+//! It is the same for every client protocol: a `wire::Codec` turns the client's frames into the
+//! core's inputs and the core's outputs into frames, and the driver only moves them.
 //!
 //! It `select!`s over the socket, the provider events of the session's calls, the state machine's
 //! next wake-up and shutdown. After each, it feeds the core and drains its outputs (the drain rule in
@@ -29,7 +31,6 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 use voxd_backends::{AsrStream, AsrUpdate, LlmEvent, LlmRequest, ProviderError};
-use voxd_core::resample::StreamResampler;
 use voxd_core::ResponseStatus;
 use voxd_core::{
     AsrStreamEvent, Event, Output, ProviderEvent, SampleRate, Session, Time, ToolCall, TurnId,
@@ -42,7 +43,7 @@ use crate::providers::{failure, timed_out};
 use crate::registry::{Permit, Signal, CLOSE, DRAIN};
 use crate::state::AppState;
 use crate::transport::WebSocket;
-use crate::wire::{self, ClientMessage, ServerMessage, PROTOCOL_VERSION};
+use crate::wire::{Codec, Frame, Hello, Input, Notice};
 
 /// Wire counts are added to the shared metrics after this many messages (and at the end), so
 /// the per-frame path writes no shared memory.
@@ -90,11 +91,13 @@ impl Exit {
 /// How long a close handshake may take.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs one session until its socket closes or the server shuts down.
-pub(crate) async fn run(
+/// Runs one session until its socket closes or the server shuts down. `codec` speaks the client's
+/// protocol; `input_rate` is the rate of the client's audio, for its limits.
+pub(crate) async fn run<C: Codec>(
     socket: WebSocket,
     app: Arc<AppState>,
     permit: Permit,
+    codec: C,
     input_rate: SampleRate,
 ) {
     let id = permit.id();
@@ -103,7 +106,7 @@ pub(crate) async fn run(
         info!(input_rate = input_rate.hz(), "session started");
         app.metrics.sessions_total.increment(1);
         app.metrics.sessions_active.increment(1.0);
-        let mut driver = Driver::new(Arc::clone(&app), input_rate, permit.signal());
+        let mut driver = Driver::new(Arc::clone(&app), codec, input_rate, permit.signal());
         let reason = driver.run(socket, &id.to_string()).await;
         app.metrics.add_wire(&mut driver.wire);
         app.metrics.sessions_active.decrement(1.0);
@@ -114,16 +117,14 @@ pub(crate) async fn run(
     .await;
 }
 
-struct Driver {
+struct Driver<C> {
     app: Arc<AppState>,
     core: Session,
+    /// The client's protocol.
+    codec: C,
     started: Instant,
-    resampler: Option<StreamResampler>,
-    /// Reused buffers for one binary frame's samples, before and after resampling.
-    samples: Vec<i16>,
-    resampled: Vec<i16>,
-    /// The messages of one output step, written in order (reused).
-    outbox: Vec<Message>,
+    /// The frames of one output step, written in order (reused).
+    outbox: Vec<Frame>,
     /// The provider calls in flight, polled by the select loop.
     calls: SelectAll<Abortable<Call>>,
     turns: HashMap<TurnId, Vec<AbortHandle>>,
@@ -180,21 +181,15 @@ fn live_event(
     })
 }
 
-impl Driver {
-    fn new(app: Arc<AppState>, input_rate: SampleRate, signal: Arc<Signal>) -> Self {
-        let resampler = (input_rate != SampleRate::INTERNAL).then(|| {
-            StreamResampler::new(input_rate, SampleRate::INTERNAL)
-                .expect("the handler admits only supported input rates")
-        });
+impl<C: Codec> Driver<C> {
+    fn new(app: Arc<AppState>, codec: C, input_rate: SampleRate, signal: Arc<Signal>) -> Self {
         let app_limits = app.config.file.limits.clone();
         let app_timeouts = app.config.session_timeouts();
         Driver {
             core: Session::new(app.config.session.clone()),
             app,
+            codec,
             started: Instant::now(),
-            resampler,
-            samples: Vec::with_capacity(4800),
-            resampled: Vec::with_capacity(1600),
             outbox: Vec::new(),
             calls: SelectAll::new(),
             turns: HashMap::new(),
@@ -298,19 +293,20 @@ impl Driver {
         // One socket, not split: reads happen only inside `select!` and writes only after it, so
         // there is no need for the lock a split would take on every frame.
         let mut tx = socket;
-        let ready = ServerMessage::Ready {
+        let hello = Hello {
             session_id,
-            protocol: PROTOCOL_VERSION,
-            input_sample_rate: self
-                .resampler
-                .as_ref()
-                .map_or(SampleRate::INTERNAL, StreamResampler::from_rate)
-                .hz(),
-            output_sample_rate: self.app.config.session.output_rate.hz(),
+            output_rate: self.app.config.session.output_rate,
             server_vad: self.app.config.session.vad.is_some(),
-            encoding: "pcm_s16le",
         };
-        if tx.send(text(ready.to_json())).await.is_err() {
+        self.codec.hello(&hello, &mut self.outbox);
+        let mut hello_written = Ok(());
+        for frame in self.outbox.drain(..) {
+            hello_written = tx.feed(message(frame)).await;
+            if hello_written.is_err() {
+                break;
+            }
+        }
+        if hello_written.is_err() || tx.flush().await.is_err() {
             self.app.metrics.session_closed("client_closed");
             return "client gone before ready";
         }
@@ -335,7 +331,6 @@ impl Driver {
         let mut last_message = Instant::now();
         let idle = tokio::time::sleep_until(last_message + idle_timeout);
         tokio::pin!(idle);
-        let mut replies: Vec<String> = Vec::new();
         let exit = 'session: loop {
             let deadline = self.core.poll_timeout();
             if deadline != armed {
@@ -359,7 +354,7 @@ impl Driver {
                     if flags & DRAIN != 0 && !draining {
                         draining = true;
                         let deadline_ms = self.app.sessions.drain_remaining().as_millis() as u64;
-                        replies.push(ServerMessage::Shutdown { deadline_ms }.to_json());
+                        self.codec.notice(Notice::Shutdown { deadline_ms }, &mut self.outbox);
                     }
                 }
                 msg = tx.recv() => {
@@ -393,8 +388,8 @@ impl Driver {
                     Some(Ok(Message::Text(t))) => {
                         self.wire.in_text += 1;
                         match self.limits.text(t.len()) {
-                            Admit::Yes => self.on_text(now, t.as_str(), &mut replies),
-                            Admit::Warn(code, message) => replies.push(error_json(code, &message)),
+                            Admit::Yes => self.on_text(now, t.as_str()),
+                            Admit::Warn(code, message) => self.warn_client(code, &message),
                             Admit::Drop => {}
                             Admit::Close(code, reason) => break Exit::limit(code, reason),
                         }
@@ -403,8 +398,8 @@ impl Driver {
                         self.wire.in_binary += 1;
                         self.wire.audio_in_bytes += b.len() as u64;
                         match self.limits.audio(b.len()) {
-                            Admit::Yes => self.on_audio(now, &b, &mut replies),
-                            Admit::Warn(code, message) => replies.push(error_json(code, &message)),
+                            Admit::Yes => self.on_binary(now, &b),
+                            Admit::Warn(code, message) => self.warn_client(code, &message),
                             Admit::Drop => {}
                             Admit::Close(code, reason) => break Exit::limit(code, reason),
                         }
@@ -442,18 +437,24 @@ impl Driver {
             // cancel calls), then write them. A write waits for the client's socket; meanwhile
             // the provider calls go on, and each event's outputs are collected as it is handled
             // (so messages keep the order of the events), to be written next, until none is left.
-            while !replies.is_empty() || self.core.has_output() || !self.outbox.is_empty() {
-                self.collect(&mut replies);
+            while self.core.has_output() || !self.outbox.is_empty() {
+                self.collect();
                 if self.outbox.is_empty() {
                     continue;
                 }
                 // Each write is bounded by the send timeout.
                 send_deadline.as_mut().reset(Instant::now() + send_timeout);
                 let mut outbox = std::mem::take(&mut self.outbox);
+                for frame in &outbox {
+                    match frame {
+                        Frame::Text(_) => self.wire.out_text += 1,
+                        Frame::Binary(_) => self.wire.out_binary += 1,
+                    }
+                }
                 let written = {
                     let write = async {
-                        for m in outbox.drain(..) {
-                            tx.feed(m).await?;
+                        for frame in outbox.drain(..) {
+                            tx.feed(message(frame)).await?;
                         }
                         tx.flush().await
                     };
@@ -466,11 +467,11 @@ impl Driver {
                             Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
                                 let now = self.now();
                                 self.core.handle_provider(now, turn, event);
-                                self.collect(&mut replies);
+                                self.collect();
                             }
                             (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
                                 self.on_live_event(turn, e);
-                                self.collect(&mut replies);
+                                self.collect();
                             }
                         }
                     }
@@ -524,47 +525,31 @@ impl Driver {
         exit.reason
     }
 
-    fn on_text(&mut self, now: Time, frame: &str, replies: &mut Vec<String>) {
-        match wire::parse_client(frame) {
-            Ok(ClientMessage::SpeechStart) => self.core.handle_speech_start(now),
-            Ok(ClientMessage::SpeechEnd) => self.core.handle_speech_end(now),
-            Ok(ClientMessage::Text(t)) => self.core.handle_text(now, &t),
-            Ok(ClientMessage::Ping(id)) => {
-                replies.push(ServerMessage::Pong { id: id.as_ref() }.to_json());
-            }
-            Err(e) => {
-                debug!(code = e.code, "client protocol error");
-                replies.push(error_json(e.code, &e.message));
-            }
-        }
+    /// A text frame: through the codec to the core (a reply, if any, to the outbox).
+    fn on_text(&mut self, now: Time, frame: &str) {
+        let core = &mut self.core;
+        self.codec.text(frame, &mut self.outbox, &mut |input| {
+            apply(core, now, input)
+        });
     }
 
-    fn on_audio(&mut self, now: Time, frame: &[u8], replies: &mut Vec<String>) {
-        if let Err(e) = wire::check_audio(frame.len()) {
-            replies.push(error_json(e.code, &e.message));
-            return;
-        }
-        self.samples.clear();
-        self.samples.extend(
-            frame
-                .chunks_exact(2)
-                .map(|b| i16::from_le_bytes([b[0], b[1]])),
-        );
-        match &mut self.resampler {
-            None => self.core.handle_audio(now, &self.samples),
-            Some(r) => {
-                self.resampled.clear();
-                r.process(&self.samples, &mut self.resampled);
-                self.core.handle_audio(now, &self.resampled);
-            }
-        }
+    /// A binary frame: through the codec to the core.
+    fn on_binary(&mut self, now: Time, frame: &[u8]) {
+        let core = &mut self.core;
+        self.codec.binary(frame, &mut self.outbox, &mut |input| {
+            apply(core, now, input)
+        });
     }
 
-    /// Moves `replies` and then every output of the core, in order, into the outbox: events and
+    /// A warning about the client's traffic (a limit), in its protocol.
+    fn warn_client(&mut self, code: &str, message: &str) {
+        self.codec
+            .notice(Notice::Error { code, message }, &mut self.outbox);
+    }
+
+    /// Moves every output of the core, in order, into the outbox (through the codec): events and
     /// audio as messages; provider calls are started and turns cancelled on the spot.
-    fn collect(&mut self, replies: &mut Vec<String>) {
-        self.wire.out_text += replies.len() as u64;
-        self.outbox.extend(replies.drain(..).map(text));
+    fn collect(&mut self) {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Event(e) => {
@@ -608,15 +593,11 @@ impl Driver {
                         }
                         _ => {}
                     }
-                    if let Some(json) = wire::encode_event(&e) {
-                        self.wire.out_text += 1;
-                        self.outbox.push(text(json));
-                    }
+                    self.codec.event(&e, &mut self.outbox);
                 }
-                Output::Audio { pcm, .. } => {
-                    self.wire.out_binary += 1;
+                Output::Audio { turn, pcm } => {
                     self.wire.audio_out_bytes += pcm.len() as u64;
-                    self.outbox.push(Message::Binary(pcm));
+                    self.codec.audio(turn, pcm, &mut self.outbox);
                 }
                 Output::CancelTurn(turn) => {
                     self.voices.remove(&turn);
@@ -796,17 +777,20 @@ impl Driver {
     }
 }
 
-fn text(s: String) -> Message {
-    Message::Text(s.into())
+/// A session input, from the codec to the core.
+fn apply(core: &mut Session, now: Time, input: Input<'_>) {
+    match input {
+        Input::Audio(samples) => core.handle_audio(now, samples),
+        Input::SpeechStart => core.handle_speech_start(now),
+        Input::SpeechEnd => core.handle_speech_end(now),
+        Input::Text(text) => core.handle_text(now, &text),
+    }
 }
 
-fn error_json(code: &str, message: &str) -> String {
-    ServerMessage::Error {
-        code,
-        message,
-        fatal: false,
-        turn_id: None,
-        provider: None,
+/// A codec's frame as a WebSocket message (no copy: both hold the same buffer).
+fn message(frame: Frame) -> Message {
+    match frame {
+        Frame::Text(text) => Message::Text(text.into()),
+        Frame::Binary(bytes) => Message::Binary(bytes),
     }
-    .to_json()
 }

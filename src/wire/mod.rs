@@ -1,12 +1,99 @@
-//! The client protocols, as codecs: a frame in, a core input (or a stable error) out; a core
-//! output in, a frame out. Each protocol is sans-IO, with its own tests on bytes: nothing here
-//! reads a socket, a clock or the server's state, so the session driver serves any of them.
+//! The client protocols, as codecs: the seam where a wire protocol plugs into the one session
+//! driver.
 //!
-//! One protocol today: voxd's own JSON over `/ws` (`voxd.rs`, docs/protocol.md).
+//! A `Codec` turns the client's frames into the session's inputs (`Input`), and the session's
+//! outputs into frames (`Frame`). It is sans-IO, with its own tests on bytes: nothing here reads a
+//! socket, a clock or the server's state. The driver (`session::driver`) owns the socket, the core
+//! and the provider calls, and is the same for every protocol; so are limits, auth, quotas,
+//! metrics, pacing and drain. What differs between protocols (framing, audio encoding and rate,
+//! event names, the first message) lives in a codec.
+//!
+//! Protocols:
+//! - voxd's own JSON and binary PCM over `/ws` (`voxd.rs`, docs/protocol.md).
 
+mod audio;
 mod voxd;
 
+use bytes::Bytes;
+use voxd_core::{Event, SampleRate, TurnId};
+
+pub(crate) use audio::AudioIn;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use voxd::fuzz::client_message;
-pub(crate) use voxd::{check_audio, ServerMessage, PROTOCOL_VERSION};
+pub(crate) use voxd::VoxdCodec;
 pub use voxd::{encode_event, parse_client, ClientMessage, ProtocolError};
+
+/// A WebSocket message, as a codec reads or writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// A text frame (JSON, for every protocol so far).
+    Text(String),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+/// What a client's frame asks of the session.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Input<'a> {
+    /// Microphone audio, decoded and resampled: mono PCM16 at 16 kHz.
+    Audio(&'a [i16]),
+    /// The client's VAD heard the user start speaking.
+    SpeechStart,
+    /// The client's VAD heard the user stop.
+    SpeechEnd,
+    /// A user turn as text.
+    Text(String),
+}
+
+/// What the first message of a session says.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hello<'a> {
+    /// The session's id.
+    pub(crate) session_id: &'a str,
+    /// The rate of the response audio.
+    pub(crate) output_rate: SampleRate,
+    /// Whether server VAD runs.
+    pub(crate) server_vad: bool,
+}
+
+/// A client protocol. The driver calls `hello` once, then `decode` for each frame the client
+/// sends, and `event`/`audio`/`notice` for what the session has to say; every frame a call
+/// produces is appended to `out`, to be written in order.
+pub(crate) trait Codec: Send + 'static {
+    /// The first frames of the session, right after the upgrade.
+    fn hello(&mut self, hello: &Hello<'_>, out: &mut Vec<Frame>);
+
+    /// A text frame from the client: its inputs go to `input`, in order; a reply (an answer to a
+    /// ping, an error for a malformed message) goes to `out`. A client's mistake is never fatal.
+    fn text(&mut self, frame: &str, out: &mut Vec<Frame>, input: &mut dyn FnMut(Input<'_>));
+
+    /// A binary frame from the client; as `text`.
+    fn binary(&mut self, frame: &[u8], out: &mut Vec<Frame>, input: &mut dyn FnMut(Input<'_>));
+
+    /// An event of the session, for the client (or not: the core's internal events).
+    fn event(&mut self, event: &Event, out: &mut Vec<Frame>);
+
+    /// Response audio of `turn`: PCM16LE at the output rate, one frame's worth.
+    fn audio(&mut self, turn: TurnId, pcm: Bytes, out: &mut Vec<Frame>);
+
+    /// Something the server itself says: a drain notice, or a warning about the client's traffic.
+    fn notice(&mut self, notice: Notice<'_>, out: &mut Vec<Frame>);
+}
+
+/// What the server says outside the session's own events.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Notice<'a> {
+    /// The server is draining; the session closes once its response is done, at the latest in
+    /// `deadline_ms`.
+    Shutdown {
+        /// Time left, in ms.
+        deadline_ms: u64,
+    },
+    /// A non-fatal error that is not the session's (a client limit's warning).
+    Error {
+        /// Stable code.
+        code: &'a str,
+        /// What happened.
+        message: &'a str,
+    },
+}

@@ -4,9 +4,12 @@
 //! `ProtocolError` with a stable `code` and a message that says what was expected; it never
 //! ends the session. See docs/protocol.md for the full specification.
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
-use voxd_core::{Event, Timings};
+use voxd_core::{Event, SampleRate, Timings, TurnId};
+
+use super::{AudioIn, Codec, Frame, Hello, Input, Notice};
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub(super) mod fuzz;
@@ -462,5 +465,213 @@ mod tests {
         assert_eq!(v["type"], "transcript");
         assert_eq!(v["turn_id"], 3);
         assert_eq!(v["final"], true);
+    }
+}
+
+/// voxd's own protocol over `/ws`: JSON text frames both ways, and binary PCM16LE audio both ways
+/// (the client's at the `sample_rate` it asked for, the server's at the output rate).
+#[derive(Debug)]
+pub(crate) struct VoxdCodec {
+    audio: AudioIn,
+}
+
+impl VoxdCodec {
+    /// A session whose client sends audio at `input_rate`.
+    pub(crate) fn new(input_rate: SampleRate) -> Self {
+        VoxdCodec {
+            audio: AudioIn::new(input_rate),
+        }
+    }
+}
+
+fn error_frame(code: &str, message: &str) -> Frame {
+    Frame::Text(
+        ServerMessage::Error {
+            code,
+            message,
+            fatal: false,
+            turn_id: None,
+            provider: None,
+        }
+        .to_json(),
+    )
+}
+
+impl Codec for VoxdCodec {
+    fn hello(&mut self, hello: &Hello<'_>, out: &mut Vec<Frame>) {
+        let ready = ServerMessage::Ready {
+            session_id: hello.session_id,
+            protocol: PROTOCOL_VERSION,
+            input_sample_rate: self.audio.rate().hz(),
+            output_sample_rate: hello.output_rate.hz(),
+            server_vad: hello.server_vad,
+            encoding: "pcm_s16le",
+        };
+        out.push(Frame::Text(ready.to_json()));
+    }
+
+    fn text(&mut self, frame: &str, out: &mut Vec<Frame>, input: &mut dyn FnMut(Input<'_>)) {
+        match parse_client(frame) {
+            Ok(ClientMessage::SpeechStart) => input(Input::SpeechStart),
+            Ok(ClientMessage::SpeechEnd) => input(Input::SpeechEnd),
+            Ok(ClientMessage::Text(t)) => input(Input::Text(t)),
+            Ok(ClientMessage::Ping(id)) => {
+                out.push(Frame::Text(
+                    ServerMessage::Pong { id: id.as_ref() }.to_json(),
+                ));
+            }
+            Err(e) => {
+                tracing::debug!(code = e.code, "client protocol error");
+                out.push(error_frame(e.code, &e.message));
+            }
+        }
+    }
+
+    fn binary(&mut self, frame: &[u8], out: &mut Vec<Frame>, input: &mut dyn FnMut(Input<'_>)) {
+        match check_audio(frame.len()) {
+            Ok(()) => input(Input::Audio(self.audio.pcm16le(frame))),
+            Err(e) => out.push(error_frame(e.code, &e.message)),
+        }
+    }
+
+    fn event(&mut self, event: &Event, out: &mut Vec<Frame>) {
+        if let Some(json) = encode_event(event) {
+            out.push(Frame::Text(json));
+        }
+    }
+
+    fn audio(&mut self, _turn: TurnId, pcm: Bytes, out: &mut Vec<Frame>) {
+        out.push(Frame::Binary(pcm));
+    }
+
+    fn notice(&mut self, notice: Notice<'_>, out: &mut Vec<Frame>) {
+        out.push(match notice {
+            Notice::Shutdown { deadline_ms } => {
+                Frame::Text(ServerMessage::Shutdown { deadline_ms }.to_json())
+            }
+            Notice::Error { code, message } => error_frame(code, message),
+        });
+    }
+}
+
+#[cfg(test)]
+mod codec_tests {
+    use super::*;
+
+    /// Runs one frame through the codec: its inputs (audio as a sample count) and its replies.
+    fn decode(codec: &mut VoxdCodec, frame: Result<&str, &[u8]>) -> (Vec<String>, Vec<Frame>) {
+        let mut out = Vec::new();
+        let mut inputs = Vec::new();
+        let mut record = |i: Input<'_>| {
+            inputs.push(match i {
+                Input::Audio(s) => format!("audio {}", s.len()),
+                other => format!("{other:?}"),
+            });
+        };
+        match frame {
+            Ok(text) => codec.text(text, &mut out, &mut record),
+            Err(bytes) => codec.binary(bytes, &mut out, &mut record),
+        }
+        (inputs, out)
+    }
+
+    fn json(frame: &Frame) -> Value {
+        match frame {
+            Frame::Text(t) => serde_json::from_str(t).expect("JSON"),
+            Frame::Binary(_) => panic!("a binary frame"),
+        }
+    }
+
+    #[test]
+    fn the_first_frame_is_ready_with_both_rates() {
+        let mut codec = VoxdCodec::new(SampleRate(8000));
+        let mut out = Vec::new();
+        let hello = Hello {
+            session_id: "abc",
+            output_rate: SampleRate(24_000),
+            server_vad: true,
+        };
+        codec.hello(&hello, &mut out);
+        let ready = json(&out[0]);
+        assert_eq!(ready["type"], "ready");
+        assert_eq!(ready["session_id"], "abc");
+        assert_eq!(ready["protocol"], PROTOCOL_VERSION);
+        assert_eq!(ready["input_sample_rate"], 8000);
+        assert_eq!(ready["output_sample_rate"], 24_000);
+        assert_eq!(ready["server_vad"], true);
+        assert_eq!(ready["encoding"], "pcm_s16le");
+    }
+
+    #[test]
+    fn text_frames_become_inputs_or_replies() {
+        let mut codec = VoxdCodec::new(SampleRate::INTERNAL);
+        let cases: [(&str, &[&str]); 3] = [
+            (r#"{"type":"speech_start"}"#, &["SpeechStart"]),
+            (r#"{"type":"speech_end"}"#, &["SpeechEnd"]),
+            (r#"{"type":"text","text":"hi"}"#, &["Text(\"hi\")"]),
+        ];
+        for (frame, inputs) in cases {
+            let (got, out) = decode(&mut codec, Ok(frame));
+            assert_eq!(got, inputs, "{frame}");
+            assert!(out.is_empty(), "{frame}: {out:?}");
+        }
+        let (got, out) = decode(&mut codec, Ok(r#"{"type":"ping","id":7}"#));
+        assert!(got.is_empty());
+        assert_eq!(json(&out[0]), serde_json::json!({"type": "pong", "id": 7}));
+        let (got, out) = decode(&mut codec, Ok("not json"));
+        assert!(got.is_empty());
+        let error = json(&out[0]);
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["code"], "invalid_json");
+        assert_eq!(error["fatal"], false);
+    }
+
+    #[test]
+    fn binary_frames_are_audio_at_16k_and_odd_lengths_are_refused() {
+        let mut codec = VoxdCodec::new(SampleRate::INTERNAL);
+        let (got, out) = decode(&mut codec, Err(&[0u8; 640][..]));
+        assert_eq!(got, ["audio 320"]);
+        assert!(out.is_empty());
+        let (got, out) = decode(&mut codec, Err(&[0u8; 3][..]));
+        assert!(got.is_empty());
+        assert_eq!(json(&out[0])["code"], "invalid_audio");
+        // 8 kHz in: twice the samples out, once the resampler is primed.
+        let mut narrow = VoxdCodec::new(SampleRate(8000));
+        let mut total = 0;
+        for _ in 0..10 {
+            let (got, _) = decode(&mut narrow, Err(&[0u8; 320][..]));
+            total += got[0]["audio ".len()..].parse::<usize>().unwrap();
+        }
+        assert!((3000..=3200).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn audio_goes_out_as_binary_and_internal_events_not_at_all() {
+        let mut codec = VoxdCodec::new(SampleRate::INTERNAL);
+        let mut out = Vec::new();
+        codec.audio(TurnId(1), Bytes::from_static(&[1, 2]), &mut out);
+        assert_eq!(out, [Frame::Binary(Bytes::from_static(&[1, 2]))]);
+        out.clear();
+        codec.event(&Event::FalseAlarm { turn: TurnId(1) }, &mut out);
+        assert!(out.is_empty());
+        codec.event(&Event::PlaybackPaused { turn: TurnId(3) }, &mut out);
+        assert_eq!(
+            json(&out[0]),
+            serde_json::json!({"type": "playback_paused", "turn_id": 3})
+        );
+        out.clear();
+        codec.notice(Notice::Shutdown { deadline_ms: 500 }, &mut out);
+        codec.notice(
+            Notice::Error {
+                code: "rate_limited",
+                message: "slow down",
+            },
+            &mut out,
+        );
+        assert_eq!(
+            json(&out[0]),
+            serde_json::json!({"type": "shutdown", "deadline_ms": 500})
+        );
+        assert_eq!(json(&out[1])["code"], "rate_limited");
     }
 }
