@@ -27,7 +27,7 @@ mod state;
 mod transport;
 pub mod wire;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Overrides};
 pub use state::AppState;
 
 /// Serves `state` on `listener`: the HTTP routes (`/ws`, `/v1/transcribe`, `/v1/tokens`,

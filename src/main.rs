@@ -4,12 +4,12 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use voxd::{serve, AppState, Config};
+use voxd::{serve, AppState, Config, Overrides};
 
 /// voxd: a streaming voice-bot orchestration server.
 #[derive(Parser)]
@@ -62,20 +62,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => {
             let path = file.unwrap_or_else(|| PathBuf::from("config.toml"));
-            match Config::load(&path).and_then(|c| {
-                voxd::providers::Providers::build(&c)
-                    .map(|_| ())
-                    .map_err(|e| voxd::ConfigError::Invalid {
-                        key: "providers".into(),
-                        message: e.to_string(),
-                    })
-            }) {
+            // Validated, then built: a provider's own error names its key in its table.
+            let checked = Config::load(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| {
+                    voxd::providers::Providers::build(&c)
+                        .map(|_| ())
+                        .map_err(|e| anyhow::Error::from(e).context("invalid provider config"))
+                });
+            match checked {
                 Ok(()) => {
                     println!("{}: ok", path.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -189,19 +190,20 @@ async fn run_server(
     max_sessions: Option<usize>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut config = match config {
-        Some(path) => Config::load(&path)?,
-        None if Path::new("config.toml").exists() => Config::load(Path::new("config.toml"))?,
-        None => Config::defaults(),
+    anyhow::ensure!(max_sessions != Some(0), "--max-sessions must be at least 1");
+    // The command line overrides the file before validation: one check for both.
+    let overrides = Overrides {
+        listen,
+        max_sessions,
     };
-    if let Some(addr) = listen {
-        config.file.server.listen = addr;
-    }
-    if let Some(n) = max_sessions {
-        anyhow::ensure!(n > 0, "--max-sessions must be at least 1");
-        config.file.server.max_sessions = n;
-    }
-    let addr = config.file.server.listen;
+    let config = match config {
+        Some(path) => Config::load_with(&path, overrides)?,
+        None if Path::new("config.toml").exists() => {
+            Config::load_with(Path::new("config.toml"), overrides)?
+        }
+        None => Config::defaults_with(overrides)?,
+    };
+    let addr = config.listen();
     let state = AppState::new(config).context("cannot build the configured providers")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -213,7 +215,7 @@ async fn run_server(
         runtime = ?tokio::runtime::Handle::current().runtime_flavor(),
         "accepting connections"
     );
-    let drain = Duration::from_secs(state.config.file.server.drain_timeout_s);
+    let drain = state.config.drain_timeout();
     serve(listener, state, shutdown_signal(), drain).await?;
     tracing::info!("stopped");
     Ok(())

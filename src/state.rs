@@ -67,16 +67,11 @@ impl AppState {
                 message: e.to_string(),
             })?;
         }
-        let quotas = Quotas::from_config(&config.file.quotas).map_err(|e| {
-            voxd_backends::BuildError::Invalid {
-                key: "quotas".into(),
-                message: e.to_string(),
-            }
-        })?;
+        let quotas = Quotas::from_config(&config.quotas);
         Ok(Arc::new(AppState {
             auth: Auth::new(&config.auth),
             quotas: Arc::new(quotas),
-            sessions: SessionManager::new(config.file.server.max_sessions),
+            sessions: SessionManager::new(config.server.max_sessions),
             config,
             providers,
             tracker: TaskTracker::new(),

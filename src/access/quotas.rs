@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::config::{ConfigError, QuotasSection};
+use crate::config::QuotasSection;
 
 /// Which quota refused an upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,19 +128,16 @@ fn rate(per_s: f64, burst: u32) -> Option<Quota> {
 }
 
 impl Quotas {
-    /// The quotas `q` asks for.
-    ///
-    /// # Errors
-    /// `ConfigError::Invalid` naming the key when a rate is out of range.
-    pub fn from_config(q: &QuotasSection) -> Result<Quotas, ConfigError> {
-        q.check()?;
-        Ok(Quotas {
+    /// The quotas `q` asks for. `q` passed `QuotasSection::check` (it comes from a validated
+    /// `Config`): the rates are not checked again.
+    pub(crate) fn from_config(q: &QuotasSection) -> Quotas {
+        Quotas {
             ip_rate: rate(q.per_ip_sessions_per_s, q.per_ip_burst).map(RateLimiter::keyed),
             key_rate: rate(q.per_key_sessions_per_s, q.per_key_burst).map(RateLimiter::keyed),
             ip_sessions: Counted::new(q.per_ip_max_sessions),
             key_sessions: Counted::new(q.per_key_max_sessions),
             trust_x_forwarded_for: q.trust_x_forwarded_for,
-        })
+        }
     }
 
     /// Admits a new session from `ip` with key `key_id` (none when auth is off), or says which
@@ -229,7 +226,7 @@ mod tests {
     use super::*;
 
     fn quotas(q: QuotasSection) -> Arc<Quotas> {
-        Arc::new(Quotas::from_config(&q).unwrap())
+        Arc::new(Quotas::from_config(&q))
     }
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
@@ -284,10 +281,11 @@ mod tests {
 
     #[test]
     fn bad_rates_name_the_key() {
-        let e = Quotas::from_config(&QuotasSection {
+        let e = QuotasSection {
             per_key_sessions_per_s: -1.0,
             ..QuotasSection::default()
-        })
+        }
+        .check()
         .unwrap_err();
         assert!(
             e.to_string().contains("quotas.per_key_sessions_per_s"),

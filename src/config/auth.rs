@@ -12,26 +12,26 @@ use super::ConfigError;
 /// `[auth]`
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuthSection {
+pub(crate) struct AuthSection {
     /// Keys written in the config file (prefer `api_keys_env` or `api_keys_file`).
-    pub api_keys: Vec<String>,
+    pub(crate) api_keys: Vec<String>,
     /// An environment variable holding comma-separated keys.
-    pub api_keys_env: Option<String>,
+    pub(crate) api_keys_env: Option<String>,
     /// A file holding one key per line (relative to the config file).
-    pub api_keys_file: Option<PathBuf>,
+    pub(crate) api_keys_file: Option<PathBuf>,
     /// Require a key for `GET /metrics` too.
-    pub protect_metrics: bool,
+    pub(crate) protect_metrics: bool,
     /// Browser origins allowed to connect (e.g. `https://app.example.com`); empty: any.
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     /// An environment variable holding the secret that signs short-lived tokens (at least 32
     /// bytes). Setting it (or `token_secret_file`) enables `POST /v1/tokens`.
-    pub token_secret_env: Option<String>,
+    pub(crate) token_secret_env: Option<String>,
     /// A file holding the token secret (relative to the config file).
-    pub token_secret_file: Option<PathBuf>,
+    pub(crate) token_secret_file: Option<PathBuf>,
     /// A token's lifetime when the request names none, in seconds.
-    pub token_ttl_s: u64,
+    pub(crate) token_ttl_s: u64,
     /// The longest lifetime a request may ask for, in seconds.
-    pub token_max_ttl_s: u64,
+    pub(crate) token_max_ttl_s: u64,
 }
 
 impl Default for AuthSection {
@@ -52,26 +52,26 @@ impl Default for AuthSection {
 
 /// `[auth]` validated: the keys and the token secret in force.
 #[derive(Clone, Default)]
-pub struct AuthConfig {
+pub(crate) struct AuthConfig {
     /// The API keys, trimmed, each at least 16 bytes. Empty: keys are not required.
-    pub keys: Vec<Vec<u8>>,
+    pub(crate) keys: Vec<Vec<u8>>,
     /// `allowed_origins` as written.
-    pub origins: Vec<String>,
+    pub(crate) origins: Vec<String>,
     /// The token settings, when a secret is configured (`POST /v1/tokens` is on).
-    pub tokens: Option<TokenConfig>,
+    pub(crate) tokens: Option<TokenConfig>,
     /// `/metrics` needs a key too.
-    pub protect_metrics: bool,
+    pub(crate) protect_metrics: bool,
 }
 
 /// Short-lived tokens' settings, validated.
 #[derive(Clone)]
-pub struct TokenConfig {
+pub(crate) struct TokenConfig {
     /// The signing secret, trimmed, at least 32 bytes.
-    pub secret: String,
+    pub(crate) secret: String,
     /// `token_ttl_s`
-    pub default_ttl_s: u64,
+    pub(crate) default_ttl_s: u64,
     /// `token_max_ttl_s`
-    pub max_ttl_s: u64,
+    pub(crate) max_ttl_s: u64,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -93,7 +93,7 @@ impl AuthSection {
     /// When the named environment variable is unset or the key file cannot be read (the message
     /// names the variable or the file, never a key), or a key, the secret or a lifetime is out of
     /// range.
-    pub fn load(&self, base_dir: &Path) -> Result<AuthConfig, ConfigError> {
+    pub(crate) fn load(&self, base_dir: &Path) -> Result<AuthConfig, ConfigError> {
         let a = self;
         let mut keys: Vec<String> = a.api_keys.clone();
         if let Some(var) = &a.api_keys_env {

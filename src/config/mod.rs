@@ -55,53 +55,67 @@ pub enum ConfigError {
 /// The file's schema: every section optional.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     /// `[server]`
-    pub server: ServerSection,
+    pub(crate) server: ServerSection,
     /// `[audio]`
-    pub audio: AudioSection,
+    pub(crate) audio: AudioSection,
     /// `[vad]`
-    pub vad: VadSection,
+    pub(crate) vad: VadSection,
     /// `[turn]`
-    pub turn: TurnSection,
+    pub(crate) turn: TurnSection,
     /// `[asr]`
-    pub asr: AsrSection,
+    pub(crate) asr: AsrSection,
     /// `[llm]`
-    pub llm: LlmSection,
+    pub(crate) llm: LlmSection,
     /// `[tts]`
-    pub tts: TtsSection,
+    pub(crate) tts: TtsSection,
     /// `[transcribe]`: `POST /v1/transcribe`.
-    pub transcribe: TranscribeConfig,
+    pub(crate) transcribe: TranscribeConfig,
     /// `[metrics]`
-    pub metrics: MetricsSection,
+    pub(crate) metrics: MetricsSection,
     /// `[limits]`: per-session limits on what a client may send.
-    pub limits: LimitsSection,
+    pub(crate) limits: LimitsSection,
     /// `[timeouts]`: how long each provider stage may take.
-    pub timeouts: TimeoutsSection,
+    pub(crate) timeouts: TimeoutsSection,
     /// `[auth]`: API keys and allowed origins (off by default).
-    pub auth: AuthSection,
+    pub(crate) auth: AuthSection,
     /// `[circuit_breaker]`: when a failing provider is skipped.
-    pub circuit_breaker: CircuitBreakerSection,
+    pub(crate) circuit_breaker: CircuitBreakerSection,
     /// `[quotas]`: per-IP and per-key session rates and counts (off by default).
-    pub quotas: QuotasSection,
+    pub(crate) quotas: QuotasSection,
     /// `[tools.NAME]`: the tool registry. Default: `check_balance` and `send_email`.
-    pub tools: Option<BTreeMap<String, MockToolConfig>>,
+    pub(crate) tools: Option<BTreeMap<String, MockToolConfig>>,
+}
+
+impl FileConfig {
+    /// Parses TOML text into the file's schema: the low stage. Unknown keys and wrong types are
+    /// refused here, with the key and the line.
+    ///
+    /// # Errors
+    /// `ConfigError::Parse`.
+    pub(crate) fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
 }
 
 /// `[transcribe]` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TranscribeConfig {
+pub(crate) struct TranscribeConfig {
     /// Largest request body, in bytes (413 above).
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Longest audio accepted, in seconds (413 above).
-    pub max_duration_s: u64,
+    pub(crate) max_duration_s: u64,
     /// Segments transcribed at once.
-    pub max_concurrent_segments: usize,
+    pub(crate) max_concurrent_segments: usize,
     /// Longer speech regions are cut into pieces of at most this, in seconds.
-    pub max_segment_s: u64,
+    pub(crate) max_segment_s: u64,
     /// Audio kept around each speech region, in ms.
-    pub segment_padding_ms: u64,
+    pub(crate) segment_padding_ms: u64,
 }
 
 impl Default for TranscribeConfig {
@@ -119,22 +133,22 @@ impl Default for TranscribeConfig {
 /// `[quotas]`: 0 turns a quota off.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct QuotasSection {
+pub(crate) struct QuotasSection {
     /// New `/ws` sessions per second from one IP address (sustained).
-    pub per_ip_sessions_per_s: f64,
+    pub(crate) per_ip_sessions_per_s: f64,
     /// New sessions one IP address may open at once before the rate applies.
-    pub per_ip_burst: u32,
+    pub(crate) per_ip_burst: u32,
     /// Concurrent sessions from one IP address.
-    pub per_ip_max_sessions: u32,
+    pub(crate) per_ip_max_sessions: u32,
     /// New sessions per second with one API key (or tokens minted by it).
-    pub per_key_sessions_per_s: f64,
+    pub(crate) per_key_sessions_per_s: f64,
     /// New sessions one key may open at once before the rate applies.
-    pub per_key_burst: u32,
+    pub(crate) per_key_burst: u32,
     /// Concurrent sessions with one API key (or tokens minted by it).
-    pub per_key_max_sessions: u32,
+    pub(crate) per_key_max_sessions: u32,
     /// Take the client's address from the last entry of `X-Forwarded-For` (the one the nearest
     /// proxy appended). Only behind a proxy that sets it: otherwise clients could pick their IP.
-    pub trust_x_forwarded_for: bool,
+    pub(crate) trust_x_forwarded_for: bool,
 }
 
 impl QuotasSection {
@@ -142,7 +156,7 @@ impl QuotasSection {
     ///
     /// # Errors
     /// `ConfigError::Invalid` naming the key when a rate is out of range.
-    pub fn check(&self) -> Result<(), ConfigError> {
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
         for (key, per_s) in [
             ("per_ip_sessions_per_s", self.per_ip_sessions_per_s),
             ("per_key_sessions_per_s", self.per_key_sessions_per_s),
@@ -161,19 +175,19 @@ impl QuotasSection {
 /// `[timeouts]`, in ms.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TimeoutsSection {
+pub(crate) struct TimeoutsSection {
     /// The transcript of one utterance.
-    pub asr_ms: u64,
+    pub(crate) asr_ms: u64,
     /// The LLM's first token (or tool call).
-    pub llm_first_token_ms: u64,
+    pub(crate) llm_first_token_ms: u64,
     /// The gap between two LLM tokens.
-    pub llm_stall_ms: u64,
+    pub(crate) llm_stall_ms: u64,
     /// A sentence's first audio.
-    pub tts_first_audio_ms: u64,
+    pub(crate) tts_first_audio_ms: u64,
     /// The gap between two chunks of a sentence's audio.
-    pub tts_stall_ms: u64,
+    pub(crate) tts_stall_ms: u64,
     /// One tool call.
-    pub tool_ms: u64,
+    pub(crate) tool_ms: u64,
 }
 
 impl Default for TimeoutsSection {
@@ -191,42 +205,42 @@ impl Default for TimeoutsSection {
 
 /// The provider timeouts, as durations.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// `asr_ms`
-    pub asr: Duration,
+    pub(crate) asr: Duration,
     /// `llm_first_token_ms`
-    pub llm_first_token: Duration,
+    pub(crate) llm_first_token: Duration,
     /// `llm_stall_ms`
-    pub llm_stall: Duration,
+    pub(crate) llm_stall: Duration,
     /// `tts_first_audio_ms`
-    pub tts_first_audio: Duration,
+    pub(crate) tts_first_audio: Duration,
     /// `tts_stall_ms`
-    pub tts_stall: Duration,
+    pub(crate) tts_stall: Duration,
     /// `tool_ms`
-    pub tool: Duration,
+    pub(crate) tool: Duration,
 }
 
 /// `[limits]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LimitsSection {
+pub(crate) struct LimitsSection {
     /// A text frame larger than this closes the session with 1009.
-    pub max_text_bytes: usize,
+    pub(crate) max_text_bytes: usize,
     /// A binary (audio) frame larger than this closes the session with 1009.
-    pub max_audio_frame_bytes: usize,
+    pub(crate) max_audio_frame_bytes: usize,
     /// A session with no message from its client for this long is closed with 1000.
-    pub idle_timeout_s: u64,
+    pub(crate) idle_timeout_s: u64,
     /// Audio faster than this many times real time, sustained, is rate-limited.
-    pub max_audio_rate: f64,
+    pub(crate) max_audio_rate: f64,
     /// Audio a client may send ahead of real time at once (e.g. after a network stall), in ms.
-    pub audio_burst_ms: u64,
+    pub(crate) audio_burst_ms: u64,
     /// Control (text) messages per second, sustained.
-    pub max_control_per_s: u32,
+    pub(crate) max_control_per_s: u32,
     /// Control messages a client may send at once.
-    pub control_burst: u32,
+    pub(crate) control_burst: u32,
     /// Strikes (a dropped message adds one, an admitted one removes one) at which the session is
     /// closed with 1008.
-    pub rate_limit_strikes: u32,
+    pub(crate) rate_limit_strikes: u32,
 }
 
 impl Default for LimitsSection {
@@ -247,9 +261,9 @@ impl Default for LimitsSection {
 /// `[metrics]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct MetricsSection {
+pub(crate) struct MetricsSection {
     /// Serve `GET /metrics`.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
 }
 
 impl Default for MetricsSection {
@@ -261,25 +275,25 @@ impl Default for MetricsSection {
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ServerSection {
+pub(crate) struct ServerSection {
     /// Address to listen on.
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Concurrent sessions admitted; more are refused with 503.
-    pub max_sessions: usize,
+    pub(crate) max_sessions: usize,
     /// `Retry-After` seconds sent with a 503.
-    pub retry_after_s: u32,
+    pub(crate) retry_after_s: u32,
     /// Largest WebSocket message accepted, in bytes.
-    pub max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
     /// A client that takes longer than this to accept what voxd sends (its socket buffer stays
     /// full) is disconnected, in ms.
-    pub send_timeout_ms: u64,
+    pub(crate) send_timeout_ms: u64,
     /// The kernel send buffer of each connection (`SO_SNDBUF`), in bytes; 0 leaves it to the
     /// kernel's autotuning (up to `net.ipv4.tcp_wmem`, often 4 MiB). It bounds what a client that
     /// stopped reading can pin in kernel memory until `send_timeout_ms` closes it.
-    pub send_buffer_bytes: usize,
+    pub(crate) send_buffer_bytes: usize,
     /// On SIGTERM/SIGINT, responses in progress may finish for this long before every session is
     /// closed, in seconds.
-    pub drain_timeout_s: u64,
+    pub(crate) drain_timeout_s: u64,
 }
 
 impl Default for ServerSection {
@@ -299,19 +313,19 @@ impl Default for ServerSection {
 /// `[audio]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AudioSection {
+pub(crate) struct AudioSection {
     /// Rate of the response audio: 8000, 16000, 24000 or 48000.
-    pub output_sample_rate: u32,
+    pub(crate) output_sample_rate: u32,
     /// Length of each binary audio frame sent, in ms.
-    pub output_frame_ms: u32,
+    pub(crate) output_frame_ms: u32,
     /// How far audio is sent ahead of real time, in ms.
-    pub playback_lead_ms: u64,
+    pub(crate) playback_lead_ms: u64,
     /// Audio is sent in batches this long (whole frames), one wake-up per batch, in ms.
-    pub pacing_interval_ms: u64,
+    pub(crate) pacing_interval_ms: u64,
     /// Utterances longer than this are ended, in ms.
-    pub max_utterance_ms: u64,
+    pub(crate) max_utterance_ms: u64,
     /// Synthesized audio buffered ahead before the next sentence's TTS waits, in ms.
-    pub max_tts_backlog_ms: u64,
+    pub(crate) max_tts_backlog_ms: u64,
 }
 
 impl Default for AudioSection {
@@ -330,7 +344,7 @@ impl Default for AudioSection {
 /// webrtc-vad's modes, as written in config.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum VadMode {
+pub(crate) enum VadMode {
     /// Mode 0.
     Quality,
     /// Mode 1.
@@ -344,7 +358,7 @@ pub enum VadMode {
 /// The server VAD's classifier, as written in config.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum VadEngine {
+pub(crate) enum VadEngine {
     /// Silero VAD v6 (the default): robust to stationary noise.
     Silero,
     /// webrtc-vad: cheaper, but loud or low-frequency noise reads as speech.
@@ -354,27 +368,27 @@ pub enum VadEngine {
 /// `[vad]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct VadSection {
+pub(crate) struct VadSection {
     /// Run server VAD (until a client sends its own `speech_start`/`speech_end`).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// The classifier.
-    pub engine: VadEngine,
+    pub(crate) engine: VadEngine,
     /// Silero: a window this likely to be speech starts (or continues an onset of) speech.
-    pub start_threshold: f32,
+    pub(crate) start_threshold: f32,
     /// Silero: once speech is under way, windows this likely stay speech.
-    pub end_threshold: f32,
+    pub(crate) end_threshold: f32,
     /// webrtc-vad's aggressiveness.
-    pub mode: VadMode,
+    pub(crate) mode: VadMode,
     /// webrtc-vad's frame length: 10, 20 or 30 ms (Silero's window is 32 ms).
-    pub frame_ms: u32,
+    pub(crate) frame_ms: u32,
     /// Voiced audio needed to start speech, in ms.
-    pub onset_ms: u32,
+    pub(crate) onset_ms: u32,
     /// Silence that ends speech, in ms.
-    pub hangover_ms: u32,
+    pub(crate) hangover_ms: u32,
     /// Audio before the onset kept in the utterance, in ms.
-    pub preroll_ms: u64,
+    pub(crate) preroll_ms: u64,
     /// Frames quieter than this RMS level (dBFS) are never speech.
-    pub min_level_dbfs: f32,
+    pub(crate) min_level_dbfs: f32,
 }
 
 impl Default for VadSection {
@@ -397,26 +411,26 @@ impl Default for VadSection {
 /// `[turn]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TurnSection {
+pub(crate) struct TurnSection {
     /// User speech during a response that lasts this long interrupts it, in ms.
-    pub min_interruption_ms: u64,
+    pub(crate) min_interruption_ms: u64,
     /// A barge-in candidate with nothing after it for this long is a false alarm, in ms.
-    pub false_interruption_timeout_ms: u64,
+    pub(crate) false_interruption_timeout_ms: u64,
     /// While the bot speaks, server VAD hears only speech within this many dB of the user's own
     /// level; 0 turns the check off.
-    pub barge_in_level_db: f32,
+    pub(crate) barge_in_level_db: f32,
     /// Words that alone are a backchannel, not an interruption.
-    pub backchannels: Vec<String>,
+    pub(crate) backchannels: Vec<String>,
     /// A tool running longer than this gets a spoken filler, in ms.
-    pub tool_filler_delay_ms: u64,
+    pub(crate) tool_filler_delay_ms: u64,
     /// The filler phrase.
-    pub filler_phrase: String,
+    pub(crate) filler_phrase: String,
     /// Tool rounds per response before it fails.
-    pub max_tool_rounds: u32,
+    pub(crate) max_tool_rounds: u32,
     /// Conversation history bound, in messages.
-    pub max_history_messages: usize,
+    pub(crate) max_history_messages: usize,
     /// Clauses this long (characters) are spoken before their sentence ends.
-    pub min_clause_chars: usize,
+    pub(crate) min_clause_chars: usize,
 }
 
 impl Default for TurnSection {
@@ -439,7 +453,7 @@ impl Default for TurnSection {
 /// Which ASR provider serves a stage.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum AsrProvider {
+pub(crate) enum AsrProvider {
     /// `backends::mock::MockAsr`.
     #[default]
     Mock,
@@ -452,23 +466,23 @@ pub enum AsrProvider {
 /// `[asr]`
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-pub struct AsrSection {
+pub(crate) struct AsrSection {
     /// The provider (or use `providers` for a fallback chain).
-    pub provider: Option<AsrProvider>,
+    pub(crate) provider: Option<AsrProvider>,
     /// Providers in order: a failure or timeout moves a request to the next.
-    pub providers: Vec<AsrProvider>,
+    pub(crate) providers: Vec<AsrProvider>,
     /// `[asr.mock]`
-    pub mock: MockAsrConfig,
+    pub(crate) mock: MockAsrConfig,
     /// `[asr.openai]`
-    pub openai: voxd_backends::openai::OpenAiAsrConfig,
+    pub(crate) openai: voxd_backends::openai::OpenAiAsrConfig,
     /// `[asr.stream]`
-    pub stream: voxd_backends::stream_asr::StreamAsrConfig,
+    pub(crate) stream: voxd_backends::stream_asr::StreamAsrConfig,
 }
 
 /// Which LLM provider serves a stage.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum LlmProvider {
+pub(crate) enum LlmProvider {
     /// `backends::mock::MockLlm`.
     #[default]
     Mock,
@@ -479,17 +493,17 @@ pub enum LlmProvider {
 /// `[llm]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LlmSection {
+pub(crate) struct LlmSection {
     /// The provider (or use `providers` for a fallback chain).
-    pub provider: Option<LlmProvider>,
+    pub(crate) provider: Option<LlmProvider>,
     /// Providers in order: a failure or timeout moves a request to the next.
-    pub providers: Vec<LlmProvider>,
+    pub(crate) providers: Vec<LlmProvider>,
     /// The system prompt, first in every request.
-    pub system_prompt: String,
+    pub(crate) system_prompt: String,
     /// `[llm.mock]`
-    pub mock: MockLlmConfig,
+    pub(crate) mock: MockLlmConfig,
     /// `[llm.openai]`
-    pub openai: voxd_backends::openai::OpenAiLlmConfig,
+    pub(crate) openai: voxd_backends::openai::OpenAiLlmConfig,
 }
 
 impl Default for LlmSection {
@@ -507,7 +521,7 @@ impl Default for LlmSection {
 /// Which TTS provider serves a stage.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum TtsProvider {
+pub(crate) enum TtsProvider {
     /// `backends::mock::MockTts`.
     #[default]
     Mock,
@@ -520,17 +534,17 @@ pub enum TtsProvider {
 /// `[tts]`
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-pub struct TtsSection {
+pub(crate) struct TtsSection {
     /// The provider (or use `providers` for a fallback chain).
-    pub provider: Option<TtsProvider>,
+    pub(crate) provider: Option<TtsProvider>,
     /// Providers in order: a failure or timeout moves a request to the next.
-    pub providers: Vec<TtsProvider>,
+    pub(crate) providers: Vec<TtsProvider>,
     /// `[tts.mock]`
-    pub mock: MockTtsConfig,
+    pub(crate) mock: MockTtsConfig,
     /// `[tts.openai]`
-    pub openai: voxd_backends::openai::OpenAiTtsConfig,
+    pub(crate) openai: voxd_backends::openai::OpenAiTtsConfig,
     /// `[tts.espeak]`
-    pub espeak: voxd_backends::espeak::EspeakTtsConfig,
+    pub(crate) espeak: voxd_backends::espeak::EspeakTtsConfig,
 }
 
 /// A stage's providers in order, from `provider` or `providers` (the mock when neither is set).
@@ -567,11 +581,11 @@ pub(crate) fn provider_chain<P: Copy + PartialEq + Default + std::fmt::Debug>(
 /// `[circuit_breaker]`: when a stage skips a failing provider (see `providers/fallback.rs`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CircuitBreakerSection {
+pub(crate) struct CircuitBreakerSection {
     /// Consecutive failures that open a provider's breaker; 0 disables breakers.
-    pub failure_threshold: u32,
+    pub(crate) failure_threshold: u32,
     /// How long an open breaker skips its provider before one request probes it.
-    pub cooldown_ms: u64,
+    pub(crate) cooldown_ms: u64,
 }
 
 impl Default for CircuitBreakerSection {
@@ -583,44 +597,423 @@ impl Default for CircuitBreakerSection {
     }
 }
 
-/// The validated configuration.
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Fails with `key`'s name when `value` is above `max`: upper bounds keep every duration far from
+/// overflow and every buffer small.
+fn at_most(key: &str, value: u64, max: u64) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(invalid(key, format!("is {value}; the maximum is {max}")));
+    }
+    Ok(())
+}
+
+impl ServerSection {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.max_sessions == 0 {
+            return Err(invalid("server.max_sessions", "must be at least 1"));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(invalid("server.max_message_bytes", "must be at least 1024"));
+        }
+        if self.drain_timeout_s > 3600 {
+            return Err(invalid(
+                "server.drain_timeout_s",
+                format!("is {}; expected 0 to 3600", self.drain_timeout_s),
+            ));
+        }
+        if !(100..=600_000).contains(&self.send_timeout_ms) {
+            return Err(invalid(
+                "server.send_timeout_ms",
+                format!("is {}; expected 100 to 600000", self.send_timeout_ms),
+            ));
+        }
+        if self.send_buffer_bytes != 0 && !(4096..=16 << 20).contains(&self.send_buffer_bytes) {
+            return Err(invalid(
+                "server.send_buffer_bytes",
+                format!(
+                    "is {}; expected 0 (the kernel decides) or 4096 to 16777216",
+                    self.send_buffer_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AudioSection {
+    fn check(&self) -> Result<(), ConfigError> {
+        if !SUPPORTED_RATES.contains(&self.output_sample_rate) {
+            return Err(invalid(
+                "audio.output_sample_rate",
+                format!(
+                    "is {}; expected one of 8000, 16000, 24000, 48000",
+                    self.output_sample_rate
+                ),
+            ));
+        }
+        if !(10..=200).contains(&self.output_frame_ms) {
+            return Err(invalid(
+                "audio.output_frame_ms",
+                format!("is {}; expected 10 to 200", self.output_frame_ms),
+            ));
+        }
+        if self.playback_lead_ms > 5000 {
+            return Err(invalid(
+                "audio.playback_lead_ms",
+                "must be at most 5000 (a large lead delays barge-in)",
+            ));
+        }
+        if self.pacing_interval_ms == 0
+            || self.pacing_interval_ms > self.playback_lead_ms.max(u64::from(self.output_frame_ms))
+        {
+            return Err(invalid(
+                "audio.pacing_interval_ms",
+                format!(
+                    "is {}; expected 1 to audio.playback_lead_ms ({}): a batch larger than the lead would let the client's player run dry",
+                    self.pacing_interval_ms, self.playback_lead_ms
+                ),
+            ));
+        }
+        if self.max_utterance_ms < 1000 {
+            return Err(invalid("audio.max_utterance_ms", "must be at least 1000"));
+        }
+        at_most("audio.max_tts_backlog_ms", self.max_tts_backlog_ms, 60_000)?;
+        at_most("audio.max_utterance_ms", self.max_utterance_ms, 600_000)
+    }
+}
+
+impl VadSection {
+    fn check(&self) -> Result<(), ConfigError> {
+        at_most("vad.onset_ms", u64::from(self.onset_ms), 5_000)?;
+        at_most("vad.hangover_ms", u64::from(self.hangover_ms), 10_000)?;
+        at_most("vad.preroll_ms", self.preroll_ms, 2_000)?;
+        if !matches!(self.frame_ms, 10 | 20 | 30) {
+            return Err(invalid(
+                "vad.frame_ms",
+                format!("is {}; webrtc-vad takes 10, 20 or 30", self.frame_ms),
+            ));
+        }
+        let window_ms = match self.engine {
+            VadEngine::Silero => 32,
+            VadEngine::Webrtc => self.frame_ms,
+        };
+        if self.hangover_ms < window_ms {
+            return Err(invalid(
+                "vad.hangover_ms",
+                format!("must be at least one window ({window_ms} ms)"),
+            ));
+        }
+        for (key, value) in [
+            ("vad.start_threshold", self.start_threshold),
+            ("vad.end_threshold", self.end_threshold),
+        ] {
+            if !(0.0..=1.0).contains(&value) || value == 0.0 {
+                return Err(invalid(
+                    key,
+                    format!("is {value}; expected a probability above 0 and at most 1"),
+                ));
+            }
+        }
+        if self.end_threshold > self.start_threshold {
+            return Err(invalid(
+                "vad.end_threshold",
+                format!(
+                    "is {}; it must not exceed vad.start_threshold ({}): speech under way keeps \
+                     going down to it",
+                    self.end_threshold, self.start_threshold
+                ),
+            ));
+        }
+        if !(-100.0..=0.0).contains(&self.min_level_dbfs) {
+            return Err(invalid(
+                "vad.min_level_dbfs",
+                format!(
+                    "is {}; expected -100 to 0 (dB relative to full scale)",
+                    self.min_level_dbfs
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TurnSection {
+    fn check(&self) -> Result<(), ConfigError> {
+        at_most("turn.min_interruption_ms", self.min_interruption_ms, 10_000)?;
+        at_most(
+            "turn.false_interruption_timeout_ms",
+            self.false_interruption_timeout_ms,
+            60_000,
+        )?;
+        at_most(
+            "turn.tool_filler_delay_ms",
+            self.tool_filler_delay_ms,
+            60_000,
+        )?;
+        at_most(
+            "turn.max_history_messages",
+            self.max_history_messages as u64,
+            10_000,
+        )?;
+        if !(0.0..=60.0).contains(&self.barge_in_level_db) {
+            return Err(invalid(
+                "turn.barge_in_level_db",
+                format!("is {}; expected 0 (off) to 60 dB", self.barge_in_level_db),
+            ));
+        }
+        if self.min_interruption_ms == 0 {
+            return Err(invalid("turn.min_interruption_ms", "must be above 0"));
+        }
+        if self.false_interruption_timeout_ms < self.min_interruption_ms {
+            return Err(invalid(
+                "turn.false_interruption_timeout_ms",
+                "must be at least turn.min_interruption_ms",
+            ));
+        }
+        if self.max_history_messages < 2 {
+            return Err(invalid("turn.max_history_messages", "must be at least 2"));
+        }
+        if self.filler_phrase.trim().is_empty() {
+            return Err(invalid("turn.filler_phrase", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+impl TimeoutsSection {
+    fn check(&self) -> Result<Timeouts, ConfigError> {
+        for (key, value) in [
+            ("timeouts.asr_ms", self.asr_ms),
+            ("timeouts.llm_first_token_ms", self.llm_first_token_ms),
+            ("timeouts.llm_stall_ms", self.llm_stall_ms),
+            ("timeouts.tts_first_audio_ms", self.tts_first_audio_ms),
+            ("timeouts.tts_stall_ms", self.tts_stall_ms),
+            ("timeouts.tool_ms", self.tool_ms),
+        ] {
+            if !(10..=600_000).contains(&value) {
+                return Err(invalid(key, format!("is {value}; expected 10 to 600000")));
+            }
+        }
+        let ms = Duration::from_millis;
+        Ok(Timeouts {
+            asr: ms(self.asr_ms),
+            llm_first_token: ms(self.llm_first_token_ms),
+            llm_stall: ms(self.llm_stall_ms),
+            tts_first_audio: ms(self.tts_first_audio_ms),
+            tts_stall: ms(self.tts_stall_ms),
+            tool: ms(self.tool_ms),
+        })
+    }
+}
+
+impl LimitsSection {
+    /// `max_message_bytes`: `server.max_message_bytes`, which bounds every message.
+    fn check(&self, max_message_bytes: usize) -> Result<(), ConfigError> {
+        if self.max_text_bytes < 256 || self.max_text_bytes > max_message_bytes {
+            return Err(invalid(
+                "limits.max_text_bytes",
+                format!(
+                    "is {}; expected 256 to server.max_message_bytes ({max_message_bytes})",
+                    self.max_text_bytes
+                ),
+            ));
+        }
+        if self.max_audio_frame_bytes < 1024 || self.max_audio_frame_bytes > max_message_bytes {
+            return Err(invalid(
+                "limits.max_audio_frame_bytes",
+                format!(
+                    "is {}; expected 1024 to server.max_message_bytes ({max_message_bytes})",
+                    self.max_audio_frame_bytes
+                ),
+            ));
+        }
+        if !(1..=86_400).contains(&self.idle_timeout_s) {
+            return Err(invalid("limits.idle_timeout_s", "expected 1 to 86400"));
+        }
+        if !(self.max_audio_rate >= 1.0 && self.max_audio_rate <= 100.0) {
+            return Err(invalid(
+                "limits.max_audio_rate",
+                format!(
+                    "is {}; expected 1 to 100 (times real time)",
+                    self.max_audio_rate
+                ),
+            ));
+        }
+        if self.audio_burst_ms < 100 || self.audio_burst_ms > 600_000 {
+            return Err(invalid("limits.audio_burst_ms", "expected 100 to 600000"));
+        }
+        if self.max_control_per_s == 0 || self.control_burst == 0 || self.rate_limit_strikes == 0 {
+            return Err(invalid(
+                "limits",
+                "max_control_per_s, control_burst and rate_limit_strikes must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TranscribeConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes < 1024 {
+            return Err(invalid(
+                "transcribe.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        for (key, value) in [
+            ("transcribe.max_duration_s", self.max_duration_s),
+            (
+                "transcribe.max_concurrent_segments",
+                self.max_concurrent_segments as u64,
+            ),
+            ("transcribe.max_segment_s", self.max_segment_s),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CircuitBreakerSection {
+    fn check(&self) -> Result<Breaker, ConfigError> {
+        if self.cooldown_ms > 3_600_000 {
+            return Err(invalid(
+                "circuit_breaker.cooldown_ms",
+                format!(
+                    "is {}; expected at most 3600000 (an hour)",
+                    self.cooldown_ms
+                ),
+            ));
+        }
+        Ok(Breaker {
+            failure_threshold: self.failure_threshold,
+            cooldown: Duration::from_millis(self.cooldown_ms),
+        })
+    }
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct Server {
+    /// Where to listen.
+    pub(crate) listen: SocketAddr,
+    /// Sessions admitted at once.
+    pub(crate) max_sessions: usize,
+    /// `Retry-After` of a refusal for capacity, in seconds.
+    pub(crate) retry_after_s: u32,
+    /// The largest WebSocket message accepted.
+    pub(crate) max_message_bytes: usize,
+    /// How long one write to a client may wait.
+    pub(crate) send_timeout: Duration,
+    /// The socket's send buffer (0: the kernel decides).
+    pub(crate) send_buffer_bytes: usize,
+    /// How long a drain waits for responses in progress.
+    pub(crate) drain_timeout: Duration,
+}
+
+/// `[circuit_breaker]`, validated.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Breaker {
+    /// Consecutive failures that open a provider's breaker; 0 disables breakers.
+    pub(crate) failure_threshold: u32,
+    /// How long an open breaker skips its provider.
+    pub(crate) cooldown: Duration,
+}
+
+/// The providers to build, validated: each stage's chain in order, with the tables of the
+/// providers it names (the tables are the backends' own config types, checked when built).
+#[derive(Debug, Clone)]
+pub(crate) struct ProviderSettings {
+    /// The ASR chain.
+    pub(crate) asr: Vec<AsrProvider>,
+    /// The LLM chain.
+    pub(crate) llm: Vec<LlmProvider>,
+    /// The TTS chain.
+    pub(crate) tts: Vec<TtsProvider>,
+    /// `[asr.*]`
+    pub(crate) asr_tables: AsrSection,
+    /// `[llm.*]`
+    pub(crate) llm_tables: LlmSection,
+    /// `[tts.*]`
+    pub(crate) tts_tables: TtsSection,
+    /// `[circuit_breaker]`
+    pub(crate) breaker: Breaker,
+    /// `[tools.NAME]`: the tool registry's configuration.
+    pub(crate) tools: BTreeMap<String, MockToolConfig>,
+}
+
+/// What the command line overrides in the file, applied before validation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// `--listen`: `server.listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--max-sessions`: `server.max_sessions`.
+    pub max_sessions: Option<usize>,
+}
+
+impl FileConfig {
+    /// The file with the command line's overrides.
+    fn apply(mut self, o: Overrides) -> FileConfig {
+        if let Some(listen) = o.listen {
+            self.server.listen = listen;
+        }
+        if let Some(n) = o.max_sessions {
+            self.server.max_sessions = n;
+        }
+        self
+    }
+}
+
+/// The validated configuration: typed, every section checked once. Nothing after validation
+/// reads the file.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The file as parsed.
-    pub file: FileConfig,
     /// Folder that relative paths in the file are resolved against.
-    pub base_dir: PathBuf,
-    /// The tool registry's configuration.
-    pub tools: BTreeMap<String, MockToolConfig>,
+    pub(crate) base_dir: PathBuf,
+    /// `[server]`
+    pub(crate) server: Server,
+    /// `[metrics] enabled`
+    pub(crate) metrics_enabled: bool,
+    /// `[limits]`: per-session limits on what a client may send.
+    pub(crate) limits: LimitsSection,
+    /// `[timeouts]`: how long each provider stage may take.
+    pub(crate) timeouts: Timeouts,
+    /// `[quotas]`, checked.
+    pub(crate) quotas: QuotasSection,
+    /// The providers and tools to build.
+    pub(crate) providers: ProviderSettings,
     /// The per-session state machine's settings.
     pub session: SessionConfig,
     /// `POST /v1/transcribe` settings.
-    pub transcribe: TranscribeConfig,
+    pub(crate) transcribe: TranscribeConfig,
     /// API keys, allowed origins and the token secret, loaded from the file, the environment and
     /// key files.
-    pub auth: AuthConfig,
+    pub(crate) auth: AuthConfig,
 }
 
 impl Config {
-    /// The provider timeouts.
-    pub fn session_timeouts(&self) -> Timeouts {
-        let t = &self.file.timeouts;
-        let ms = Duration::from_millis;
-        Timeouts {
-            asr: ms(t.asr_ms),
-            llm_first_token: ms(t.llm_first_token_ms),
-            llm_stall: ms(t.llm_stall_ms),
-            tts_first_audio: ms(t.tts_first_audio_ms),
-            tts_stall: ms(t.tts_stall_ms),
-            tool: ms(t.tool_ms),
-        }
-    }
-
-    /// Reads and validates `path`.
+    /// Reads, parses and validates a config file. Relative paths in it are resolved against the
+    /// file's folder.
     ///
     /// # Errors
     /// A `ConfigError` naming the file and the key at fault.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, Overrides::default())
+    }
+
+    /// `load`, with the command line's overrides applied before validation.
+    ///
+    /// # Errors
+    /// A `ConfigError` naming the file (or the option) and the key at fault.
+    pub fn load_with(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -630,13 +1023,14 @@ impl Config {
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        Config::from_toml(&text, &base_dir).map_err(|e| match e {
+        let file = FileConfig::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })
+        })?;
+        Config::from_file(file.apply(overrides), &base_dir)
     }
 
     /// Parses and validates TOML text; relative paths resolve against `base_dir`.
@@ -644,297 +1038,62 @@ impl Config {
     /// # Errors
     /// A `ConfigError` naming the key at fault.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        Config::from_file(file, base_dir)
+        Config::from_file(FileConfig::parse(text)?, base_dir)
+    }
+
+    /// The built-in defaults (what an empty file means), with the command line's overrides.
+    ///
+    /// # Errors
+    /// An override out of range.
+    pub fn defaults_with(overrides: Overrides) -> Result<Config, ConfigError> {
+        Config::from_file(FileConfig::default().apply(overrides), Path::new("."))
     }
 
     /// The built-in defaults (what an empty file means).
     pub fn defaults() -> Config {
-        Config::from_file(FileConfig::default(), Path::new("."))
-            .expect("the built-in defaults are valid")
+        Config::defaults_with(Overrides::default()).expect("the built-in defaults are valid")
     }
 
-    /// Validates a parsed file.
+    /// The provider timeouts.
+    pub(crate) fn session_timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Where the server listens (`server.listen`, or `--listen`).
+    pub fn listen(&self) -> SocketAddr {
+        self.server.listen
+    }
+
+    /// How long a drain waits for responses in progress (`server.drain_timeout_s`).
+    pub fn drain_timeout(&self) -> Duration {
+        self.server.drain_timeout
+    }
+
+    /// Validates a parsed file: the high stage. Each section checks itself once.
     ///
     /// # Errors
     /// A `ConfigError::Invalid` naming the key at fault.
-    pub fn from_file(file: FileConfig, base_dir: &Path) -> Result<Config, ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            key: key.to_owned(),
-            message,
-        };
-        let s = &file.server;
-        if s.max_sessions == 0 {
-            return Err(invalid("server.max_sessions", "must be at least 1".into()));
-        }
-        if s.max_message_bytes < 1024 {
-            return Err(invalid(
-                "server.max_message_bytes",
-                "must be at least 1024".into(),
-            ));
-        }
-        if s.drain_timeout_s > 3600 {
-            return Err(invalid(
-                "server.drain_timeout_s",
-                format!("is {}; expected 0 to 3600", s.drain_timeout_s),
-            ));
-        }
-        if !(100..=600_000).contains(&s.send_timeout_ms) {
-            return Err(invalid(
-                "server.send_timeout_ms",
-                format!("is {}; expected 100 to 600000", s.send_timeout_ms),
-            ));
-        }
-        if s.send_buffer_bytes != 0 && !(4096..=16 << 20).contains(&s.send_buffer_bytes) {
-            return Err(invalid(
-                "server.send_buffer_bytes",
-                format!(
-                    "is {}; expected 0 (the kernel decides) or 4096 to 16777216",
-                    s.send_buffer_bytes
-                ),
-            ));
-        }
-        let a = &file.audio;
-        if !SUPPORTED_RATES.contains(&a.output_sample_rate) {
-            return Err(invalid(
-                "audio.output_sample_rate",
-                format!(
-                    "is {}; expected one of 8000, 16000, 24000, 48000",
-                    a.output_sample_rate
-                ),
-            ));
-        }
-        if !(10..=200).contains(&a.output_frame_ms) {
-            return Err(invalid(
-                "audio.output_frame_ms",
-                format!("is {}; expected 10 to 200", a.output_frame_ms),
-            ));
-        }
-        if a.playback_lead_ms > 5000 {
-            return Err(invalid(
-                "audio.playback_lead_ms",
-                "must be at most 5000 (a large lead delays barge-in)".into(),
-            ));
-        }
-        if a.pacing_interval_ms == 0
-            || a.pacing_interval_ms > a.playback_lead_ms.max(u64::from(a.output_frame_ms))
-        {
-            return Err(invalid(
-                "audio.pacing_interval_ms",
-                format!(
-                    "is {}; expected 1 to audio.playback_lead_ms ({}): a batch larger than the lead would let the client's player run dry",
-                    a.pacing_interval_ms, a.playback_lead_ms
-                ),
-            ));
-        }
-        if a.max_utterance_ms < 1000 {
-            return Err(invalid(
-                "audio.max_utterance_ms",
-                "must be at least 1000".into(),
-            ));
-        }
+    pub(crate) fn from_file(file: FileConfig, base_dir: &Path) -> Result<Config, ConfigError> {
+        file.server.check()?;
+        file.audio.check()?;
         file.quotas.check()?;
-        provider_chain("asr", file.asr.provider, &file.asr.providers)?;
-        provider_chain("llm", file.llm.provider, &file.llm.providers)?;
-        provider_chain("tts", file.tts.provider, &file.tts.providers)?;
-        if file.circuit_breaker.cooldown_ms > 3_600_000 {
-            return Err(invalid(
-                "circuit_breaker.cooldown_ms",
-                format!(
-                    "is {}; expected at most 3600000 (an hour)",
-                    file.circuit_breaker.cooldown_ms
-                ),
-            ));
-        }
-        let v = &file.vad;
-        let t = &file.turn;
-        // Upper bounds keep every duration far from overflow and every buffer small.
-        for (key, value, max) in [
-            ("vad.onset_ms", u64::from(v.onset_ms), 5_000),
-            ("vad.hangover_ms", u64::from(v.hangover_ms), 10_000),
-            ("vad.preroll_ms", v.preroll_ms, 2_000),
-            ("audio.max_tts_backlog_ms", a.max_tts_backlog_ms, 60_000),
-            ("audio.max_utterance_ms", a.max_utterance_ms, 600_000),
-            ("turn.min_interruption_ms", t.min_interruption_ms, 10_000),
-            (
-                "turn.false_interruption_timeout_ms",
-                t.false_interruption_timeout_ms,
-                60_000,
-            ),
-            ("turn.tool_filler_delay_ms", t.tool_filler_delay_ms, 60_000),
-            (
-                "turn.max_history_messages",
-                t.max_history_messages as u64,
-                10_000,
-            ),
-        ] {
-            if value > max {
-                return Err(invalid(key, format!("is {value}; the maximum is {max}")));
-            }
-        }
-        if !matches!(v.frame_ms, 10 | 20 | 30) {
-            return Err(invalid(
-                "vad.frame_ms",
-                format!("is {}; webrtc-vad takes 10, 20 or 30", v.frame_ms),
-            ));
-        }
-        let window_ms = match v.engine {
-            VadEngine::Silero => 32,
-            VadEngine::Webrtc => v.frame_ms,
+        let providers = ProviderSettings {
+            asr: provider_chain("asr", file.asr.provider, &file.asr.providers)?,
+            llm: provider_chain("llm", file.llm.provider, &file.llm.providers)?,
+            tts: provider_chain("tts", file.tts.provider, &file.tts.providers)?,
+            breaker: file.circuit_breaker.check()?,
+            tools: file.tools.clone().unwrap_or_else(default_mock_tools),
+            asr_tables: file.asr.clone(),
+            llm_tables: file.llm.clone(),
+            tts_tables: file.tts.clone(),
         };
-        if v.hangover_ms < window_ms {
-            return Err(invalid(
-                "vad.hangover_ms",
-                format!("must be at least one window ({window_ms} ms)"),
-            ));
-        }
-        for (key, value) in [
-            ("vad.start_threshold", v.start_threshold),
-            ("vad.end_threshold", v.end_threshold),
-        ] {
-            if !(0.0..=1.0).contains(&value) || value == 0.0 {
-                return Err(invalid(
-                    key,
-                    format!("is {value}; expected a probability above 0 and at most 1"),
-                ));
-            }
-        }
-        if v.end_threshold > v.start_threshold {
-            return Err(invalid(
-                "vad.end_threshold",
-                format!(
-                    "is {}; it must not exceed vad.start_threshold ({}): speech under way keeps \
-                     going down to it",
-                    v.end_threshold, v.start_threshold
-                ),
-            ));
-        }
-        if !(0.0..=60.0).contains(&t.barge_in_level_db) {
-            return Err(invalid(
-                "turn.barge_in_level_db",
-                format!("is {}; expected 0 (off) to 60 dB", t.barge_in_level_db),
-            ));
-        }
-        if !(-100.0..=0.0).contains(&v.min_level_dbfs) {
-            return Err(invalid(
-                "vad.min_level_dbfs",
-                format!(
-                    "is {}; expected -100 to 0 (dB relative to full scale)",
-                    v.min_level_dbfs
-                ),
-            ));
-        }
-        if t.min_interruption_ms == 0 {
-            return Err(invalid(
-                "turn.min_interruption_ms",
-                "must be above 0".into(),
-            ));
-        }
-        if t.false_interruption_timeout_ms < t.min_interruption_ms {
-            return Err(invalid(
-                "turn.false_interruption_timeout_ms",
-                "must be at least turn.min_interruption_ms".into(),
-            ));
-        }
-        if t.max_history_messages < 2 {
-            return Err(invalid(
-                "turn.max_history_messages",
-                "must be at least 2".into(),
-            ));
-        }
-        if t.filler_phrase.trim().is_empty() {
-            return Err(invalid("turn.filler_phrase", "must not be empty".into()));
-        }
-        let to = &file.timeouts;
-        for (key, value) in [
-            ("timeouts.asr_ms", to.asr_ms),
-            ("timeouts.llm_first_token_ms", to.llm_first_token_ms),
-            ("timeouts.llm_stall_ms", to.llm_stall_ms),
-            ("timeouts.tts_first_audio_ms", to.tts_first_audio_ms),
-            ("timeouts.tts_stall_ms", to.tts_stall_ms),
-            ("timeouts.tool_ms", to.tool_ms),
-        ] {
-            if !(10..=600_000).contains(&value) {
-                return Err(invalid(key, format!("is {value}; expected 10 to 600000")));
-            }
-        }
-        let l = &file.limits;
-        if l.max_text_bytes < 256 || l.max_text_bytes > s.max_message_bytes {
-            return Err(invalid(
-                "limits.max_text_bytes",
-                format!(
-                    "is {}; expected 256 to server.max_message_bytes ({})",
-                    l.max_text_bytes, s.max_message_bytes
-                ),
-            ));
-        }
-        if l.max_audio_frame_bytes < 1024 || l.max_audio_frame_bytes > s.max_message_bytes {
-            return Err(invalid(
-                "limits.max_audio_frame_bytes",
-                format!(
-                    "is {}; expected 1024 to server.max_message_bytes ({})",
-                    l.max_audio_frame_bytes, s.max_message_bytes
-                ),
-            ));
-        }
-        if !(1..=86_400).contains(&l.idle_timeout_s) {
-            return Err(invalid(
-                "limits.idle_timeout_s",
-                "expected 1 to 86400".into(),
-            ));
-        }
-        if !(l.max_audio_rate >= 1.0 && l.max_audio_rate <= 100.0) {
-            return Err(invalid(
-                "limits.max_audio_rate",
-                format!(
-                    "is {}; expected 1 to 100 (times real time)",
-                    l.max_audio_rate
-                ),
-            ));
-        }
-        if l.audio_burst_ms < 100 || l.audio_burst_ms > 600_000 {
-            return Err(invalid(
-                "limits.audio_burst_ms",
-                "expected 100 to 600000".into(),
-            ));
-        }
-        if l.max_control_per_s == 0 || l.control_burst == 0 || l.rate_limit_strikes == 0 {
-            return Err(invalid(
-                "limits",
-                "max_control_per_s, control_burst and rate_limit_strikes must be at least 1".into(),
-            ));
-        }
-        let tr = &file.transcribe;
-        if tr.max_body_bytes < 1024 {
-            return Err(invalid(
-                "transcribe.max_body_bytes",
-                "must be at least 1024".into(),
-            ));
-        }
-        if tr.max_duration_s == 0 {
-            return Err(invalid(
-                "transcribe.max_duration_s",
-                "must be at least 1".into(),
-            ));
-        }
-        if tr.max_concurrent_segments == 0 {
-            return Err(invalid(
-                "transcribe.max_concurrent_segments",
-                "must be at least 1".into(),
-            ));
-        }
-        if tr.max_segment_s == 0 {
-            return Err(invalid(
-                "transcribe.max_segment_s",
-                "must be at least 1".into(),
-            ));
-        }
-        let transcribe = tr.clone();
+        file.vad.check()?;
+        file.turn.check()?;
+        let timeouts = file.timeouts.check()?;
+        file.limits.check(file.server.max_message_bytes)?;
+        file.transcribe.check()?;
         let auth = file.auth.load(base_dir)?;
-        let tools = file.tools.clone().unwrap_or_else(default_mock_tools);
+        let (a, v, t) = (&file.audio, &file.vad, &file.turn);
         let aggressiveness = match v.mode {
             VadMode::Quality => Aggressiveness::Quality,
             VadMode::LowBitrate => Aggressiveness::LowBitrate,
@@ -983,11 +1142,23 @@ impl Config {
             streaming_asr: false,
         };
         Ok(Config {
-            file,
             base_dir: base_dir.to_owned(),
-            tools,
+            server: Server {
+                listen: file.server.listen,
+                max_sessions: file.server.max_sessions,
+                retry_after_s: file.server.retry_after_s,
+                max_message_bytes: file.server.max_message_bytes,
+                send_timeout: Duration::from_millis(file.server.send_timeout_ms),
+                send_buffer_bytes: file.server.send_buffer_bytes,
+                drain_timeout: Duration::from_secs(file.server.drain_timeout_s),
+            },
+            metrics_enabled: file.metrics.enabled,
+            limits: file.limits,
+            timeouts,
+            quotas: file.quotas,
+            providers,
             session,
-            transcribe,
+            transcribe: file.transcribe,
             auth,
         })
     }
@@ -1006,9 +1177,27 @@ mod tests {
     #[test]
     fn an_empty_file_is_the_defaults() {
         let c = Config::from_toml("", Path::new(".")).unwrap();
-        assert_eq!(c.file.server.max_sessions, 1000);
+        assert_eq!(c.server.max_sessions, 1000);
         assert_eq!(c.session.playback_lead, Duration::from_millis(200));
-        assert!(c.tools.contains_key("check_balance"));
+        assert!(c.providers.tools.contains_key("check_balance"));
+    }
+
+    #[test]
+    fn command_line_overrides_apply_before_validation() {
+        let o = Overrides {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+            max_sessions: Some(7),
+        };
+        let c = Config::defaults_with(o).unwrap();
+        assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 9)));
+        assert_eq!(c.server.max_sessions, 7);
+        // An override is validated like the file's value.
+        let zero = Overrides {
+            max_sessions: Some(0),
+            ..Overrides::default()
+        };
+        let e = Config::defaults_with(zero).unwrap_err().to_string();
+        assert!(e.contains("server.max_sessions"), "{e}");
     }
 
     #[test]

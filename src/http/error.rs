@@ -37,7 +37,7 @@ pub(super) fn unavailable(state: &AppState, refusal: Refusal) -> Response {
     let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, code, &message);
     resp.headers_mut().insert(
         header::RETRY_AFTER,
-        HeaderValue::from(state.config.file.server.retry_after_s),
+        HeaderValue::from(state.config.server.retry_after_s),
     );
     resp
 }

@@ -44,7 +44,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v1/transcribe",
             post(transcribe::transcribe).layer(body_limit),
         );
-    if state.config.file.metrics.enabled {
+    if state.config.metrics_enabled {
         guarded = guarded.route("/metrics", get(metrics));
     }
     // API keys and the Origin allow-list guard everything but the health probes.

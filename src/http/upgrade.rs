@@ -72,7 +72,7 @@ pub(super) async fn ws_upgrade(
             return unavailable(&state, refusal);
         }
     };
-    let max = state.config.file.server.max_message_bytes;
+    let max = state.config.server.max_message_bytes;
     let tracker = state.tracker.clone();
     // tungstenite's 128 KiB default buffers would be most of a session's memory. Audio frames
     // are a few hundred bytes and voxd flushes after every batch of outputs, so small buffers

@@ -11,7 +11,7 @@ use voxd_backends::stream_asr::StreamAsrProvider;
 use voxd_backends::{Asr, BuildError, Llm, StreamingAsr, ToolRegistry, ToolSpec, Tts};
 use voxd_core::Stage;
 
-use crate::config::{provider_chain, AsrProvider, Config, LlmProvider, TtsProvider};
+use crate::config::{AsrProvider, Config, LlmProvider, TtsProvider};
 
 mod fallback;
 
@@ -36,47 +36,38 @@ pub struct Providers {
     pub tool_specs: Arc<[ToolSpec]>,
 }
 
-fn chain_error(e: crate::config::ConfigError) -> BuildError {
-    match e {
-        crate::config::ConfigError::Invalid { key, message } => {
-            BuildError::Invalid { key, message }
-        }
-        other => BuildError::Invalid {
-            key: "config".into(),
-            message: other.to_string(),
-        },
-    }
-}
-
 impl Providers {
     /// Builds the providers named in `config`.
     ///
     /// # Errors
     /// A `BuildError` when a provider's configuration or files are unusable.
     pub fn build(config: &Config) -> Result<Providers, BuildError> {
-        let file = &config.file;
+        let settings = &config.providers;
         let base_dir = &config.base_dir;
         let breaker = BreakerConfig {
-            failure_threshold: file.circuit_breaker.failure_threshold,
-            cooldown: std::time::Duration::from_millis(file.circuit_breaker.cooldown_ms),
+            failure_threshold: settings.breaker.failure_threshold,
+            cooldown: settings.breaker.cooldown,
         };
+        let (asr_tables, llm_tables, tts_tables) = (
+            &settings.asr_tables,
+            &settings.llm_tables,
+            &settings.tts_tables,
+        );
         let mut asr: Vec<Arc<dyn Asr>> = Vec::new();
         let mut streaming_asr: Option<Arc<dyn StreamingAsr>> = None;
-        for p in
-            provider_chain("asr", file.asr.provider, &file.asr.providers).map_err(chain_error)?
-        {
+        for &p in &settings.asr {
             asr.push(match p {
                 AsrProvider::Mock => Arc::new(
-                    MockAsr::new(file.asr.mock.clone(), base_dir)
+                    MockAsr::new(asr_tables.mock.clone(), base_dir)
                         .map_err(|e| e.in_table("asr.mock"))?,
                 ),
                 AsrProvider::Openai => Arc::new(
-                    OpenAiAsr::new(file.asr.openai.clone(), base_dir)
+                    OpenAiAsr::new(asr_tables.openai.clone(), base_dir)
                         .map_err(|e| e.in_table("asr.openai"))?,
                 ),
                 AsrProvider::Stream => {
                     let p = Arc::new(
-                        StreamAsrProvider::new(file.asr.stream.clone(), base_dir)
+                        StreamAsrProvider::new(asr_tables.stream.clone(), base_dir)
                             .map_err(|e| e.in_table("asr.stream"))?,
                     );
                     if asr.is_empty() {
@@ -87,39 +78,35 @@ impl Providers {
             });
         }
         let mut llm: Vec<Arc<dyn Llm>> = Vec::new();
-        for p in
-            provider_chain("llm", file.llm.provider, &file.llm.providers).map_err(chain_error)?
-        {
+        for &p in &settings.llm {
             llm.push(match p {
                 LlmProvider::Mock => Arc::new(
-                    MockLlm::new(file.llm.mock.clone()).map_err(|e| e.in_table("llm.mock"))?,
+                    MockLlm::new(llm_tables.mock.clone()).map_err(|e| e.in_table("llm.mock"))?,
                 ),
                 LlmProvider::Openai => Arc::new(
-                    OpenAiLlm::new(file.llm.openai.clone(), base_dir)
+                    OpenAiLlm::new(llm_tables.openai.clone(), base_dir)
                         .map_err(|e| e.in_table("llm.openai"))?,
                 ),
             });
         }
         let mut tts: Vec<Arc<dyn Tts>> = Vec::new();
-        for p in
-            provider_chain("tts", file.tts.provider, &file.tts.providers).map_err(chain_error)?
-        {
+        for &p in &settings.tts {
             tts.push(match p {
                 TtsProvider::Mock => Arc::new(
-                    MockTts::new(file.tts.mock.clone()).map_err(|e| e.in_table("tts.mock"))?,
+                    MockTts::new(tts_tables.mock.clone()).map_err(|e| e.in_table("tts.mock"))?,
                 ),
                 TtsProvider::Openai => Arc::new(
-                    OpenAiTts::new(file.tts.openai.clone(), base_dir)
+                    OpenAiTts::new(tts_tables.openai.clone(), base_dir)
                         .map_err(|e| e.in_table("tts.openai"))?,
                 ),
                 TtsProvider::Espeak => Arc::new(
-                    EspeakTts::new(file.tts.espeak.clone(), base_dir)
+                    EspeakTts::new(tts_tables.espeak.clone(), base_dir)
                         .map_err(|e| e.in_table("tts.espeak"))?,
                 ),
             });
         }
         let tools =
-            ToolRegistry::from_mock_config(&config.tools).map_err(|e| e.in_table("tools"))?;
+            ToolRegistry::from_mock_config(&settings.tools).map_err(|e| e.in_table("tools"))?;
         let tool_specs = tools.specs().into();
         Ok(Providers {
             asr: Arc::new(Chain::new(Stage::Asr, asr, breaker)),
@@ -151,6 +138,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::config::FileConfig;
 
     #[test]
     fn the_shipped_configs_are_valid() {
@@ -166,10 +154,9 @@ mod tests {
             "examples/config.openai.toml",
             "examples/config.espeak.toml",
         ] {
-            let mut config =
-                Config::load(&root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let mut f = FileConfig::parse(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
             // The keys' env vars are the user's; building needs no network, only the settings.
-            let f = &mut config.file;
             f.asr.openai.api_key_env = None;
             f.asr.stream.api_key_env = None;
             f.llm.openai.api_key_env = None;
@@ -178,6 +165,8 @@ mod tests {
                 eprintln!("{file}: parsed; not built, since espeak-ng is not installed");
                 continue;
             }
+            let base = root.join(file).parent().unwrap().to_owned();
+            let config = Config::from_file(f, &base).unwrap_or_else(|e| panic!("{file}: {e}"));
             Providers::build(&config).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
     }

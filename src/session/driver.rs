@@ -183,7 +183,7 @@ fn live_event(
 
 impl<C: Codec> Driver<C> {
     fn new(app: Arc<AppState>, codec: C, input_rate: SampleRate, signal: Arc<Signal>) -> Self {
-        let app_limits = app.config.file.limits.clone();
+        let app_limits = app.config.limits.clone();
         let app_timeouts = app.config.session_timeouts();
         Driver {
             core: Session::new(app.config.session.clone()),
@@ -310,8 +310,7 @@ impl<C: Codec> Driver<C> {
             self.app.metrics.session_closed("client_closed");
             return "client gone before ready";
         }
-        let send_timeout =
-            std::time::Duration::from_millis(self.app.config.file.server.send_timeout_ms);
+        let send_timeout = self.app.config.server.send_timeout;
         // One send deadline for the session, pushed back before each output step: extending a
         // tokio timer is an atomic store, where a `timeout` per step would insert into and remove
         // from the timer wheel for every batch of paced audio.
@@ -326,8 +325,7 @@ impl<C: Codec> Driver<C> {
         let mut draining = false;
         // The idle timer is re-armed only when it fires (from the last message's time), so a
         // message costs a clock read, not a timer update.
-        let idle_timeout =
-            std::time::Duration::from_secs(self.app.config.file.limits.idle_timeout_s);
+        let idle_timeout = std::time::Duration::from_secs(self.app.config.limits.idle_timeout_s);
         let mut last_message = Instant::now();
         let idle = tokio::time::sleep_until(last_message + idle_timeout);
         tokio::pin!(idle);

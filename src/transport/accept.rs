@@ -80,7 +80,7 @@ pub(crate) async fn serve(
             stop.cancel();
         })
     };
-    let send_buffer = state.config.file.server.send_buffer_bytes;
+    let send_buffer = state.config.server.send_buffer_bytes;
     // The HTTP connections (before any upgrade; an upgraded session is `state.tracker`'s).
     let connections = TaskTracker::new();
     loop {
