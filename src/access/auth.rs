@@ -23,6 +23,7 @@
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
 
@@ -143,15 +144,13 @@ impl Auth {
         self.tokens.is_some()
     }
 
-    /// The id of the key `candidate` is, compared in time independent of where keys differ.
+    /// The id of the key `candidate` is. Every key is compared, each in constant time (`subtle`),
+    /// so the time taken says nothing about where a candidate differs from a key. (A length
+    /// mismatch returns early inside `ct_eq`: key lengths are not secret.)
     pub(crate) fn accepts(&self, candidate: &[u8]) -> Option<&str> {
         let mut found = None;
         for (k, id) in self.keys.iter().zip(&self.ids) {
-            let mut diff = u8::from(k.len() != candidate.len());
-            for (i, b) in k.iter().enumerate() {
-                diff |= b ^ candidate.get(i).copied().unwrap_or(0);
-            }
-            if diff == 0 {
+            if bool::from(k.as_slice().ct_eq(candidate)) {
                 found = Some(id.as_str());
             }
         }

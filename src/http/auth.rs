@@ -28,31 +28,12 @@ fn presented(request: &Request, allow_query: bool) -> Option<String> {
     from_header.or_else(|| {
         allow_query.then(|| {
             request.uri().query().and_then(|q| {
-                q.split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .find(|(k, _)| *k == "token")
-                    .map(|(_, v)| percent_decode(v))
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "token")
+                    .map(|(_, v)| v.into_owned())
             })
         })?
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Middleware: the origin check, then the key check, for the routes it wraps.
@@ -172,9 +153,28 @@ pub(super) async fn mint(
 mod tests {
     use super::*;
 
+    fn request(uri: &str) -> Request {
+        Request::builder()
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
     #[test]
     fn query_tokens_are_percent_decoded() {
-        assert_eq!(percent_decode("abc%2Bdef%3D"), "abc+def=");
-        assert_eq!(percent_decode("a%2"), "a%2");
+        let token = |uri| presented(&request(uri), true);
+        assert_eq!(token("/ws?token=abc%2Bdef%3D"), Some("abc+def=".into()));
+        assert_eq!(token("/ws?x=1&token=a%2"), Some("a%2".into()));
+        assert_eq!(
+            token("/ws?token=%41"),
+            Some("A".into()),
+            "an escape at the very end"
+        );
+        assert_eq!(token("/ws?tokens=x"), None);
+        assert_eq!(
+            presented(&request("/ws?token=abc"), false),
+            None,
+            "not allowed"
+        );
     }
 }
