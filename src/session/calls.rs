@@ -1,7 +1,8 @@
-//! A session's provider calls as streams its driver polls: `Call` tags a call's events with its
-//! turn and runs them in the turn's span; `Relay` turns an opened provider stream into events under
-//! a stall deadline and settles the call's fallback attempt (see `driver.rs` for why a call is a
-//! stream and not a task).
+//! A session's provider calls as streams its driver polls: `transcribe`, `llm`, `tts` and `tool`
+//! make one call's stream of `ProviderEvent`s through the stage's fallback chain; `Call` tags a
+//! call's events with its turn and runs them in the turn's span; `Relay` turns an opened provider
+//! stream into events under a stall deadline and settles the call's fallback attempt (see
+//! `driver.rs` for why a call is a stream and not a task).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,8 +15,147 @@ use tracing::Span;
 use voxd_backends::ProviderError;
 use voxd_core::{ProviderEvent, ProviderFailure, TurnId};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use futures_util::stream;
+use voxd_backends::{LlmEvent, LlmRequest};
+use voxd_core::{ChatMessage, ToolCall};
+
 use crate::metrics::Metrics;
 use crate::providers::{failure, timed_out, Attempt, Named};
+use crate::state::AppState;
+
+/// A whole utterance through the ASR chain, from link `from`.
+pub(super) fn transcribe(
+    app: Arc<AppState>,
+    audio: Arc<[i16]>,
+    from: usize,
+    limit: Duration,
+) -> impl Stream<Item = ProviderEvent> + Send + 'static {
+    stream::once(async move {
+        let chain = &app.providers.asr;
+        let result = chain
+            .call_from(from, &app.metrics, limit, "no transcript", |asr| {
+                let audio = Arc::clone(&audio);
+                async move { asr.transcribe(audio).await.map(|t| t.text) }
+            })
+            .await;
+        ProviderEvent::Transcript(result)
+    })
+}
+
+/// A reply streamed from the LLM chain, with the registered tools offered.
+pub(super) fn llm(
+    app: Arc<AppState>,
+    messages: Vec<ChatMessage>,
+    first: Duration,
+    stall: Duration,
+) -> impl Stream<Item = ProviderEvent> + Send + 'static {
+    async_stream::stream! {
+        let chain = &app.providers.llm;
+        let request = LlmRequest {
+            messages,
+            tools: app.providers.tool_specs.to_vec(),
+        };
+        let opened = chain
+            .open(&app.metrics, first, "no first token", |llm| {
+                llm.stream(request.clone())
+            })
+            .await;
+        let relay = Relay {
+            metrics: &app.metrics,
+            stall,
+            stalled: "the reply stalled: no token",
+        };
+        let events = relay.run(
+            opened,
+            |e| match e {
+                LlmEvent::Token(t) => ProviderEvent::LlmToken(t),
+                LlmEvent::ToolCall(c) => ProviderEvent::LlmToolCall(c),
+            },
+            ProviderEvent::LlmFailed,
+            ProviderEvent::LlmDone,
+        );
+        futures_util::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            yield event;
+        }
+    }
+}
+
+/// Sentence `seq` synthesized by the TTS chain, from the link in `voice` (the one that spoke the
+/// turn's earlier sentences), which it updates to the link that answers.
+pub(super) fn tts(
+    app: Arc<AppState>,
+    seq: u32,
+    text: String,
+    voice: Arc<AtomicUsize>,
+    first: Duration,
+    stall: Duration,
+) -> impl Stream<Item = ProviderEvent> + Send + 'static {
+    async_stream::stream! {
+        let chain = &app.providers.tts;
+        let rate = app.config.session.output_rate;
+        let from = voice.load(Ordering::Relaxed);
+        let opened = chain
+            .open_from(from, &app.metrics, first, "no audio", |tts| {
+                tts.synthesize(text.clone(), rate)
+            })
+            .await;
+        if let Ok((attempt, _, _)) = &opened {
+            voice.store(attempt.index(), Ordering::Relaxed);
+        }
+        let relay = Relay {
+            metrics: &app.metrics,
+            stall,
+            stalled: "the audio stalled: nothing more",
+        };
+        let events = relay.run(
+            opened,
+            |samples| ProviderEvent::TtsAudio { seq, samples },
+            |failure| ProviderEvent::TtsFailed { seq, failure },
+            ProviderEvent::TtsDone { seq },
+        );
+        futures_util::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            yield event;
+        }
+    }
+}
+
+/// A tool call, bounded by `limit`.
+pub(super) fn tool(
+    app: Arc<AppState>,
+    call: ToolCall,
+    limit: Duration,
+) -> impl Stream<Item = ProviderEvent> + Send + 'static {
+    stream::once(async move {
+        let ToolCall {
+            id,
+            name,
+            arguments,
+        } = call;
+        let started = Instant::now();
+        let call = app.providers.tools.call(&name, &arguments);
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(r) => r.map(|v| v.to_string()).map_err(failure),
+            Err(_) => Err(timed_out(&name, "the tool did not answer", limit)),
+        };
+        // Label by registered tool only: a model can invent names without limit.
+        let label = if app.providers.tools.get(&name).is_some() {
+            name.as_str()
+        } else {
+            "unknown"
+        };
+        app.metrics
+            .tool_call(label, result.is_ok(), started.elapsed());
+        ProviderEvent::ToolResult {
+            call_id: id,
+            result,
+        }
+    })
+}
 
 /// One provider call: its events, tagged with its turn, polled by the session's own task. The
 /// provider's work runs inside the call's `turn` span, so its log lines carry the turn id.

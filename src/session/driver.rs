@@ -23,23 +23,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use futures_util::stream::{self, AbortHandle, Abortable, SelectAll};
+use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
-use voxd_backends::{AsrStream, AsrUpdate, LlmEvent, LlmRequest, ProviderError};
+use voxd_backends::{AsrStream, AsrUpdate, ProviderError};
 use voxd_core::ResponseStatus;
-use voxd_core::{
-    AsrStreamEvent, Event, Output, ProviderEvent, SampleRate, Session, Time, ToolCall, TurnId,
-};
+use voxd_core::{AsrStreamEvent, Event, Output, ProviderEvent, SampleRate, Session, Time, TurnId};
 
-use super::calls::{Call, Relay};
+use super::calls::{self, Call};
 use super::limits::{Admit, ClientLimits};
 use crate::metrics::WireCounts;
-use crate::providers::{failure, timed_out};
+use crate::providers::failure;
 use crate::registry::{Permit, Signal, CLOSE, DRAIN};
 use crate::state::AppState;
 use crate::transport::WebSocket;
@@ -255,12 +253,10 @@ impl<C: Codec> Driver<C> {
     /// `after_stream`: the streaming provider (`STREAMING_LINK`) failed on this utterance, so the
     /// chain starts at its fallback, if it has one.
     fn transcribe_whole(&mut self, turn: TurnId, audio: Arc<[i16]>, after_stream: bool) {
-        let app = Arc::clone(&self.app);
-        let limit = self.timeouts.asr;
-        let from = if after_stream && app.providers.asr.len() > STREAMING_LINK + 1 {
-            let chain = &app.providers.asr;
+        let from = if after_stream && self.app.providers.asr.len() > STREAMING_LINK + 1 {
+            let chain = &self.app.providers.asr;
             let fallback = STREAMING_LINK + 1;
-            app.metrics.fallback(
+            self.app.metrics.fallback(
                 chain.stage(),
                 chain.name(STREAMING_LINK),
                 chain.name(fallback),
@@ -269,19 +265,8 @@ impl<C: Codec> Driver<C> {
         } else {
             0
         };
-        self.start(
-            turn,
-            stream::once(async move {
-                let chain = &app.providers.asr;
-                let result = chain
-                    .call_from(from, &app.metrics, limit, "no transcript", |asr| {
-                        let audio = Arc::clone(&audio);
-                        async move { asr.transcribe(audio).await.map(|t| t.text) }
-                    })
-                    .await;
-                ProviderEvent::Transcript(result)
-            }),
-        );
+        let call = calls::transcribe(Arc::clone(&self.app), audio, from, self.timeouts.asr);
+        self.start(turn, call);
     }
 
     fn now(&self) -> Time {
@@ -651,111 +636,33 @@ impl<C: Codec> Driver<C> {
                 }
                 Output::CloseAsrStream(turn) => self.live.retain(|l| l.turn != turn),
                 Output::StartLlm { turn, messages } => {
-                    let app = Arc::clone(&self.app);
-                    let (first, stall) = (self.timeouts.llm_first_token, self.timeouts.llm_stall);
-                    self.start(
-                        turn,
-                        async_stream::stream! {
-                            let chain = &app.providers.llm;
-                            let request = LlmRequest {
-                                messages,
-                                tools: app.providers.tool_specs.to_vec(),
-                            };
-                            let opened = chain
-                                .open(&app.metrics, first, "no first token", |llm| {
-                                    llm.stream(request.clone())
-                                })
-                                .await;
-                            let relay = Relay {
-                                metrics: &app.metrics,
-                                stall,
-                                stalled: "the reply stalled: no token",
-                            };
-                            let events = relay.run(
-                                opened,
-                                |e| match e {
-                                    LlmEvent::Token(t) => ProviderEvent::LlmToken(t),
-                                    LlmEvent::ToolCall(c) => ProviderEvent::LlmToolCall(c),
-                                },
-                                ProviderEvent::LlmFailed,
-                                ProviderEvent::LlmDone,
-                            );
-                            futures_util::pin_mut!(events);
-                            while let Some(event) = events.next().await {
-                                yield event;
-                            }
-                        },
+                    let t = &self.timeouts;
+                    let call = calls::llm(
+                        Arc::clone(&self.app),
+                        messages,
+                        t.llm_first_token,
+                        t.llm_stall,
                     );
+                    self.start(turn, call);
                 }
                 Output::StartTts { turn, seq, text } => {
-                    let app = Arc::clone(&self.app);
-                    let rate = self.app.config.session.output_rate;
-                    let (first, stall) = (self.timeouts.tts_first_audio, self.timeouts.tts_stall);
                     // The turn keeps the voice that spoke its first sentence: a fallback voice,
                     // once it has spoken, is not swapped back mid-answer.
                     let voice = Arc::clone(self.voices.entry(turn).or_default());
-                    self.start(
-                        turn,
-                        async_stream::stream! {
-                            let chain = &app.providers.tts;
-                            let from = voice.load(std::sync::atomic::Ordering::Relaxed);
-                            let opened = chain
-                                .open_from(from, &app.metrics, first, "no audio", |tts| {
-                                    tts.synthesize(text.clone(), rate)
-                                })
-                                .await;
-                            if let Ok((attempt, _, _)) = &opened {
-                                voice.store(attempt.index(), std::sync::atomic::Ordering::Relaxed);
-                            }
-                            let relay = Relay {
-                                metrics: &app.metrics,
-                                stall,
-                                stalled: "the audio stalled: nothing more",
-                            };
-                            let events = relay.run(
-                                opened,
-                                |samples| ProviderEvent::TtsAudio { seq, samples },
-                                |failure| ProviderEvent::TtsFailed { seq, failure },
-                                ProviderEvent::TtsDone { seq },
-                            );
-                            futures_util::pin_mut!(events);
-                            while let Some(event) = events.next().await {
-                                yield event;
-                            }
-                        },
+                    let t = &self.timeouts;
+                    let call = calls::tts(
+                        Arc::clone(&self.app),
+                        seq,
+                        text,
+                        voice,
+                        t.tts_first_audio,
+                        t.tts_stall,
                     );
+                    self.start(turn, call);
                 }
                 Output::StartTool { turn, call } => {
-                    let app = Arc::clone(&self.app);
-                    self.start(
-                        turn,
-                        stream::once(async move {
-                            let ToolCall {
-                                id,
-                                name,
-                                arguments,
-                            } = call;
-                            let started = Instant::now();
-                            let limit = app.config.session_timeouts().tool;
-                            let call = app.providers.tools.call(&name, &arguments);
-                            let result = match tokio::time::timeout(limit, call).await {
-                                Ok(r) => r.map(|v| v.to_string()).map_err(failure),
-                                Err(_) => Err(timed_out(&name, "the tool did not answer", limit)),
-                            };
-                            // Label by registered tool only: a model can invent names without limit.
-                            let label = if app.providers.tools.get(&name).is_some() {
-                                name.as_str()
-                            } else {
-                                "unknown"
-                            };
-                            app.metrics
-                                .tool_call(label, result.is_ok(), started.elapsed());
-                            ProviderEvent::ToolResult {
-                                call_id: id,
-                                result,
-                            }
-                        }),
-                    );
+                    let call = calls::tool(Arc::clone(&self.app), call, self.timeouts.tool);
+                    self.start(turn, call);
                 }
             }
         }
