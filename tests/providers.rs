@@ -504,3 +504,87 @@ async fn an_unreachable_streaming_asr_falls_back_to_the_whole_utterance_path() {
     );
     server.stop().await;
 }
+
+/// An HTTP tool: the team's API on loopback, called through a real session. The mock LLM's rules
+/// name the tools, so the flow needs no real model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_tools_answer_and_their_failures_reach_the_model() {
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let router = Router::new()
+        .route(
+            "/orders",
+            post(
+                |State(seen): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>| async move {
+                    seen.lock().unwrap().push(body.clone());
+                    Json(json!({"order": body["order"], "status": "shipped"}))
+                },
+            ),
+        )
+        .route(
+            "/refunds",
+            post(|| async {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "refunds are down",
+                )
+                    .into_response()
+            }),
+        )
+        .with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let server = TestServer::start_with(&format!(
+        r#"
+[[llm.mock.rules]]
+keywords = ["order"]
+tool = "order_status"
+arguments = {{ order = "123" }}
+
+[[llm.mock.rules]]
+keywords = ["refund"]
+tool = "refund"
+
+[tools.order_status]
+description = "Where an order is"
+url = "http://{addr}/orders"
+parameters = {{ type = "object", properties = {{ order = {{ type = "string" }} }} }}
+
+[tools.refund]
+description = "Refund an order"
+url = "http://{addr}/refunds"
+"#
+    ))
+    .await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "text", "text": "where is my order"}))
+        .await;
+    let call = c.until("tool_call").await;
+    assert_eq!(call["name"], "order_status");
+    let result = c.until("tool_result").await;
+    assert_eq!(result["call_id"], call["call_id"]);
+    assert_eq!(
+        result["result"],
+        json!({"order": "123", "status": "shipped"})
+    );
+    assert_eq!(seen.lock().unwrap().as_slice(), [json!({"order": "123"})]);
+    let done = c.until("response_done").await;
+    assert_eq!(done["status"], "completed");
+    assert!(c.spoken(None).contains("shipped"), "{}", c.spoken(None));
+
+    // A failing tool: its error is the result the model sees, and the turn completes.
+    c.send(json!({"type": "text", "text": "I want a refund"}))
+        .await;
+    let result = c.until("tool_result").await;
+    let error = result["result"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("503") && error.contains("refunds are down"),
+        "{result}"
+    );
+    let done = c.until("response_done").await;
+    assert_eq!(done["status"], "completed");
+    server.stop().await;
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use voxd_backends::mock::{MockAsrConfig, MockLlmConfig, MockTtsConfig};
-use voxd_backends::tools::{default_mock_tools, MockToolConfig};
+use voxd_backends::tools::{default_mock_tools, ToolConfig};
 use voxd_core::vad::{Aggressiveness, Engine, VadConfig};
 use voxd_core::{SampleRate, SessionConfig};
 
@@ -85,7 +85,7 @@ pub(crate) struct FileConfig {
     /// `[quotas]`: per-IP and per-key session rates and counts (off by default).
     pub(crate) quotas: QuotasSection,
     /// `[tools.NAME]`: the tool registry. Default: `check_balance` and `send_email`.
-    pub(crate) tools: Option<BTreeMap<String, MockToolConfig>>,
+    pub(crate) tools: Option<BTreeMap<String, ToolConfig>>,
 }
 
 impl FileConfig {
@@ -947,7 +947,7 @@ pub(crate) struct ProviderSettings {
     /// `[circuit_breaker]`
     pub(crate) breaker: Breaker,
     /// `[tools.NAME]`: the tool registry's configuration.
-    pub(crate) tools: BTreeMap<String, MockToolConfig>,
+    pub(crate) tools: BTreeMap<String, ToolConfig>,
 }
 
 /// What the command line overrides in the file, applied before validation.
@@ -1082,7 +1082,12 @@ impl Config {
             llm: provider_chain("llm", file.llm.provider, &file.llm.providers)?,
             tts: provider_chain("tts", file.tts.provider, &file.tts.providers)?,
             breaker: file.circuit_breaker.check()?,
-            tools: file.tools.clone().unwrap_or_else(default_mock_tools),
+            tools: file.tools.clone().unwrap_or_else(|| {
+                default_mock_tools()
+                    .into_iter()
+                    .map(|(name, c)| (name, ToolConfig::Mock(c)))
+                    .collect()
+            }),
             asr_tables: file.asr.clone(),
             llm_tables: file.llm.clone(),
             tts_tables: file.tts.clone(),

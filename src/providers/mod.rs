@@ -105,8 +105,8 @@ impl Providers {
                 ),
             });
         }
-        let tools =
-            ToolRegistry::from_mock_config(&settings.tools).map_err(|e| e.in_table("tools"))?;
+        let tools = ToolRegistry::from_config(&settings.tools, base_dir)
+            .map_err(|e| e.in_table("tools"))?;
         let tool_specs = tools.specs().into();
         Ok(Providers {
             asr: Arc::new(Chain::new(Stage::Asr, asr, breaker)),

@@ -20,6 +20,10 @@ use serde_json::{json, Value};
 
 use crate::{BuildError, ProviderError};
 
+mod http;
+
+pub use http::{HttpTool, HttpToolConfig};
+
 /// The name used in errors about the registry itself (an unknown tool, unparseable arguments).
 const REGISTRY_PROVIDER: &str = "tools";
 
@@ -84,6 +88,30 @@ impl ToolRegistry {
         for (name, config) in tools {
             let tool = MockTool::new(name, config.clone()).map_err(|e| e.in_table(name))?;
             registry.register(Arc::new(tool));
+        }
+        Ok(registry)
+    }
+
+    /// Builds a registry from `[tools.NAME]` tables of any kind (mock or HTTP); key files
+    /// resolve against `base_dir`.
+    ///
+    /// # Errors
+    /// As `from_mock_config`, and `HttpTool::new`'s errors, keyed `NAME.key`.
+    pub fn from_config(
+        tools: &BTreeMap<String, ToolConfig>,
+        base_dir: &std::path::Path,
+    ) -> Result<Self, BuildError> {
+        let mut registry = Self::new();
+        for (name, config) in tools {
+            let tool: Arc<dyn Tool> = match config {
+                ToolConfig::Mock(c) => {
+                    Arc::new(MockTool::new(name, c.clone()).map_err(|e| e.in_table(name))?)
+                }
+                ToolConfig::Http(c) => Arc::new(
+                    HttpTool::new(name, c.clone(), base_dir).map_err(|e| e.in_table(name))?,
+                ),
+            };
+            registry.register(tool);
         }
         Ok(registry)
     }
@@ -165,6 +193,35 @@ impl ToolRegistry {
     }
 }
 
+/// A tool's spec, checked: the name is 1 to 64 characters of `[A-Za-z0-9_-]` (what every LLM API
+/// accepts; the key is empty: the tool's table itself), and `parameters` is a JSON object.
+fn spec(name: &str, description: &str, parameters: Value) -> Result<ToolSpec, BuildError> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !name_ok {
+        return Err(BuildError::Invalid {
+            key: String::new(),
+            message: "a tool name is 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'".into(),
+        });
+    }
+    if !parameters.is_object() {
+        return Err(BuildError::Invalid {
+            key: "parameters".to_owned(),
+            message:
+                "expected a JSON schema object such as {\"type\":\"object\",\"properties\":{}}"
+                    .into(),
+        });
+    }
+    Ok(ToolSpec {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        parameters,
+    })
+}
+
 fn invalid_request(message: String) -> ProviderError {
     ProviderError::InvalidRequest {
         provider: REGISTRY_PROVIDER.to_owned(),
@@ -177,6 +234,32 @@ fn clip(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
+    }
+}
+
+/// One `[tools.NAME]` table: an HTTP tool when it has a `url`, else a mock tool.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolConfig {
+    /// A fixed answer after a fixed latency (demos, tests, load runs).
+    Mock(MockToolConfig),
+    /// The arguments POSTed to a URL.
+    Http(HttpToolConfig),
+}
+
+impl<'de> Deserialize<'de> for ToolConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // The table decides its kind by its keys, so each kind keeps its own unknown-key errors.
+        let table = Value::deserialize(d)?;
+        if table.get("url").is_some() {
+            HttpToolConfig::deserialize(table)
+                .map(ToolConfig::Http)
+                .map_err(|e| D::Error::custom(format!("HTTP tool (it has a url): {e}")))
+        } else {
+            MockToolConfig::deserialize(table)
+                .map(ToolConfig::Mock)
+                .map_err(|e| D::Error::custom(format!("mock tool (no url): {e}")))
+        }
     }
 }
 
@@ -264,17 +347,6 @@ impl MockTool {
     /// characters; the key is empty: the tool's table itself), `failure_rate` is outside `0..=1`,
     /// or `parameters` is not a JSON object. Keys are relative to the tool's table.
     pub fn new(name: &str, config: MockToolConfig) -> Result<Self, BuildError> {
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !name_ok {
-            return Err(BuildError::Invalid {
-                key: String::new(),
-                message: "a tool name is 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'".into(),
-            });
-        }
         if !(0.0..=1.0).contains(&config.failure_rate) {
             return Err(BuildError::Invalid {
                 key: "failure_rate".to_owned(),
@@ -282,14 +354,6 @@ impl MockTool {
                     "expected a probability between 0 and 1, got {}",
                     config.failure_rate
                 ),
-            });
-        }
-        if !config.parameters.is_object() {
-            return Err(BuildError::Invalid {
-                key: "parameters".to_owned(),
-                message:
-                    "expected a JSON schema object such as {\"type\":\"object\",\"properties\":{}}"
-                        .into(),
             });
         }
         let required = config
@@ -304,11 +368,7 @@ impl MockTool {
             })
             .unwrap_or_default();
         Ok(MockTool {
-            spec: ToolSpec {
-                name: name.to_owned(),
-                description: config.description,
-                parameters: config.parameters,
-            },
+            spec: spec(name, &config.description, config.parameters)?,
             latency: Duration::from_millis(config.latency_ms),
             result: config.result,
             failure_rate: config.failure_rate,
