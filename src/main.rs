@@ -62,11 +62,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => {
             let path = file.unwrap_or_else(|| PathBuf::from("config.toml"));
-            // Validated, then built: a provider's own error names its key in its table.
+            // Validated, then built: a provider's own error names its key in its table. MCP
+            // servers are connected and listed too, on a current-thread runtime.
             let checked = Config::load(&path)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| {
-                    voxd::providers::Providers::build(&c)
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime
+                        .block_on(voxd::providers::Providers::connect(&c))
                         .map(|_| ())
                         .map_err(|e| anyhow::Error::from(e).context("invalid provider config"))
                 });
@@ -204,7 +209,9 @@ async fn run_server(
         None => Config::defaults_with(overrides)?,
     };
     let addr = config.listen();
-    let state = AppState::new(config).context("cannot build the configured providers")?;
+    let state = AppState::new(config)
+        .await
+        .context("cannot build the configured providers")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

@@ -34,12 +34,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for `config`, with its providers built.
+    /// State for `config`, with its providers built and its MCP servers connected.
     ///
     /// # Errors
-    /// When a provider cannot be built from its configuration.
-    pub fn new(config: Config) -> Result<Arc<AppState>, voxd_backends::BuildError> {
-        let providers = Providers::build(&config)?;
+    /// When a provider cannot be built from its configuration, or an MCP server reached.
+    pub async fn new(config: Config) -> Result<Arc<AppState>, voxd_backends::BuildError> {
+        let providers = Providers::connect(&config).await?;
         AppState::with_providers(config, providers)
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use voxd_backends::mock::{MockAsrConfig, MockLlmConfig, MockTtsConfig};
-use voxd_backends::tools::{default_mock_tools, ToolConfig};
+use voxd_backends::tools::{default_mock_tools, McpServerConfig, ToolConfig};
 use voxd_core::vad::{Aggressiveness, Engine, VadConfig};
 use voxd_core::{SampleRate, SessionConfig};
 
@@ -86,6 +86,8 @@ pub(crate) struct FileConfig {
     pub(crate) quotas: QuotasSection,
     /// `[tools.NAME]`: the tool registry. Default: `check_balance` and `send_email`.
     pub(crate) tools: Option<BTreeMap<String, ToolConfig>>,
+    /// `[mcp.NAME]`: MCP servers whose tools are offered too.
+    pub(crate) mcp: BTreeMap<String, McpServerConfig>,
 }
 
 impl FileConfig {
@@ -948,6 +950,8 @@ pub(crate) struct ProviderSettings {
     pub(crate) breaker: Breaker,
     /// `[tools.NAME]`: the tool registry's configuration.
     pub(crate) tools: BTreeMap<String, ToolConfig>,
+    /// `[mcp.NAME]`: MCP servers, connected at start-up.
+    pub(crate) mcp: BTreeMap<String, McpServerConfig>,
 }
 
 /// What the command line overrides in the file, applied before validation.
@@ -1088,6 +1092,7 @@ impl Config {
                     .map(|(name, c)| (name, ToolConfig::Mock(c)))
                     .collect()
             }),
+            mcp: file.mcp.clone(),
             asr_tables: file.asr.clone(),
             llm_tables: file.llm.clone(),
             tts_tables: file.tts.clone(),

@@ -118,6 +118,45 @@ impl Providers {
         })
     }
 
+    /// `build`, then the `[mcp.NAME]` servers: each is connected and its tools listed and
+    /// registered beside the `[tools.*]` ones (backends' `tools::connect_mcp`).
+    ///
+    /// # Errors
+    /// `build`'s, a server that cannot be reached or listed (keyed `mcp.NAME.url` or
+    /// `mcp.NAME.command`), and a tool name that two tools would share (keyed `mcp.NAME.prefix`).
+    pub async fn connect(config: &Config) -> Result<Providers, BuildError> {
+        let mut providers = Self::build(config)?;
+        let servers = &config.providers.mcp;
+        if servers.is_empty() {
+            return Ok(providers);
+        }
+        let mut registry = (*providers.tools).clone();
+        for (name, server) in servers {
+            let table = format!("mcp.{name}");
+            let tools = voxd_backends::tools::connect_mcp(name, server, &config.base_dir)
+                .await
+                .map_err(|e| e.in_table(&table))?;
+            for tool in tools {
+                let tool_name = tool.spec().name.clone();
+                if registry.get(&tool_name).is_some() {
+                    return Err(BuildError::Invalid {
+                        key: format!("{table}.prefix"),
+                        message: format!(
+                            "the server's tool {tool_name:?} has the name of a tool already \
+                             offered (a [tools.*] table or another server's); set a prefix to \
+                             tell them apart"
+                        ),
+                    });
+                }
+                registry.register(tool);
+            }
+            tracing::info!(server = %name, tools = ?registry.names(), "MCP server connected");
+        }
+        providers.tool_specs = registry.specs().into();
+        providers.tools = Arc::new(registry);
+        Ok(providers)
+    }
+
     /// Every stage's providers and breakers, for `/health/ready`.
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({

@@ -66,7 +66,7 @@ impl TestServer {
     }
 
     pub(crate) async fn start_config(config: Config) -> TestServer {
-        Self::start_state(AppState::new(config).expect("providers build")).await
+        Self::start_state(AppState::new(config).await.expect("providers build")).await
     }
 
     /// Serves `state`, built by the test (with a provider of its own, say).

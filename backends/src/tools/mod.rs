@@ -21,8 +21,10 @@ use serde_json::{json, Value};
 use crate::{BuildError, ProviderError};
 
 mod http;
+mod mcp;
 
 pub use http::{HttpTool, HttpToolConfig};
+pub use mcp::{connect as connect_mcp, McpServerConfig};
 
 /// The name used in errors about the registry itself (an unknown tool, unparseable arguments).
 const REGISTRY_PROVIDER: &str = "tools";

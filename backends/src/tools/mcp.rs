@@ -1,0 +1,237 @@
+//! MCP servers as tools: `[mcp.NAME] url = "http://host/mcp"` (streamable HTTP), or
+//! `command = ["prog", "arg"]` (a child process speaking MCP on its stdio).
+//!
+//! At start-up voxd connects to each server with the official Rust SDK (`rmcp`), lists its tools
+//! and registers each as a `Tool`: the LLM is offered them beside the `[tools.*]` ones, and a call
+//! goes to the server as an MCP `tools/call`. What happens when:
+//! - **listing fails at start-up** (the server is down, or speaks no MCP): start-up fails with
+//!   an error naming the server, as a provider that cannot be built does. A voice agent that
+//!   silently lost its tools would answer wrongly instead of failing visibly.
+//! - **two tools have one name** (two servers, or a server and a `[tools.*]` table): start-up
+//!   fails naming both; `prefix` in a server's table renames its tools (`prefix = "crm_"`).
+//! - **a call fails** (the tool says `isError`, the server answers with an error, or it is gone,
+//!   mid-call or before): the call is a tool error the model sees, and the session goes on. Later
+//!   calls try the server again: a streamable-HTTP server that restarts is reached by the next
+//!   call (the client starts a new MCP session when the old one expired).
+//!
+//! A result is the tool's structured content when it gives one, else its text blocks (JSON when
+//! the text is JSON).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{clip, spec, Tool, ToolSpec};
+use crate::{BuildError, ProviderError};
+
+/// `[mcp.NAME]`: one MCP server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// The server's streamable-HTTP endpoint (`http://` or `https://`, usually ending in `/mcp`).
+    pub url: Option<String>,
+    /// Or: a program and its arguments, started by voxd, speaking MCP on its stdin and stdout.
+    pub command: Option<Vec<String>>,
+    /// An environment variable holding a key, sent as `Authorization: Bearer KEY` (HTTP only).
+    pub api_key_env: Option<String>,
+    /// A file holding that key (relative to the config file).
+    pub api_key_file: Option<PathBuf>,
+    /// Prepended to each of the server's tool names, to keep them apart from other tools.
+    #[serde(default)]
+    pub prefix: String,
+    /// Only these of the server's tools (their names on the server); default: all of them.
+    pub tools: Option<Vec<String>>,
+    /// How long connecting and listing may take at start-up, in ms. Default 10000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+
+type Client = RunningService<RoleClient, ()>;
+
+/// One tool of an MCP server.
+struct McpTool {
+    spec: ToolSpec,
+    /// The tool's name on its server.
+    remote: String,
+    server: String,
+    client: Arc<Client>,
+}
+
+impl std::fmt::Debug for McpTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpTool")
+            .field("name", &self.spec.name)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects to the server `name` and returns its tools, ready to register. Relative key files
+/// resolve against `base_dir`.
+///
+/// # Errors
+/// `BuildError::Invalid` keyed relative to the server's table: `url`/`command` when the server
+/// cannot be reached or listed (within `connect_timeout_ms`), `tools` when an allowed tool does
+/// not exist, and the keys' own errors.
+pub async fn connect(
+    name: &str,
+    config: &McpServerConfig,
+    base_dir: &Path,
+) -> Result<Vec<Arc<dyn Tool>>, BuildError> {
+    let invalid = |key: &str, message: String| BuildError::Invalid {
+        key: key.to_owned(),
+        message,
+    };
+    let limit = Duration::from_millis(config.connect_timeout_ms.max(1));
+    let (client, key) = match (&config.url, &config.command) {
+        (Some(url), None) => {
+            crate::http::install_crypto();
+            let parsed = reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    invalid(
+                        "url",
+                        format!("expected an http:// or https:// URL, found {url:?}"),
+                    )
+                })?;
+            let mut transport = StreamableHttpClientTransportConfig::with_uri(parsed.as_str());
+            if let Some(key) = crate::http::read_secret(
+                config.api_key_env.as_deref(),
+                config.api_key_file.as_deref(),
+                base_dir,
+            )? {
+                transport = transport.auth_header(key);
+            }
+            let transport = StreamableHttpClientTransport::from_config(transport);
+            (
+                tokio::time::timeout(limit, ().serve(transport)).await,
+                "url",
+            )
+        }
+        (None, Some(command)) => {
+            let Some((program, args)) = command.split_first() else {
+                return Err(invalid("command", "is empty; name a program".into()));
+            };
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.args(args).current_dir(base_dir);
+            let transport = TokioChildProcess::new(cmd)
+                .map_err(|e| invalid("command", format!("cannot start {program:?}: {e}")))?;
+            (
+                tokio::time::timeout(limit, ().serve(transport)).await,
+                "command",
+            )
+        }
+        _ => {
+            return Err(invalid(
+                "",
+                "set exactly one of `url` (streamable HTTP) and `command` (stdio)".into(),
+            ))
+        }
+    };
+    let client = match client {
+        Ok(Ok(c)) => Arc::new(c),
+        Ok(Err(e)) => return Err(invalid(key, format!("cannot start an MCP session: {e}"))),
+        Err(_) => {
+            return Err(invalid(
+                key,
+                format!("no MCP session within {} ms", limit.as_millis()),
+            ))
+        }
+    };
+    let listed = match tokio::time::timeout(limit, client.list_all_tools()).await {
+        Ok(Ok(tools)) => tools,
+        Ok(Err(e)) => return Err(invalid(key, format!("cannot list its tools: {e}"))),
+        Err(_) => {
+            return Err(invalid(
+                key,
+                format!("its tools were not listed within {} ms", limit.as_millis()),
+            ))
+        }
+    };
+    if let Some(allowed) = &config.tools {
+        if let Some(missing) = allowed
+            .iter()
+            .find(|a| !listed.iter().any(|t| t.name == a.as_str()))
+        {
+            let offered: Vec<&str> = listed.iter().map(|t| t.name.as_ref()).collect();
+            return Err(invalid(
+                "tools",
+                format!(
+                    "the server has no tool {missing:?} (it offers: {})",
+                    offered.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
+    for t in listed {
+        if config
+            .tools
+            .as_ref()
+            .is_some_and(|allowed| !allowed.iter().any(|a| a.as_str() == t.name))
+        {
+            continue;
+        }
+        let local = format!("{}{}", config.prefix, t.name);
+        let parameters = Value::Object((*t.input_schema).clone());
+        let description = t.description.as_deref().unwrap_or_default();
+        let spec = spec(&local, description, parameters)
+            .map_err(|e| invalid("", format!("its tool {:?}: {e}", t.name)))?;
+        tools.push(Arc::new(McpTool {
+            spec,
+            remote: t.name.to_string(),
+            server: name.to_owned(),
+            client: Arc::clone(&client),
+        }));
+    }
+    Ok(tools)
+}
+
+#[async_trait]
+impl Tool for McpTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    async fn call(&self, arguments: Value) -> Result<Value, ProviderError> {
+        let failed = |message: String| ProviderError::Failed {
+            provider: self.spec.name.clone(),
+            message,
+        };
+        let mut params = CallToolRequestParams::new(self.remote.clone());
+        params.arguments = arguments.as_object().cloned();
+        let result = self.client.call_tool(params).await.map_err(|e| {
+            failed(format!(
+                "the MCP server {:?} did not answer: {e}",
+                self.server
+            ))
+        })?;
+        let text: Vec<&str> = result
+            .content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+            .collect();
+        let text = text.join("\n");
+        if result.is_error == Some(true) {
+            return Err(failed(clip(text.trim(), 500)));
+        }
+        if let Some(structured) = result.structured_content {
+            return Ok(structured);
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
