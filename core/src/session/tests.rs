@@ -7,9 +7,14 @@
 //! (`invariants::Checker`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 
 use super::invariants::Checker;
+use super::playback::{put_pcm, PcmQueue};
 use super::*;
+use crate::history::ToolCall;
 use crate::test_audio::{fixture, noise};
 
 const ASR_MS: u64 = 50;

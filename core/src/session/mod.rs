@@ -1,0 +1,381 @@
+//! The per-connection turn-taking state machine.
+//!
+//! A `Session` is driven by its owner (the server's connection task, or a test) through `handle_*`
+//! methods, each given the current `Time`. It never reads a clock, spawns a task or touches a socket.
+//! Its effects are queued as `Output`s.
+//!
+//! **The drain rule:** after every `handle_*` call, the owner calls `poll_output` until it returns
+//! `None` and acts on each output in order, then asks `poll_timeout` when to call `handle_timeout`
+//! next (`None`: not until another input arrives). Outputs are only produced by `handle_*` calls, so
+//! an owner that follows the rule never misses one.
+//!
+//! The machine has two sides, and every turn-taking rule is a row of their tables below; the file
+//! named with each side holds its code.
+//!
+//! **The user side** (`User`, in `user`; the barge-in rules in `barge_in`). An utterance is
+//! captured (`Speaking`, `Candidate`) or judged (`Judging`), never both.
+//!
+//! | state | on | next | outputs |
+//! |---|---|---|---|
+//! | `Silent` | speech starts (a VAD onset, `speech_start`), no response | `Speaking` | `SpeechStarted` |
+//! | `Silent` | speech starts during a response | `Candidate` | `SpeechStarted`; the response is held (`PlaybackPaused` once audio started) |
+//! | `Judging` | speech starts | `Speaking` or `Candidate`, the judged audio joined to it | `CancelTurn` (the judged turn), `SpeechStarted` |
+//! | `Speaking` | speech ends (VAD, `speech_end`, `max_utterance`, a stream's endpoint) | `Silent` | `SpeechStopped`; a response in progress is interrupted; a new response transcribes the utterance |
+//! | `Candidate` | it has voiced `min_interruption` | `Speaking` | the response is interrupted |
+//! | `Candidate` | `false_interruption_timeout` after it began | `Silent` | `CancelTurn`, `FalseAlarm`; the response resumes |
+//! | `Candidate` | speech ends | `Judging` | `SpeechStopped`, `StartAsr` (or its stream finalizes) |
+//! | `Judging` | transcript: nothing, backchannels or an ASR failure, response still on | `Silent` | `Transcript`, `FalseAlarm`, `TurnReleased`; the response resumes (`PlaybackResumed`) |
+//! | `Judging` | transcript: nothing, no response left | `Silent` | `Transcript`, `TurnReleased` |
+//! | `Judging` | transcript: words | `Silent` | `Transcript`; the response is interrupted; a new response answers the words (or transcribes them with audio carried from a cancelled turn) |
+//!
+//! Speech starts and ends with server VAD until the client sends `speech_start` or `speech_end`;
+//! from then on server VAD is off for the session, and an utterance it was capturing is the
+//! client's to end.
+//!
+//! **The bot side** (`Option<Response>`, in `response`). At most one response. Its words
+//! (`Reply`: `Transcribing`, `Generating`, `AwaitingTools`, `Complete`) and its audio
+//! (`PlayState` in `playback`: `NotStarted`, `HeldBeforeStart`, `Playing`, `Paused`) are two
+//! enums with their own tables; together:
+//!
+//! | state | on | next | outputs |
+//! |---|---|---|---|
+//! | none | `Speaking` ends | `Transcribing` | `StartAsr` (or the stream finalizes) |
+//! | none | a `text`, or a judged candidate's words | `Generating` | `Transcript`, `StartLlm` |
+//! | `Transcribing` | the transcript | `Generating` | `Transcript`, `StartLlm`; empty: `ResponseDone` (`no_speech`) |
+//! | `Generating` | tokens; tool calls | `Generating` | `ResponseText` per sentence; `ToolCall`, `StartTool` |
+//! | `Generating` | the LLM's stream ends | `Complete`, or `AwaitingTools` with tools called | `ResponseText` (the rest) |
+//! | `AwaitingTools` | the round's last tool result | `Generating` | `ToolResult`, `StartLlm` (past `max_tool_rounds`: failed) |
+//! | `Generating`, `AwaitingTools` | a tool runs `tool_filler_delay` while the bot is silent | same | `ResponseText` (the filler phrase, once) |
+//! | any | a sentence waits, none in synthesis, backlog under `max_tts_backlog` | same | `StartTts` |
+//! | `NotStarted` | audio is synthesized | `Playing` | `AudioStart`, then `Audio` paced at real time plus the lead |
+//! | `NotStarted`, `Playing` | the user side holds | `HeldBeforeStart`, `Paused` | `PlaybackPaused` if `Playing` |
+//! | `HeldBeforeStart`, `Paused` | the hold ends (a false alarm) | `NotStarted`, `Playing` | `PlaybackResumed` if `Paused` |
+//! | `Complete`, not held | the clock passes the last sample | none | `ResponseDone` (completed); history: what was said |
+//! | any | an interruption (a turn ends, a `text`, a confirmed or judged barge-in) | none | `CancelTurn`, `Interrupted`, `ResponseDone` (interrupted); history: what was heard; a transcript not yet known carries its audio into the next turn |
+//! | any | a provider fails (the transcript, the LLM, the sentence in synthesis) | none | `CancelTurn`, `ProviderError`, `ResponseDone` (failed) |
+//!
+//! Every ended turn is released (`TurnReleased`) or cancelled (`CancelTurn`). A provider event for
+//! a turn that is neither the response's nor the judged utterance's is dropped. The streaming
+//! ASR's policy is `live_asr`, with its own table.
+//!
+//! The files: `vocabulary` (the settings, inputs and outputs), `user`, `barge_in`, `response`,
+//! `playback` (the clock, pacing and the queue of audio to send), `live_asr`, and `invariants`
+//! (the promises below as a `Checker`, with the `invariants` feature).
+//!
+//! Invariants (checked by the tests):
+//! - no audio is output while a response is held, and none of a turn after its `interrupted`;
+//! - every response ends with exactly one `ResponseDone`; a provider event for any other turn than the
+//!   current response's (or the judged utterance's) is dropped;
+//! - audio sent never exceeds audio produced, and after a false alarm the bytes sent continue exactly
+//!   where they stopped: the client receives the same bytes as without the false alarm;
+//! - history holds only what the user heard of the assistant.
+//!
+//! `invariants::Checker` (with the `invariants` feature) states these as an owner observes them.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use crate::history::{ChatMessage, History};
+use crate::types::{SampleRate, Time, TurnId};
+use crate::vad::{VadEvent, VoiceDetector};
+
+mod barge_in;
+#[cfg(any(test, feature = "invariants"))]
+pub mod invariants;
+mod live_asr;
+mod playback;
+mod response;
+#[cfg(test)]
+mod tests;
+mod user;
+mod vocabulary;
+
+pub use live_asr::{AsrStreamEvent, MAX_STREAMS};
+use live_asr::{LiveStreams, Then};
+use playback::Pacing;
+use response::Response;
+use user::{Source, User};
+pub use vocabulary::{
+    Event, Output, ProviderEvent, ProviderFailure, ResponseStatus, SessionConfig, Stage, Timings,
+};
+
+/// The turn-taking state machine of one connection. See the module docs.
+pub struct Session {
+    cfg: SessionConfig,
+    next_turn: u64,
+    history: History,
+    vad: Option<VoiceDetector>,
+    /// The user's own speech level (dBFS), learned from their server-VAD turns.
+    user_level_dbfs: Option<f32>,
+    /// The speech floor last given to the VAD.
+    vad_floor: Option<f32>,
+    /// Samples of input received so far (16 kHz).
+    input_pos: u64,
+    preroll: VecDeque<i16>,
+    preroll_cap: usize,
+    /// The user side.
+    user: User,
+    /// The bot side.
+    response: Option<Response>,
+    /// The streaming ASR's recognition streams.
+    live: LiveStreams,
+    /// Audio of a turn cancelled before its transcript was known: the user had only paused, so
+    /// it is prepended to the next utterance.
+    carry_audio: Vec<i16>,
+    outputs: VecDeque<Output>,
+    /// Reused buffer for the VAD's decisions on one chunk.
+    vad_events: Vec<VadEvent>,
+    pacing: Pacing,
+    /// A typical speaking rate (14 characters a second) at the output rate, to estimate the
+    /// length of a sentence before its synthesis is finished.
+    samples_per_char: f64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.user.utterance().map(|u| u.turn))
+            .field("response", &self.response.as_ref().map(|r| r.turn))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A new session at time zero.
+    pub fn new(cfg: SessionConfig) -> Self {
+        let preroll_cap = SampleRate::INTERNAL.samples_in(cfg.preroll) as usize;
+        Session {
+            history: History::new(cfg.max_history_messages),
+            vad: cfg.vad.map(VoiceDetector::new),
+            user_level_dbfs: None,
+            vad_floor: None,
+            next_turn: 1,
+            input_pos: 0,
+            preroll: VecDeque::with_capacity(preroll_cap),
+            preroll_cap,
+            user: User::Silent,
+            response: None,
+            live: LiveStreams::new(cfg.streaming_asr),
+            carry_audio: Vec::new(),
+            outputs: VecDeque::with_capacity(16),
+            vad_events: Vec::with_capacity(4),
+            pacing: Pacing::new(&cfg),
+            samples_per_char: f64::from(cfg.output_rate.hz()) / 14.0,
+            cfg,
+        }
+    }
+
+    /// The next output to act on, in order. See the drain rule in the module docs.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Whether `poll_output` has something (so an owner can skip its output step, which is most
+    /// wake-ups: an inbound audio frame usually produces nothing).
+    pub fn has_output(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
+    /// When `handle_timeout` must be called next, if at all.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let candidate = self
+            .user
+            .candidate()
+            .map(|u| u.started_at + self.cfg.false_interruption_timeout);
+        let response = self
+            .response
+            .as_ref()
+            .and_then(|r| r.next_timeout(&self.pacing));
+        match (candidate, response) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The conversation so far.
+    pub fn history(&self) -> &[ChatMessage] {
+        self.history.messages()
+    }
+
+    /// The turn of the response in progress, if any.
+    pub fn current_response(&self) -> Option<TurnId> {
+        self.response.as_ref().map(|r| r.turn)
+    }
+
+    /// Whether the user is speaking (an utterance is being captured).
+    pub fn user_speaking(&self) -> bool {
+        self.user.utterance().is_some()
+    }
+
+    /// The utterance being captured: its turn and its audio so far (pre-roll and any joined
+    /// fragment included).
+    #[cfg(any(test, feature = "invariants"))]
+    pub fn utterance(&self) -> Option<(TurnId, &[i16])> {
+        self.user.utterance().map(|u| (u.turn, u.audio.as_slice()))
+    }
+
+    /// The samples an `Output::PushAsrStream` names (empty if the turn's utterance is gone).
+    pub fn asr_stream_audio(&self, turn: TurnId, samples: Range<usize>) -> &[i16] {
+        let captured = self
+            .user
+            .utterance()
+            .filter(|u| u.turn == turn)
+            .map(|u| u.audio.get(samples.clone()));
+        match captured {
+            Some(audio) => audio.unwrap_or_default(),
+            None => self.live.ended_audio(turn, samples).unwrap_or_default(),
+        }
+    }
+
+    /// The recognition stream of `turn` did something (see `live_asr` for what follows).
+    pub fn handle_asr_stream(&mut self, now: Time, turn: TurnId, event: AsrStreamEvent) {
+        let captured = self
+            .user
+            .utterance()
+            .filter(|u| u.turn == turn)
+            .map(|u| u.audio.len());
+        match self.live.on_event(turn, event, captured, &mut self.outputs) {
+            Then::Nothing => {}
+            Then::Interim(text) => self.emit(Event::Transcript {
+                turn,
+                text,
+                is_final: false,
+            }),
+            Then::Endpoint(text) => {
+                self.emit(Event::Transcript {
+                    turn,
+                    text,
+                    is_final: false,
+                });
+                self.endpoint(now, turn);
+            }
+            Then::Transcript(text) => {
+                self.provider_event(now, turn, ProviderEvent::Transcript(Ok(text)));
+            }
+            Then::Transcribe(audio, after_stream) => self.outputs.push_back(Output::StartAsr {
+                turn,
+                audio,
+                after_stream,
+            }),
+        }
+        self.pump(now);
+    }
+
+    /// Microphone audio: mono PCM16 at 16 kHz (the owner resamples other rates first).
+    pub fn handle_audio(&mut self, now: Time, samples: &[i16]) {
+        if samples.is_empty() {
+            return;
+        }
+        let end_pos = self.input_pos + samples.len() as u64;
+        let max_utterance = SampleRate::INTERNAL.samples_in(self.cfg.max_utterance) as usize;
+        let mut force_end = false;
+        if let Some(u) = self.user.utterance_mut() {
+            u.audio.extend_from_slice(samples);
+            if u.source == Source::Client {
+                u.voiced_end = end_pos;
+            }
+            force_end = u.audio.len() >= max_utterance;
+        } else if self.vad.is_some() {
+            self.push_preroll(samples);
+        }
+        self.input_pos = end_pos;
+        self.detect_voice(now, samples);
+        if force_end && self.user.utterance().is_some() {
+            self.end_speech(now);
+        }
+        if let Some(u) = self.user.utterance() {
+            self.live.feed(u.turn, u.audio.len(), &mut self.outputs);
+        }
+        self.check_interruption(now);
+        self.pump(now);
+    }
+
+    /// The client's own VAD heard the user start. From now on client signals drive turn-taking
+    /// and server VAD is switched off for the session.
+    pub fn handle_speech_start(&mut self, now: Time) {
+        self.vad = None;
+        self.preroll = VecDeque::new();
+        if let Some(u) = self.user.utterance_mut() {
+            // Speech the server's VAD had started is the client's from now on.
+            u.source = Source::Client;
+        } else {
+            self.begin_speech(now, Source::Client, self.input_pos, Vec::new());
+        }
+        self.pump(now);
+    }
+
+    /// The client's own VAD heard the user stop: the utterance is complete.
+    pub fn handle_speech_end(&mut self, now: Time) {
+        self.vad = None;
+        if self.user.utterance().is_some() {
+            self.end_speech(now);
+        }
+        self.pump(now);
+    }
+
+    /// A user turn given as text: real words, so any response in progress is interrupted.
+    pub fn handle_text(&mut self, now: Time, text: &str) {
+        let text = text.trim();
+        if text.is_empty() {
+            return;
+        }
+        self.interrupt_response(now);
+        // A text turn is self-contained: audio of a turn cancelled before its transcript is dropped.
+        self.carry_audio.clear();
+        let turn = self.new_turn();
+        self.emit(Event::Transcript {
+            turn,
+            text: text.to_owned(),
+            is_final: true,
+        });
+        self.start_text_response(turn, now, now, text);
+        self.sync_hold(now);
+        self.pump(now);
+    }
+
+    /// A provider event for `turn`. Events of any turn but the current response's (or the judged
+    /// barge-in candidate's) are dropped: that turn was cancelled.
+    pub fn handle_provider(&mut self, now: Time, turn: TurnId, event: ProviderEvent) {
+        self.provider_event(now, turn, event);
+        self.pump(now);
+    }
+
+    fn provider_event(&mut self, now: Time, turn: TurnId, event: ProviderEvent) {
+        if self.user.judging(turn) {
+            if let ProviderEvent::Transcript(result) = event {
+                self.resolve_judged(now, result);
+            }
+        } else if self.response.as_ref().is_some_and(|r| r.turn == turn) {
+            self.on_response_event(now, event);
+        }
+    }
+
+    /// Time passed: time out a barge-in candidate, speak a filler, pace audio, end the response.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.time_out_candidate(now);
+        self.speak_filler_if_due(now);
+        self.pump(now);
+    }
+
+    fn new_turn(&mut self) -> TurnId {
+        let t = TurnId(self.next_turn);
+        self.next_turn += 1;
+        t
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+
+    /// Aborts every provider call of `turn`, its recognition stream included.
+    fn cancel_turn(&mut self, turn: TurnId) {
+        self.live.cancel(turn);
+        self.outputs.push_back(Output::CancelTurn(turn));
+    }
+
+    /// `turn` needs nothing more from providers (its recognition stream included).
+    fn release_turn(&mut self, turn: TurnId) {
+        self.live.cancel(turn);
+        self.outputs.push_back(Output::TurnReleased(turn));
+    }
+}

@@ -1,0 +1,392 @@
+//! The session's vocabulary: its settings, what its owner feeds it (`ProviderEvent`,
+//! `ProviderFailure`) and what it hands back (`Output`, carrying an `Event` for the client, with a
+//! `ResponseStatus` and the turn's `Timings`).
+//!
+//! Plain data, no rules: the module the other parts of the session all import, and that imports
+//! none of them.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::history::{ChatMessage, ToolCall};
+use crate::types::{SampleRate, Time, TurnId};
+use crate::vad::VadConfig;
+
+/// The session's settings, validated by the server's config loader.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// The rate of the response audio sent to the client.
+    pub output_rate: SampleRate,
+    /// Length of each binary audio frame sent, in ms.
+    pub output_frame_ms: u32,
+    /// How far audio is sent ahead of the real-time playback clock.
+    pub playback_lead: Duration,
+    /// Audio is sent in batches of this much (whole frames, at most the lead), one wake-up per
+    /// batch.
+    pub pacing_interval: Duration,
+    /// Server VAD settings; `None` disables server VAD (only client signals start and end speech).
+    pub vad: Option<VadConfig>,
+    /// Audio kept from before a VAD onset and prepended to the utterance.
+    pub preroll: Duration,
+    /// An utterance longer than this is ended as if the user had stopped.
+    pub max_utterance: Duration,
+    /// Speech during a response that lasts this long is an interruption, decided at that moment.
+    pub min_interruption: Duration,
+    /// A barge-in candidate on which nothing follows for this long is a false alarm.
+    pub false_interruption_timeout: Duration,
+    /// While the bot speaks, server VAD hears only speech within this many dB of the user's own
+    /// speech level (measured on their earlier turns); `None` turns the check off.
+    pub barge_in_level_db: Option<f32>,
+    /// Words that, alone, are a backchannel ("mhm"): lowercase, without punctuation.
+    pub backchannels: Vec<String>,
+    /// A tool call still running after this long gets a spoken filler phrase.
+    pub tool_filler_delay: Duration,
+    /// The filler phrase.
+    pub filler_phrase: String,
+    /// Tool rounds allowed per response before it fails.
+    pub max_tool_rounds: u32,
+    /// The system prompt sent first to the LLM.
+    pub system_prompt: String,
+    /// History bound, in messages.
+    pub max_history_messages: usize,
+    /// Synthesized-but-unsent audio above which the next sentence's TTS waits.
+    pub max_tts_backlog: Duration,
+    /// Clauses at least this long (characters) are spoken without waiting for the sentence end.
+    pub min_clause_chars: usize,
+    /// The ASR can stream: each utterance gets a recognition stream as it is spoken
+    /// (`AsrStreamEvent`, and the policy in `live_asr`).
+    pub streaming_asr: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            output_rate: SampleRate(16_000),
+            output_frame_ms: 20,
+            playback_lead: Duration::from_millis(200),
+            pacing_interval: Duration::from_millis(60),
+            vad: Some(VadConfig::default()),
+            preroll: Duration::from_millis(300),
+            max_utterance: Duration::from_secs(60),
+            min_interruption: Duration::from_millis(500),
+            false_interruption_timeout: Duration::from_millis(2000),
+            barge_in_level_db: Some(12.0),
+            backchannels: [
+                "mhm", "mm", "hmm", "uh-huh", "uh huh", "yeah", "yes", "yep", "ok", "okay",
+                "right", "sure", "aha", "i see",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+            tool_filler_delay: Duration::from_millis(1000),
+            filler_phrase: "One moment while I check that.".to_owned(),
+            max_tool_rounds: 4,
+            system_prompt: "You are a helpful voice assistant. Answer briefly.".to_owned(),
+            max_history_messages: 64,
+            max_tts_backlog: Duration::from_millis(3000),
+            min_clause_chars: 60,
+            streaming_asr: false,
+        }
+    }
+}
+
+/// A pipeline stage, for timings and error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Speech to text.
+    Asr,
+    /// The language model.
+    Llm,
+    /// A tool call.
+    Tool,
+    /// Text to speech.
+    Tts,
+}
+
+impl Stage {
+    /// The stage's name in error codes and metrics: `asr`, `llm`, `tool`, `tts`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Asr => "asr",
+            Stage::Llm => "llm",
+            Stage::Tool => "tool",
+            Stage::Tts => "tts",
+        }
+    }
+}
+
+/// A provider call that failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderFailure {
+    /// The provider's name.
+    pub provider: String,
+    /// What went wrong, safe to show to the client.
+    pub message: String,
+    /// The provider did not answer in time (rather than answering with an error).
+    pub timed_out: bool,
+}
+
+/// What a provider call produced, tagged by the owner with the turn it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderEvent {
+    /// The ASR result for the turn's utterance.
+    Transcript(Result<String, ProviderFailure>),
+    /// A piece of the LLM's reply.
+    LlmToken(String),
+    /// The LLM asked for a tool.
+    LlmToolCall(ToolCall),
+    /// The LLM's stream ended normally.
+    LlmDone,
+    /// The LLM's stream failed.
+    LlmFailed(ProviderFailure),
+    /// Audio of sentence `seq`, mono PCM16 at the session's output rate.
+    TtsAudio {
+        /// The sentence (`Output::StartTts::seq`).
+        seq: u32,
+        /// The samples.
+        samples: Vec<i16>,
+    },
+    /// Sentence `seq` is fully synthesized.
+    TtsDone {
+        /// The sentence.
+        seq: u32,
+    },
+    /// Synthesis of sentence `seq` failed.
+    TtsFailed {
+        /// The sentence.
+        seq: u32,
+        /// The failure.
+        failure: ProviderFailure,
+    },
+    /// A tool finished: its JSON result, or a failure.
+    ToolResult {
+        /// The `ToolCall::id`.
+        call_id: String,
+        /// The JSON result text, or the failure.
+        result: Result<String, ProviderFailure>,
+    },
+}
+
+/// How a response ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseStatus {
+    /// Played to the end.
+    Completed,
+    /// Cancelled by a barge-in (or a new `text` turn).
+    Interrupted,
+    /// A provider failed.
+    Failed,
+}
+
+impl ResponseStatus {
+    /// The protocol name: `completed`, `interrupted`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseStatus::Completed => "completed",
+            ResponseStatus::Interrupted => "interrupted",
+            ResponseStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The waterfall of one turn, as times since the session started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// The user finished speaking (or the `text` arrived): the TTFT clock starts.
+    pub speech_end: Option<Time>,
+    /// The transcript arrived.
+    pub asr_done: Option<Time>,
+    /// The LLM's first token arrived.
+    pub llm_first_token: Option<Time>,
+    /// The first TTS audio arrived.
+    pub tts_first_audio: Option<Time>,
+    /// The first audio frame was sent.
+    pub first_audio_sent: Option<Time>,
+    /// The response ended.
+    pub done: Option<Time>,
+}
+
+/// An event for the client. The server maps each to one protocol message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The user started speaking.
+    SpeechStarted {
+        /// The turn this speech begins.
+        turn: TurnId,
+        /// When.
+        at: Time,
+    },
+    /// The user stopped speaking.
+    SpeechStopped {
+        /// The turn.
+        turn: TurnId,
+        /// When.
+        at: Time,
+        /// The utterance's length in audio time.
+        duration: Duration,
+    },
+    /// The transcript of the turn's speech (or the turn's `text`).
+    Transcript {
+        /// The turn.
+        turn: TurnId,
+        /// The text.
+        text: String,
+        /// Whether this is the final transcript.
+        is_final: bool,
+    },
+    /// A sentence (or clause) of the reply, as soon as the LLM has completed it (its speech may
+    /// follow later: TTS runs sentence by sentence, at most `max_tts_backlog` ahead).
+    ResponseText {
+        /// The turn.
+        turn: TurnId,
+        /// The text.
+        text: String,
+    },
+    /// The LLM asked for a tool; voxd runs it.
+    ToolCall {
+        /// The turn.
+        turn: TurnId,
+        /// The call.
+        call: ToolCall,
+    },
+    /// A tool finished.
+    ToolResult {
+        /// The turn.
+        turn: TurnId,
+        /// The call's id.
+        call_id: String,
+        /// The JSON result (or `{"error": ...}`).
+        result: String,
+        /// How long the tool ran.
+        elapsed: Duration,
+    },
+    /// The first audio frame of the response follows.
+    AudioStart {
+        /// The turn.
+        turn: TurnId,
+        /// The audio's rate.
+        sample_rate: SampleRate,
+        /// Time from the end of the user's turn to now.
+        ttft: Duration,
+    },
+    /// Possible barge-in: audio stopped.
+    PlaybackPaused {
+        /// The paused turn.
+        turn: TurnId,
+    },
+    /// False alarm: audio continues from where it paused.
+    PlaybackResumed {
+        /// The resumed turn.
+        turn: TurnId,
+    },
+    /// Real barge-in: the response is cancelled.
+    Interrupted {
+        /// The cancelled turn.
+        turn: TurnId,
+        /// How much of the response the user heard, in ms.
+        played_ms: f64,
+        /// The text the user heard.
+        heard_text: String,
+    },
+    /// The response ended.
+    ResponseDone {
+        /// The turn.
+        turn: TurnId,
+        /// How it ended.
+        status: ResponseStatus,
+        /// Audio of the response sent to the client, in ms.
+        audio_ms: f64,
+        /// The turn's waterfall.
+        timings: Timings,
+        /// Why it ended without audio, when it did (`no_speech`).
+        reason: Option<&'static str>,
+    },
+    /// A barge-in candidate (of turn `turn`) was judged a false alarm: the response goes on.
+    /// Internal: for metrics and logs; the client sees `playback_resumed` when audio had started.
+    FalseAlarm {
+        /// The candidate's turn.
+        turn: TurnId,
+    },
+    /// A provider failed; the session goes on.
+    ProviderError {
+        /// The turn.
+        turn: TurnId,
+        /// The stage that failed.
+        stage: Stage,
+        /// The failure.
+        failure: ProviderFailure,
+    },
+}
+
+/// An effect the owner carries out.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send an event.
+    Event(Event),
+    /// Send a binary frame of response audio (PCM16LE at the output rate).
+    Audio {
+        /// The turn the audio belongs to.
+        turn: TurnId,
+        /// The bytes.
+        pcm: Bytes,
+    },
+    /// Transcribe a whole utterance (16 kHz mono PCM16): the ASR's answer comes back as
+    /// `ProviderEvent::Transcript`.
+    StartAsr {
+        /// The turn.
+        turn: TurnId,
+        /// The audio. It may begin with audio carried over from a turn cancelled before its
+        /// transcript (the user had only paused).
+        audio: Arc<[i16]>,
+        /// The streaming ASR already failed on this utterance (or was skipped as unavailable) and
+        /// counted it: start at the ASR chain's fallback.
+        after_stream: bool,
+    },
+    /// Open a recognition stream on the streaming ASR for the utterance of this turn; report
+    /// with `Session::handle_asr_stream` (`Opened`, `Unavailable` or `Failed`).
+    OpenAsrStream(TurnId),
+    /// Send these samples of the turn's utterance on its stream:
+    /// `Session::asr_stream_audio(turn, samples)`. Valid until the next `handle_*` call.
+    PushAsrStream {
+        /// The turn.
+        turn: TurnId,
+        /// The range, in samples of the utterance (16 kHz mono).
+        samples: Range<usize>,
+    },
+    /// The utterance ended: finalize its stream (the transcript comes back as
+    /// `AsrStreamEvent::Finalized`).
+    FinalizeAsrStream(TurnId),
+    /// Drop the turn's stream: its utterance was dismissed, or is transcribed whole.
+    CloseAsrStream(TurnId),
+    /// The turn needs nothing more from providers, and its calls are over: forget its
+    /// bookkeeping. (`CancelTurn` also releases the turn, after aborting its calls.)
+    TurnReleased(TurnId),
+    /// Start streaming an LLM reply for the conversation.
+    StartLlm {
+        /// The turn.
+        turn: TurnId,
+        /// System prompt and history.
+        messages: Vec<ChatMessage>,
+    },
+    /// Synthesize one sentence.
+    StartTts {
+        /// The turn.
+        turn: TurnId,
+        /// The sentence's number within the turn.
+        seq: u32,
+        /// The text.
+        text: String,
+    },
+    /// Run a tool.
+    StartTool {
+        /// The turn.
+        turn: TurnId,
+        /// The call.
+        call: ToolCall,
+    },
+    /// Cancel all provider work of a turn at once.
+    CancelTurn(TurnId),
+}
