@@ -310,3 +310,46 @@ async fn input_at_48khz_is_resampled() {
     assert_response_done(&c.until("response_done").await, "completed");
     server.stop().await;
 }
+
+/// `say` (a greeting, then a barge-in into it), `respond` (the bot speaks first through the LLM)
+/// and `cancel` (push-to-talk), over a real socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn say_respond_and_cancel() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "say", "text": "Hello! I can check your balance or the weather."}))
+        .await;
+    let first = c.until("response_text").await;
+    assert_eq!(first["text"], "Hello!");
+    c.until("audio_start").await;
+    // A barge-in into the greeting with real words interrupts it.
+    c.say(1500).await;
+    let interrupted = c.until("interrupted").await;
+    let heard = interrupted["heard_text"].as_str().unwrap().to_owned();
+    assert!(
+        "Hello! I can check your balance or the weather.".starts_with(&heard),
+        "{heard:?}"
+    );
+    let done = c.until("response_done").await;
+    assert_eq!(done["status"], "interrupted");
+    // The user's words are answered.
+    let done = c.until("response_done").await;
+    assert_eq!(done["status"], "completed");
+
+    // respond: a reply now, from the history; cancel stops it.
+    c.send(json!({"type": "respond"})).await;
+    c.until("audio_start").await;
+    c.send(json!({"type": "cancel"})).await;
+    c.until("interrupted").await;
+    assert_eq!(c.until("response_done").await["status"], "interrupted");
+
+    // A say without text is a client mistake: an error, and the session goes on.
+    c.send(json!({"type": "say"})).await;
+    let e = c.until("error").await;
+    assert_eq!(e["code"], "invalid_field");
+    assert_eq!(e["fatal"], false);
+    c.send(json!({"type": "text", "text": "what about tomorrow"}))
+        .await;
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    server.stop().await;
+}

@@ -154,6 +154,10 @@ enum Step {
         samples: u16,
     },
     Text(Words),
+    /// `say`, `respond` and `cancel`.
+    Say(Words),
+    Respond,
+    Cancel,
     /// Time passes (ms); due timeouts fire.
     Wait(u16),
     Provider {
@@ -526,6 +530,18 @@ impl Driver {
                 }
             }
             Step::Text(w) => self.text(&w.text()),
+            Step::Say(w) => {
+                self.s.handle_say(self.now, &w.text());
+                self.drain();
+            }
+            Step::Respond => {
+                self.s.handle_respond(self.now);
+                self.drain();
+            }
+            Step::Cancel => {
+                self.s.handle_cancel(self.now);
+                self.drain();
+            }
             Step::Wait(ms) => self.advance(self.now + Duration::from_millis(u64::from(ms))),
             Step::Provider { to, event } => {
                 let fallback = TurnId(self.last_turn);

@@ -105,20 +105,21 @@ impl History {
         if self.messages.len() <= self.max_messages {
             return;
         }
-        let mut cut = self.messages.len() - self.max_messages;
-        while cut < self.messages.len() && !matches!(self.messages[cut], ChatMessage::User(_)) {
-            cut += 1;
-        }
+        let len = self.messages.len();
+        let from = len - self.max_messages;
+        let is_user = |m: &ChatMessage| matches!(m, ChatMessage::User(_));
+        let mut cut = match (from..len).find(|&i| is_user(&self.messages[i])) {
+            Some(i) => i,
+            // No user message to start at (the bot speaks on its own: `say`, `respond`): start
+            // at the first message that is not a tool's result, which needs its call before it.
+            None => (from..len)
+                .find(|&i| !matches!(self.messages[i], ChatMessage::Tool { .. }))
+                .unwrap_or(len),
+        };
         // Never drop the last user message: a tool round must keep the question it answers,
         // even if that means exceeding the bound for a while.
-        if let Some(last_user) = self
-            .messages
-            .iter()
-            .rposition(|m| matches!(m, ChatMessage::User(_)))
-        {
+        if let Some(last_user) = self.messages.iter().rposition(is_user) {
             cut = cut.min(last_user);
-        } else {
-            cut = 0;
         }
         self.messages.drain(..cut);
     }
@@ -166,6 +167,24 @@ mod tests {
         );
         h.push_user("thanks");
         assert_eq!(h.messages(), &[ChatMessage::User("thanks".into())]);
+    }
+
+    #[test]
+    fn a_bot_that_speaks_alone_keeps_its_history_bounded() {
+        let mut h = History::new(3);
+        for i in 0..10 {
+            h.push_assistant_text(&format!("line {i}"));
+            h.push_tool_round(
+                vec![ToolCall {
+                    id: format!("c{i}"),
+                    name: "lookup".into(),
+                    arguments: "{}".into(),
+                }],
+                vec![(format!("c{i}"), "{}".into())],
+            );
+        }
+        assert!(h.messages().len() <= 3, "{:?}", h.messages());
+        assert!(!matches!(h.messages()[0], ChatMessage::Tool { .. }));
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub(crate) enum Input<'a> {
     SpeechEnd,
     /// A user turn as text.
     Text(String),
+    /// Words the bot says verbatim, as a turn of its own.
+    Say(String),
+    /// A reply now, from the history as it stands.
+    Respond,
+    /// Stop the response in progress.
+    Cancel,
 }
 
 /// What the first message of a session says.

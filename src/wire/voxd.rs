@@ -28,6 +28,12 @@ pub enum ClientMessage {
     Text(String),
     /// Answered by `pong` with the same id.
     Ping(Option<Value>),
+    /// Speak these words verbatim as a bot turn.
+    Say(String),
+    /// Reply now from the history as it stands.
+    Respond,
+    /// Stop the response in progress.
+    Cancel,
 }
 
 /// A client mistake, answered with a non-fatal `error` event.
@@ -48,7 +54,7 @@ impl ProtocolError {
     }
 }
 
-const TYPES: &str = "speech_start, speech_end, text, ping";
+const TYPES: &str = "speech_start, speech_end, text, say, respond, cancel, ping";
 
 /// Parses a text frame.
 ///
@@ -87,27 +93,35 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
         "speech_start" => Ok(ClientMessage::SpeechStart),
         "speech_end" => Ok(ClientMessage::SpeechEnd),
         "ping" => Ok(ClientMessage::Ping(map.get("id").cloned())),
-        "text" => match map.get("text") {
-            Some(Value::String(s)) if !s.trim().is_empty() => Ok(ClientMessage::Text(s.clone())),
-            Some(Value::String(_)) => Err(ProtocolError::new(
-                "invalid_field",
-                "\"text\" must not be empty",
-            )),
-            Some(other) => Err(ProtocolError::new(
-                "invalid_field",
-                format!("\"text\" must be a string, got {}", kind(other)),
-            )),
-            None => Err(ProtocolError::new(
-                "invalid_field",
-                "a \"text\" message needs a \"text\" field (a string)",
-            )),
-        },
+        "text" => text_field(&map, "text").map(ClientMessage::Text),
+        "say" => text_field(&map, "say").map(ClientMessage::Say),
+        "respond" => Ok(ClientMessage::Respond),
+        "cancel" => Ok(ClientMessage::Cancel),
         other => Err(ProtocolError::new(
             "unknown_type",
             format!(
                 "unknown message type {:?}; expected one of: {TYPES}",
                 truncate(other, 64)
             ),
+        )),
+    }
+}
+
+/// The non-blank `"text"` string of a `ty` message.
+fn text_field(map: &serde_json::Map<String, Value>, ty: &str) -> Result<String, ProtocolError> {
+    match map.get("text") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) => Err(ProtocolError::new(
+            "invalid_field",
+            "\"text\" must not be empty",
+        )),
+        Some(other) => Err(ProtocolError::new(
+            "invalid_field",
+            format!("\"text\" must be a string, got {}", kind(other)),
+        )),
+        None => Err(ProtocolError::new(
+            "invalid_field",
+            format!("a \"{ty}\" message needs a \"text\" field (a string)"),
         )),
     }
 }
@@ -515,6 +529,9 @@ impl Codec for VoxdCodec {
             Ok(ClientMessage::SpeechStart) => input(Input::SpeechStart),
             Ok(ClientMessage::SpeechEnd) => input(Input::SpeechEnd),
             Ok(ClientMessage::Text(t)) => input(Input::Text(t)),
+            Ok(ClientMessage::Say(t)) => input(Input::Say(t)),
+            Ok(ClientMessage::Respond) => input(Input::Respond),
+            Ok(ClientMessage::Cancel) => input(Input::Cancel),
             Ok(ClientMessage::Ping(id)) => {
                 out.push(Frame::Text(
                     ServerMessage::Pong { id: id.as_ref() }.to_json(),

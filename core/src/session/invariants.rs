@@ -14,7 +14,7 @@
 //!   is made of whole words of the sentences whose audio had started playing, in order (the
 //!   filler phrase excepted), and so is the `heard_text` of `Interrupted`;
 //! - every assistant tool call in the history is followed by its result, and the history starts
-//!   with the user.
+//!   with the user or with what the bot said first (a greeting, `say`, `respond`).
 //!
 //! It relies only on the session's public API and outputs, so it states the promises as the owner
 //! (and, through it, the client) can observe them. The session's unit tests and the fuzzer both
@@ -431,11 +431,13 @@ fn appended<'a>(old: &[ChatMessage], new: &'a [ChatMessage]) -> &'a [ChatMessage
     new
 }
 
-/// The history starts with the user, and every assistant tool call is answered right after it.
+/// The history starts with the user (or what the bot said first), and every assistant tool call is answered right after it.
 fn check_history_shape(history: &[ChatMessage]) {
     if let Some(first) = history.first() {
+        // The user, or a bot turn spoken first (a greeting, `say`, `respond`, which may call
+        // tools): never a tool's result without its call.
         assert!(
-            matches!(first, ChatMessage::User(_)),
+            !matches!(first, ChatMessage::Tool { .. } | ChatMessage::System(_)),
             "the history starts with {first:?}"
         );
     }

@@ -41,6 +41,9 @@
 //! |---|---|---|---|
 //! | none | `Speaking` ends | `Transcribing` | `StartAsr` (or the stream finalizes) |
 //! | none | a `text`, or a judged candidate's words | `Generating` | `Transcript`, `StartLlm` |
+//! | any | `respond` (the response in progress, if any, is interrupted first) | `Generating` | `StartLlm` with the history as it stands |
+//! | any | `say` (likewise) | `Complete` | `ResponseText` per sentence, then `StartTts`: the words verbatim |
+//! | any | `cancel` | none | as an interruption, below |
 //! | `Transcribing` | the transcript | `Generating` | `Transcript`, `StartLlm`; empty: `ResponseDone` (`no_speech`) |
 //! | `Generating` | tokens; tool calls | `Generating` | `ResponseText` per sentence; `ToolCall`, `StartTool` |
 //! | `Generating` | the LLM's stream ends | `Complete`, or `AwaitingTools` with tools called | `ResponseText` (the rest) |
@@ -329,6 +332,40 @@ impl Session {
             is_final: true,
         });
         self.start_text_response(turn, now, now, text);
+        self.sync_hold(now);
+        self.pump(now);
+    }
+
+    /// The client asks the bot to say `text` verbatim, now: a bot turn of its own (a greeting, a
+    /// scripted line). A response in progress is interrupted first. It is interruptible like any
+    /// response, and what the user hears of it enters the history.
+    pub fn handle_say(&mut self, now: Time, text: &str) {
+        let text = text.trim();
+        if text.is_empty() {
+            return;
+        }
+        self.interrupt_response(now);
+        let turn = self.new_turn();
+        self.start_spoken_response(turn, now, text);
+        self.sync_hold(now);
+        self.pump(now);
+    }
+
+    /// The client asks for a reply now, from the history as it stands: the bot speaks first
+    /// through the LLM, or speaks again. A response in progress is interrupted first.
+    pub fn handle_respond(&mut self, now: Time) {
+        self.interrupt_response(now);
+        let turn = self.new_turn();
+        self.start_llm_response(turn, now);
+        self.sync_hold(now);
+        self.pump(now);
+    }
+
+    /// The client stops the response in progress, as a confirmed barge-in would (a push-to-talk
+    /// front-end's button): `Interrupted`, then `ResponseDone`; the history keeps what was heard.
+    /// Nothing in progress: nothing happens.
+    pub fn handle_cancel(&mut self, now: Time) {
+        self.interrupt_response(now);
         self.sync_hold(now);
         self.pump(now);
     }

@@ -25,6 +25,8 @@ use crate::types::{SampleRate, Time, TurnId};
 /// |---|---|---|---|
 /// | (new) | the user's speech ended | `Transcribing` | `StartAsr`, or the stream finalizes |
 /// | (new) | a `text` turn, or a judged candidate's words | `Generating` | `StartLlm` |
+/// | (new) | `respond`: a reply from the history as it stands | `Generating` | `StartLlm` |
+/// | (new) | `say`: words given verbatim | `Complete` | `ResponseText` per sentence (then TTS) |
 /// | `Transcribing` | the transcript, with words | `Generating` | `Transcript`, `StartLlm` |
 /// | `Transcribing` | the transcript, empty | (ended) | `Transcript`, `ResponseDone` (`no_speech`) |
 /// | `Generating` | a token | `Generating` | `ResponseText` per completed sentence |
@@ -367,6 +369,29 @@ impl Session {
         r.timings.asr_done = Some(now);
         self.response = Some(r);
         self.commit_user_text(text);
+    }
+
+    /// A bot turn whose words are given (`say`, a greeting): its sentences go to TTS as they are,
+    /// with no LLM round (→ `Complete` at once). What the user hears of it enters the history
+    /// like any answer.
+    pub(super) fn start_spoken_response(&mut self, turn: TurnId, now: Time, text: &str) {
+        let mut r = Response::new(turn, now, self.cfg.min_clause_chars, Reply::Complete);
+        let mut sentences = Vec::new();
+        r.splitter.push(text, |s| sentences.push(s));
+        sentences.extend(r.splitter.finish());
+        self.response = Some(r);
+        for s in sentences {
+            self.add_sentence(s);
+        }
+    }
+
+    /// A reply now from the history as it stands (`respond`: the bot speaks first, or again),
+    /// with no new user words (→ `Generating`).
+    pub(super) fn start_llm_response(&mut self, turn: TurnId, now: Time) {
+        let reply = Reply::Generating { tools: Vec::new() };
+        self.response = Some(Response::new(turn, now, self.cfg.min_clause_chars, reply));
+        let messages = self.llm_messages();
+        self.outputs.push_back(Output::StartLlm { turn, messages });
     }
 
     /// Adds the user's words to the history and asks the LLM (→ `Generating`).

@@ -1344,6 +1344,116 @@ fn a_turn_is_released_once_its_response_is_done_or_its_candidate_judged() {
 }
 
 #[test]
+fn say_speaks_the_words_verbatim_as_a_bot_turn_and_they_enter_history() {
+    let mut sim = Sim::new();
+    let greeting = "Hi, I'm the bank's assistant. How can I help?";
+    sim.s.handle_say(sim.now, greeting);
+    sim.drain();
+    // No LLM: the words themselves, sentence by sentence.
+    assert!(sim.started.is_empty());
+    assert_eq!(
+        sim.texts(),
+        ["Hi, I'm the bank's assistant.", "How can I help?"]
+    );
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    assert_eq!(
+        sim.s.history(),
+        [ChatMessage::Assistant {
+            text: greeting.to_owned(),
+            tool_calls: Vec::new()
+        }]
+    );
+    // The user answers the greeting: the LLM sees it first in the history.
+    sim.say(1000);
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(2)).0, ResponseStatus::Completed);
+    assert!(matches!(
+        &sim.s.history()[..2],
+        [ChatMessage::Assistant { .. }, ChatMessage::User(u)] if u == "what about tomorrow"
+    ));
+}
+
+#[test]
+fn a_greeting_is_interrupted_by_a_barge_in_and_only_what_was_heard_stays() {
+    let mut sim = Sim::with(SessionConfig {
+        vad: None,
+        ..SessionConfig::default()
+    });
+    sim.tts_realtime = true;
+    sim.s.handle_say(sim.now, STORY);
+    sim.drain();
+    sim.run_ms(2000);
+    // The user cuts in with real words.
+    sim.speech_start();
+    sim.audio(1500, 0);
+    sim.speech_end();
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Interrupted);
+    let heard = sim.heard_text();
+    assert!(!heard.is_empty() && STORY.starts_with(&heard), "{heard:?}");
+    let Some(ChatMessage::Assistant { text, .. }) = sim.s.history().first() else {
+        panic!("{:?}", sim.s.history());
+    };
+    assert_eq!(*text, heard, "the history holds what was heard");
+    assert_eq!(sim.done_of(TurnId(2)).0, ResponseStatus::Completed);
+}
+
+#[test]
+fn respond_asks_the_llm_now_from_the_history_as_it_stands() {
+    let mut sim = Sim::new();
+    sim.s.handle_respond(sim.now);
+    sim.drain();
+    // The bot speaks first: the LLM gets only the system prompt.
+    let messages = sim
+        .log
+        .iter()
+        .find_map(|s| match &s.output {
+            Output::StartLlm { messages, .. } => Some(messages.clone()),
+            _ => None,
+        })
+        .expect("an LLM round");
+    assert!(matches!(messages.as_slice(), [ChatMessage::System(_)]));
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    assert!(sim.s.history().len() == 1, "{:?}", sim.s.history());
+}
+
+#[test]
+fn cancel_stops_the_response_as_a_barge_in_would_and_nothing_else() {
+    let mut sim = Sim::new();
+    // Nothing in progress: nothing happens.
+    sim.s.handle_cancel(sim.now);
+    sim.drain();
+    assert!(sim.log.is_empty());
+    sim.tts_realtime = true;
+    sim.text("tell me a story");
+    sim.run_ms(1500);
+    let before = sim.audio_of(TurnId(1)).len();
+    assert!(before > 0);
+    sim.s.handle_cancel(sim.now);
+    sim.drain();
+    assert!(sim.has(|e| matches!(e, Event::Interrupted { turn, .. } if *turn == TurnId(1))));
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Interrupted);
+    assert!(sim.cancelled.contains(&TurnId(1)));
+    sim.settle();
+    assert_eq!(
+        sim.audio_of(TurnId(1)).len(),
+        before,
+        "no audio after the cancel"
+    );
+    // A say or respond during a response replaces it.
+    sim.text("tell me a story");
+    sim.run_ms(800);
+    sim.s.handle_say(sim.now, "One moment.");
+    sim.drain();
+    assert_eq!(sim.done_of(TurnId(2)).0, ResponseStatus::Interrupted);
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(3)).0, ResponseStatus::Completed);
+    sim.assert_all_done();
+}
+
+#[test]
 fn history_stays_bounded() {
     let mut sim = Sim::with(SessionConfig {
         vad: None,

@@ -51,11 +51,18 @@ pub fn client_message(data: &[u8]) {
             match &msg {
                 ClientMessage::SpeechStart => assert_eq!(ty, Some("speech_start")),
                 ClientMessage::SpeechEnd => assert_eq!(ty, Some("speech_end")),
-                ClientMessage::Text(t) => {
-                    assert_eq!(ty, Some("text"));
-                    assert!(!t.trim().is_empty(), "an empty text turn was accepted");
+                ClientMessage::Text(t) | ClientMessage::Say(t) => {
+                    let want = if matches!(msg, ClientMessage::Say(_)) {
+                        "say"
+                    } else {
+                        "text"
+                    };
+                    assert_eq!(ty, Some(want));
+                    assert!(!t.trim().is_empty(), "an empty {want} was accepted");
                     assert_eq!(map.get("text").and_then(Value::as_str), Some(t.as_str()));
                 }
+                ClientMessage::Respond => assert_eq!(ty, Some("respond")),
+                ClientMessage::Cancel => assert_eq!(ty, Some("cancel")),
                 ClientMessage::Ping(id) => {
                     assert_eq!(ty, Some("ping"));
                     assert_eq!(id.as_ref(), map.get("id"));
