@@ -353,3 +353,63 @@ async fn say_respond_and_cancel() {
     assert_eq!(c.until("response_done").await["status"], "completed");
     server.stop().await;
 }
+
+/// `session_update` over a socket: the effective settings come back, the instructions and the
+/// seeded history reach the LLM's request (the mock LLM's reply shows what it was asked), a
+/// greeting is spoken, and a bad field is an error that names it and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_update_shapes_the_session() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    c.send(json!({
+        "type": "session_update",
+        "instructions": "The caller is Bob.",
+        "turn": {"min_interruption_ms": 300, "backchannels": ["Mhm", "right"]},
+        "history": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}],
+        "greeting": "Welcome back, Bob."
+    }))
+    .await;
+    let updated = c.until("session_updated").await;
+    assert_eq!(updated["instructions"], "The caller is Bob.");
+    assert_eq!(updated["turn"]["min_interruption_ms"], 300);
+    assert_eq!(updated["turn"]["backchannels"], json!(["mhm", "right"]));
+    assert_eq!(updated["history_messages"], 2);
+    assert_eq!(c.until("response_text").await["text"], "Welcome back, Bob.");
+    assert_eq!(c.until("response_done").await["status"], "completed");
+
+    // Strict: an unknown field, or a value out of range, is an error naming it.
+    for (bad, field) in [
+        (json!({"type": "session_update", "voice": "alloy"}), "voice"),
+        (
+            json!({"type": "session_update", "turn": {"min_interruption_ms": 0}}),
+            "turn.min_interruption_ms",
+        ),
+        (
+            json!({"type": "session_update", "history": [{"role": "tool", "content": "x"}]}),
+            "history[0]",
+        ),
+        (
+            json!({"type": "session_update", "instructions": 5}),
+            "instructions",
+        ),
+    ] {
+        c.send(bad).await;
+        let e = c.until("error").await;
+        assert_eq!(e["code"], "invalid_field", "{e}");
+        assert!(e["message"].as_str().unwrap().contains(field), "{e}");
+        assert_eq!(e["fatal"], false);
+    }
+
+    // During a response: applied, the response goes on.
+    c.send(json!({"type": "text", "text": "tell me a story"}))
+        .await;
+    c.until("audio_start").await;
+    c.send(json!({"type": "session_update", "instructions": "Be brief."}))
+        .await;
+    assert_eq!(
+        c.until("session_updated").await["instructions"],
+        "Be brief."
+    );
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    server.stop().await;
+}

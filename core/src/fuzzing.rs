@@ -18,7 +18,7 @@ use crate::session::invariants::Checker;
 use crate::vad::{Aggressiveness, Engine};
 use crate::{
     AsrStreamEvent, ChatMessage, Event, Output, ProviderEvent, ProviderFailure, SampleRate,
-    Session, SessionConfig, Time, ToolCall, TurnId,
+    Session, SessionConfig, SessionUpdate, Time, ToolCall, TurnId,
 };
 
 /// `session`: a random life of one session. The bytes decode (with `arbitrary`) into a
@@ -154,6 +154,16 @@ enum Step {
         samples: u16,
     },
     Text(Words),
+    /// A `session_update`, each field within the ranges the server's codec accepts.
+    Update {
+        instructions: Option<Words>,
+        min_interruption_ms: Option<u16>,
+        false_interruption_timeout_ms: Option<u16>,
+        backchannels: Option<Vec<Words>>,
+        /// `true`: a user message.
+        history: Option<Vec<(bool, Words)>>,
+        greeting: Option<Words>,
+    },
     /// `say`, `respond` and `cancel`.
     Say(Words),
     Respond,
@@ -534,6 +544,42 @@ impl Driver {
                 self.s.handle_say(self.now, &w.text());
                 self.drain();
             }
+            Step::Update {
+                instructions,
+                min_interruption_ms,
+                false_interruption_timeout_ms,
+                backchannels,
+                history,
+                greeting,
+            } => {
+                let ms = |n: u16, max: u64| Duration::from_millis(1 + u64::from(n) % max);
+                let update = SessionUpdate {
+                    instructions: instructions.map(|w| w.text()),
+                    min_interruption: min_interruption_ms.map(|n| ms(n, 10_000)),
+                    false_interruption_timeout: false_interruption_timeout_ms
+                        .map(|n| ms(n, 60_000)),
+                    backchannels: backchannels
+                        .map(|b| b.iter().take(64).map(|w| w.text().to_lowercase()).collect()),
+                    history: history.map(|h| {
+                        h.iter()
+                            .take(200)
+                            .map(|(user, w)| {
+                                if *user {
+                                    ChatMessage::User(w.text())
+                                } else {
+                                    ChatMessage::Assistant {
+                                        text: w.text(),
+                                        tool_calls: Vec::new(),
+                                    }
+                                }
+                            })
+                            .collect()
+                    }),
+                    greeting: greeting.map(|w| w.text()).filter(|g| !g.trim().is_empty()),
+                };
+                self.s.handle_update(self.now, update);
+                self.drain();
+            }
             Step::Respond => {
                 self.s.handle_respond(self.now);
                 self.drain();
@@ -688,6 +734,7 @@ fn event_turn(e: &Event) -> TurnId {
         | Event::ResponseDone { turn, .. }
         | Event::FalseAlarm { turn }
         | Event::ProviderError { turn, .. } => *turn,
+        Event::SessionUpdated { .. } => TurnId(0),
     }
 }
 

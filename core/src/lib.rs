@@ -22,6 +22,6 @@ mod test_audio;
 pub use history::{ChatMessage, ToolCall};
 pub use session::{
     AsrStreamEvent, Event, Output, ProviderEvent, ProviderFailure, ResponseStatus, Session,
-    SessionConfig, Stage, Timings,
+    SessionConfig, SessionUpdate, Stage, Timings,
 };
 pub use types::{SampleRate, Time, TurnId};

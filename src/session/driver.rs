@@ -692,6 +692,7 @@ fn apply(core: &mut Session, now: Time, input: Input<'_>) {
         Input::Say(text) => core.handle_say(now, &text),
         Input::Respond => core.handle_respond(now),
         Input::Cancel => core.handle_cancel(now),
+        Input::Update(update) => core.handle_update(now, update),
     }
 }
 

@@ -49,6 +49,8 @@ pub(crate) enum Input<'a> {
     Respond,
     /// Stop the response in progress.
     Cancel,
+    /// Change the session's settings.
+    Update(voxd_core::SessionUpdate),
 }
 
 /// What the first message of a session says.

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
-use voxd_core::{Event, SampleRate, Timings, TurnId};
+use voxd_core::{ChatMessage, Event, SampleRate, SessionUpdate, Timings, TurnId};
 
 use super::{AudioIn, Codec, Frame, Hello, Input, Notice};
 
@@ -34,6 +34,8 @@ pub enum ClientMessage {
     Respond,
     /// Stop the response in progress.
     Cancel,
+    /// Change the session's settings.
+    SessionUpdate(SessionUpdate),
 }
 
 /// A client mistake, answered with a non-fatal `error` event.
@@ -54,7 +56,15 @@ impl ProtocolError {
     }
 }
 
-const TYPES: &str = "speech_start, speech_end, text, say, respond, cancel, ping";
+const TYPES: &str = "speech_start, speech_end, text, say, respond, cancel, session_update, ping";
+
+/// What a `session_update` may hold, and its bounds.
+const UPDATE_FIELDS: &str = "instructions, turn, history, greeting";
+const TURN_FIELDS: &str = "min_interruption_ms, false_interruption_timeout_ms, backchannels";
+const MAX_INSTRUCTIONS_CHARS: usize = 16_000;
+const MAX_HISTORY_MESSAGES: usize = 200;
+const MAX_BACKCHANNELS: usize = 64;
+const MAX_BACKCHANNEL_CHARS: usize = 64;
 
 /// Parses a text frame.
 ///
@@ -97,6 +107,7 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
         "say" => text_field(&map, "say").map(ClientMessage::Say),
         "respond" => Ok(ClientMessage::Respond),
         "cancel" => Ok(ClientMessage::Cancel),
+        "session_update" => session_update(&map).map(ClientMessage::SessionUpdate),
         other => Err(ProtocolError::new(
             "unknown_type",
             format!(
@@ -105,6 +116,129 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
             ),
         )),
     }
+}
+
+fn invalid(message: String) -> ProtocolError {
+    ProtocolError::new("invalid_field", message)
+}
+
+/// A `session_update`, checked: every field known, in range and bounded. Nothing is applied
+/// when one field is wrong.
+fn session_update(map: &serde_json::Map<String, Value>) -> Result<SessionUpdate, ProtocolError> {
+    let mut u = SessionUpdate::default();
+    for (key, value) in map {
+        match key.as_str() {
+            "type" => {}
+            "instructions" => {
+                let s = value.as_str().ok_or_else(|| {
+                    invalid(format!(
+                        "\"instructions\" must be a string, got {}",
+                        kind(value)
+                    ))
+                })?;
+                if s.chars().count() > MAX_INSTRUCTIONS_CHARS {
+                    return Err(invalid(format!(
+                        "\"instructions\" is longer than {MAX_INSTRUCTIONS_CHARS} characters"
+                    )));
+                }
+                u.instructions = Some(s.to_owned());
+            }
+            "greeting" => match value {
+                Value::String(s) if !s.trim().is_empty() => u.greeting = Some(s.clone()),
+                _ => return Err(invalid("\"greeting\" must be a non-empty string".into())),
+            },
+            "turn" => {
+                let Value::Object(turn) = value else {
+                    return Err(invalid(format!(
+                        "\"turn\" must be an object, got {}",
+                        kind(value)
+                    )));
+                };
+                for (k, v) in turn {
+                    let ms = |max: u64| -> Result<std::time::Duration, ProtocolError> {
+                        v.as_u64()
+                            .filter(|&n| (1..=max).contains(&n))
+                            .map(std::time::Duration::from_millis)
+                            .ok_or_else(|| {
+                                invalid(format!("\"turn.{k}\" must be an integer from 1 to {max}"))
+                            })
+                    };
+                    match k.as_str() {
+                        "min_interruption_ms" => u.min_interruption = Some(ms(10_000)?),
+                        "false_interruption_timeout_ms" => {
+                            u.false_interruption_timeout = Some(ms(60_000)?);
+                        }
+                        "backchannels" => {
+                            let words = v
+                                .as_array()
+                                .filter(|a| a.len() <= MAX_BACKCHANNELS)
+                                .and_then(|a| {
+                                    a.iter()
+                                        .map(|w| {
+                                            w.as_str()
+                                                .filter(|w| {
+                                                    w.chars().count() <= MAX_BACKCHANNEL_CHARS
+                                                })
+                                                .map(|w| w.trim().to_lowercase())
+                                        })
+                                        .collect::<Option<Vec<String>>>()
+                                })
+                                .ok_or_else(|| {
+                                    invalid(format!(
+                                        "\"turn.backchannels\" must be an array of at most \
+                                         {MAX_BACKCHANNELS} strings of at most \
+                                         {MAX_BACKCHANNEL_CHARS} characters"
+                                    ))
+                                })?;
+                            u.backchannels =
+                                Some(words.into_iter().filter(|w| !w.is_empty()).collect());
+                        }
+                        other => {
+                            return Err(invalid(format!(
+                                "unknown field \"turn.{}\"; expected: {TURN_FIELDS}",
+                                truncate(other, 64)
+                            )))
+                        }
+                    }
+                }
+            }
+            "history" => {
+                let items = value
+                    .as_array()
+                    .filter(|a| a.len() <= MAX_HISTORY_MESSAGES)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "\"history\" must be an array of at most {MAX_HISTORY_MESSAGES} messages"
+                        ))
+                    })?;
+                let mut messages = Vec::with_capacity(items.len());
+                for (i, m) in items.iter().enumerate() {
+                    let role = m.get("role").and_then(Value::as_str);
+                    let content = m.get("content").and_then(Value::as_str);
+                    messages.push(match (role, content) {
+                        (Some("user"), Some(c)) => ChatMessage::User(c.to_owned()),
+                        (Some("assistant"), Some(c)) => ChatMessage::Assistant {
+                            text: c.to_owned(),
+                            tool_calls: Vec::new(),
+                        },
+                        _ => {
+                            return Err(invalid(format!(
+                                "\"history[{i}]\" must be {{\"role\": \"user\" or \"assistant\", \"content\": a string}}"
+                            )))
+                        }
+                    });
+                }
+                u.history = Some(messages);
+            }
+            other => {
+                return Err(invalid(format!(
+                    "unknown field {:?} in session_update; expected: {UPDATE_FIELDS}",
+                    truncate(other, 64)
+                )))
+            }
+        }
+    }
+    Ok(u)
 }
 
 /// The non-blank `"text"` string of a `ty` message.
@@ -186,6 +320,14 @@ impl From<&Timings> for TimingsJson {
             done: f(t.done),
         }
     }
+}
+
+/// The turn settings in `session_updated`.
+#[derive(Debug, Serialize)]
+pub(crate) struct TurnJson<'a> {
+    min_interruption_ms: u64,
+    false_interruption_timeout_ms: u64,
+    backchannels: &'a [String],
 }
 
 /// A message to the client.
@@ -273,6 +415,12 @@ pub(crate) enum ServerMessage<'a> {
     Pong {
         id: Option<&'a Value>,
     },
+    /// The effective settings after a `session_update`.
+    SessionUpdated {
+        instructions: &'a str,
+        turn: TurnJson<'a>,
+        history_messages: usize,
+    },
     /// The server is draining: the response in progress finishes, then the session closes
     /// (1001), at the latest in `deadline_ms`.
     Shutdown {
@@ -298,6 +446,22 @@ pub fn encode_event(e: &Event) -> Option<String> {
     let d = |x: std::time::Duration| ms(x.as_secs_f64() * 1000.0);
     Some(match e {
         Event::FalseAlarm { .. } => return None,
+        Event::SessionUpdated {
+            instructions,
+            min_interruption,
+            false_interruption_timeout,
+            backchannels,
+            history_messages,
+        } => ServerMessage::SessionUpdated {
+            instructions,
+            turn: TurnJson {
+                min_interruption_ms: min_interruption.as_millis() as u64,
+                false_interruption_timeout_ms: false_interruption_timeout.as_millis() as u64,
+                backchannels,
+            },
+            history_messages: *history_messages,
+        }
+        .to_json(),
         Event::SpeechStarted { turn, at } => ServerMessage::SpeechStarted {
             turn_id: turn.0,
             at_ms: ms(at.as_millis_f64()),
@@ -532,6 +696,7 @@ impl Codec for VoxdCodec {
             Ok(ClientMessage::Say(t)) => input(Input::Say(t)),
             Ok(ClientMessage::Respond) => input(Input::Respond),
             Ok(ClientMessage::Cancel) => input(Input::Cancel),
+            Ok(ClientMessage::SessionUpdate(u)) => input(Input::Update(u)),
             Ok(ClientMessage::Ping(id)) => {
                 out.push(Frame::Text(
                     ServerMessage::Pong { id: id.as_ref() }.to_json(),

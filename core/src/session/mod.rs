@@ -99,7 +99,8 @@ use playback::Pacing;
 use response::Response;
 use user::{Source, User};
 pub use vocabulary::{
-    Event, Output, ProviderEvent, ProviderFailure, ResponseStatus, SessionConfig, Stage, Timings,
+    Event, Output, ProviderEvent, ProviderFailure, ResponseStatus, SessionConfig, SessionUpdate,
+    Stage, Timings,
 };
 
 /// The turn-taking state machine of one connection. See the module docs.
@@ -359,6 +360,60 @@ impl Session {
         self.start_llm_response(turn, now);
         self.sync_hold(now);
         self.pump(now);
+    }
+
+    /// The client changes its session's settings (`SessionUpdate`; the owner validated them):
+    /// they apply from the next response. `SessionUpdated` answers with the effective settings;
+    /// a greeting is then spoken as `handle_say` speaks.
+    pub fn handle_update(&mut self, now: Time, update: SessionUpdate) {
+        let SessionUpdate {
+            instructions,
+            min_interruption,
+            false_interruption_timeout,
+            backchannels,
+            history,
+            greeting,
+        } = update;
+        if let Some(i) = instructions {
+            self.cfg.system_prompt = i;
+        }
+        if let Some(d) = min_interruption {
+            self.cfg.min_interruption = d;
+        }
+        if let Some(d) = false_interruption_timeout {
+            self.cfg.false_interruption_timeout = d;
+        }
+        // A candidate is judged a false alarm no sooner than it could have interrupted.
+        self.cfg.false_interruption_timeout = self
+            .cfg
+            .false_interruption_timeout
+            .max(self.cfg.min_interruption);
+        if let Some(b) = backchannels {
+            self.cfg.backchannels = b;
+        }
+        if let Some(messages) = history {
+            self.history = History::new(self.cfg.max_history_messages);
+            for m in messages {
+                match m {
+                    ChatMessage::User(text) => self.history.push_user(&text),
+                    ChatMessage::Assistant { text, .. } => self.history.push_assistant_text(&text),
+                    // Only what was said is seeded: no system prompt (`instructions` is that),
+                    // no tool rounds.
+                    ChatMessage::System(_) | ChatMessage::Tool { .. } => {}
+                }
+            }
+        }
+        self.emit(Event::SessionUpdated {
+            instructions: self.cfg.system_prompt.clone(),
+            min_interruption: self.cfg.min_interruption,
+            false_interruption_timeout: self.cfg.false_interruption_timeout,
+            backchannels: self.cfg.backchannels.clone(),
+            history_messages: self.history.messages().len(),
+        });
+        match greeting {
+            Some(text) => self.handle_say(now, &text),
+            None => self.pump(now),
+        }
     }
 
     /// The client stops the response in progress, as a confirmed barge-in would (a push-to-talk

@@ -1454,6 +1454,82 @@ fn cancel_stops_the_response_as_a_barge_in_would_and_nothing_else() {
 }
 
 #[test]
+fn a_session_update_shapes_the_next_response_and_greets() {
+    let mut sim = Sim::new();
+    sim.s.handle_update(
+        sim.now,
+        SessionUpdate {
+            instructions: Some("The caller is Bob; his order is #123.".into()),
+            history: Some(vec![
+                ChatMessage::User("hi, it's Bob".into()),
+                ChatMessage::Assistant {
+                    text: "Hello Bob.".into(),
+                    tool_calls: Vec::new(),
+                },
+            ]),
+            min_interruption: Some(Duration::from_millis(300)),
+            // Below the new min_interruption: raised to it.
+            false_interruption_timeout: Some(Duration::from_millis(100)),
+            greeting: Some("Welcome back, Bob.".into()),
+            ..SessionUpdate::default()
+        },
+    );
+    sim.drain();
+    let updated = sim
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::SessionUpdated {
+                instructions,
+                min_interruption,
+                false_interruption_timeout,
+                history_messages,
+                ..
+            } => Some((
+                instructions.clone(),
+                *min_interruption,
+                *false_interruption_timeout,
+                *history_messages,
+            )),
+            _ => None,
+        })
+        .expect("session_updated");
+    assert_eq!(
+        updated,
+        (
+            "The caller is Bob; his order is #123.".to_owned(),
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+            2
+        )
+    );
+    // The greeting is spoken at once.
+    assert_eq!(sim.texts(), ["Welcome back, Bob."]);
+    sim.settle();
+    // The next LLM request has the instructions and the seeded history, then the greeting.
+    sim.text("where is my order");
+    let messages = sim
+        .log
+        .iter()
+        .find_map(|s| match &s.output {
+            Output::StartLlm { messages, .. } => Some(messages.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        messages[0],
+        ChatMessage::System("The caller is Bob; his order is #123.".into())
+    );
+    assert_eq!(messages[1], ChatMessage::User("hi, it's Bob".into()));
+    assert!(
+        matches!(&messages[3], ChatMessage::Assistant { text, .. } if text == "Welcome back, Bob.")
+    );
+    assert_eq!(messages[4], ChatMessage::User("where is my order".into()));
+    sim.settle();
+    sim.assert_all_done();
+}
+
+#[test]
 fn history_stays_bounded() {
     let mut sim = Sim::with(SessionConfig {
         vad: None,

@@ -304,6 +304,19 @@ pub enum Event {
         /// Why it ended without audio, when it did (`no_speech`).
         reason: Option<&'static str>,
     },
+    /// The session's settings changed (`Session::handle_update`): the effective ones.
+    SessionUpdated {
+        /// The system prompt.
+        instructions: String,
+        /// Speech during a response that lasts this long interrupts it.
+        min_interruption: Duration,
+        /// A barge-in candidate on which nothing follows for this long is a false alarm.
+        false_interruption_timeout: Duration,
+        /// The backchannel words.
+        backchannels: Vec<String>,
+        /// Messages in the history.
+        history_messages: usize,
+    },
     /// A barge-in candidate (of turn `turn`) was judged a false alarm: the response goes on.
     /// Internal: for metrics and logs; the client sees `playback_resumed` when audio had started.
     FalseAlarm {
@@ -389,4 +402,23 @@ pub enum Output {
     },
     /// Cancel all provider work of a turn at once.
     CancelTurn(TurnId),
+}
+
+/// What a client changes in its own session (`Session::handle_update`). Each field that is
+/// `Some` replaces the setting; the owner validated the values (the server's codec checks their
+/// ranges and sizes). A change applies from the next response.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionUpdate {
+    /// The system prompt.
+    pub instructions: Option<String>,
+    /// `SessionConfig::min_interruption`.
+    pub min_interruption: Option<Duration>,
+    /// `SessionConfig::false_interruption_timeout`.
+    pub false_interruption_timeout: Option<Duration>,
+    /// `SessionConfig::backchannels` (lowercase, without punctuation).
+    pub backchannels: Option<Vec<String>>,
+    /// The conversation so far, replacing the history: user and assistant messages.
+    pub history: Option<Vec<ChatMessage>>,
+    /// Words the bot says at once, as `handle_say` does (a greeting).
+    pub greeting: Option<String>,
 }

@@ -63,6 +63,7 @@ pub fn client_message(data: &[u8]) {
                 }
                 ClientMessage::Respond => assert_eq!(ty, Some("respond")),
                 ClientMessage::Cancel => assert_eq!(ty, Some("cancel")),
+                ClientMessage::SessionUpdate(_) => assert_eq!(ty, Some("session_update")),
                 ClientMessage::Ping(id) => {
                     assert_eq!(ty, Some("ping"));
                     assert_eq!(id.as_ref(), map.get("id"));
