@@ -588,3 +588,58 @@ url = "http://{addr}/refunds"
     assert_eq!(done["status"], "completed");
     server.stop().await;
 }
+
+/// What a front-end sets with `session_update` reaches the OpenAI-protocol LLM: its instructions
+/// as the system message, then the seeded history, the greeting it heard, and the user's words,
+/// with the session's tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sessions_instructions_and_history_reach_the_openai_llm() {
+    let (addr, seen) = stub().await;
+    let base = format!("http://{addr}/v1");
+    let server = TestServer::start_with(&format!(
+        "[llm]\nprovider = \"openai\"\n[llm.openai]\nbase_url = \"{base}\"\nmodel = \"stub\"\n"
+    ))
+    .await;
+    let mut c = server.connect().await;
+    c.send(json!({
+        "type": "session_update",
+        "instructions": "The caller is Bob; his order is #123.",
+        "history": [{"role": "user", "content": "I called yesterday."}, {"role": "assistant", "content": "Welcome back."}],
+        "greeting": "How can I help, Bob?"
+    }))
+    .await;
+    c.until("session_updated").await;
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    c.send(json!({"type": "text", "text": "what about tomorrow"}))
+        .await;
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    let request = seen.lock().unwrap().chat_requests[0].clone();
+    let messages: Vec<(String, String)> = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or_default().to_owned(),
+                m["content"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expect = |r: &str, t: &str| (r.to_owned(), t.to_owned());
+    assert_eq!(
+        messages,
+        [
+            expect("system", "The caller is Bob; his order is #123."),
+            expect("user", "I called yesterday."),
+            expect("assistant", "Welcome back."),
+            expect("assistant", "How can I help, Bob?"),
+            expect("user", "what about tomorrow"),
+        ]
+    );
+    assert!(request["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["function"]["name"] == "check_balance"));
+    server.stop().await;
+}
