@@ -61,6 +61,34 @@ fn default_connect_timeout_ms() -> u64 {
 
 type Client = RunningService<RoleClient, ()>;
 
+/// Why `e` happened, as its sources say: rmcp's own message names its transport's Rust types,
+/// which help no operator; the causes under it (the HTTP client's, the OS's) do.
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut causes = Vec::new();
+    let mut next = e.source();
+    while let Some(s) = next {
+        causes.push(s.to_string());
+        next = s.source();
+    }
+    // Each layer often repeats the one under it; keep the distinct ones, outermost first.
+    causes.dedup();
+    if !causes.is_empty() {
+        return causes.join(": ");
+    }
+    // No source chain: drop the bracketed Rust type names from the message itself.
+    let mut text = e.to_string();
+    while let Some(open) = text.find('[') {
+        let Some(len) = text[open..].find(']') else {
+            break;
+        };
+        if !text[open..open + len].contains("::") {
+            break;
+        }
+        text.replace_range(open..=open + len, "");
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// One tool of an MCP server.
 struct McpTool {
     spec: ToolSpec,
@@ -144,7 +172,12 @@ pub async fn connect(
     };
     let client = match client {
         Ok(Ok(c)) => Arc::new(c),
-        Ok(Err(e)) => return Err(invalid(key, format!("cannot start an MCP session: {e}"))),
+        Ok(Err(e)) => {
+            return Err(invalid(
+                key,
+                format!("cannot start an MCP session: {}", cause(&e)),
+            ))
+        }
         Err(_) => {
             return Err(invalid(
                 key,
@@ -233,5 +266,26 @@ impl Tool for McpTool {
             return Ok(structured);
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cause;
+
+    #[derive(Debug)]
+    struct Opaque;
+
+    impl std::fmt::Display for Opaque {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Transport [rmcp::Worker<reqwest::Client>] error: connection refused")
+        }
+    }
+
+    impl std::error::Error for Opaque {}
+
+    #[test]
+    fn an_error_without_causes_loses_its_rust_type_names() {
+        assert_eq!(cause(&Opaque), "Transport error: connection refused");
     }
 }
