@@ -18,6 +18,8 @@ use std::time::Duration;
 
 mod access;
 mod config;
+#[cfg(test)]
+mod fuzz_corpus;
 mod http;
 mod metrics;
 pub mod providers;

@@ -1058,11 +1058,6 @@ impl Config {
         Config::defaults_with(Overrides::default()).expect("the built-in defaults are valid")
     }
 
-    /// The provider timeouts.
-    pub(crate) fn session_timeouts(&self) -> Timeouts {
-        self.timeouts
-    }
-
     /// Where the server listens (`server.listen`, or `--listen`).
     pub fn listen(&self) -> SocketAddr {
         self.server.listen

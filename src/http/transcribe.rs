@@ -217,7 +217,7 @@ async fn run(
     let texts = transcribe_regions(
         &state.providers.asr,
         &state.metrics,
-        state.config.session_timeouts().asr,
+        state.config.timeouts.asr,
         audio.into(),
         &regions,
         cfg.max_concurrent_segments,

@@ -151,6 +151,13 @@ struct LiveStream {
 /// so its fallbacks transcribe whole utterances when its streams fail.
 const STREAMING_LINK: usize = 0;
 
+/// The connected stream of `turn`, if it has one.
+fn connected(live: &mut [LiveStream], turn: TurnId) -> Option<&mut AsrStream> {
+    live.iter_mut()
+        .find(|l| l.turn == turn)
+        .and_then(|l| l.stream.as_mut())
+}
+
 /// What a live stream did.
 enum LiveEvent {
     /// It connected, or failed to.
@@ -182,7 +189,7 @@ fn live_event(
 impl<C: Codec> Driver<C> {
     fn new(app: Arc<AppState>, codec: C, input_rate: SampleRate, signal: Arc<Signal>) -> Self {
         let app_limits = app.config.limits.clone();
-        let app_timeouts = app.config.session_timeouts();
+        let app_timeouts = app.config.timeouts;
         Driver {
             core: Session::new(app.config.session.clone()),
             app,
@@ -622,15 +629,13 @@ impl<C: Codec> Driver<C> {
                     }
                 }
                 Output::PushAsrStream { turn, samples } => {
-                    let live = self.live.iter_mut().find(|l| l.turn == turn);
-                    if let Some(stream) = live.and_then(|l| l.stream.as_mut()) {
+                    if let Some(stream) = connected(&mut self.live, turn) {
                         // A push error also comes out of the stream, once; it is handled there.
                         let _ = stream.push(self.core.asr_stream_audio(turn, samples));
                     }
                 }
                 Output::FinalizeAsrStream(turn) => {
-                    let live = self.live.iter_mut().find(|l| l.turn == turn);
-                    if let Some(stream) = live.and_then(|l| l.stream.as_mut()) {
+                    if let Some(stream) = connected(&mut self.live, turn) {
                         let _ = stream.finalize();
                     }
                 }

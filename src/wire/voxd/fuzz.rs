@@ -89,39 +89,10 @@ mod tests {
     //! The stable, bounded equivalent of the fuzz runs: every committed corpus input, then a
     //! fixed number of random ones.
 
-    use std::path::PathBuf;
-
     use proptest::prelude::*;
 
     use super::*;
-
-    fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("fuzz/corpus")
-            .join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "{} is empty", dir.display());
-        files
-            .into_iter()
-            .map(|p| {
-                let data = std::fs::read(&p).unwrap();
-                (p, data)
-            })
-            .collect()
-    }
-
-    /// Runs `body` on every corpus file of `target`, naming the file that fails.
-    fn replay(target: &str, body: fn(&[u8])) {
-        for (path, data) in corpus(target) {
-            if std::panic::catch_unwind(|| body(&data)).is_err() {
-                panic!("{target}: {} fails", path.display());
-            }
-        }
-    }
+    use crate::fuzz_corpus::replay;
 
     #[test]
     fn client_message_corpus() {
