@@ -54,6 +54,12 @@ impl AppState {
     ) -> Result<Arc<AppState>, voxd_backends::BuildError> {
         // Sessions stream their utterances to the ASR exactly when it can stream.
         config.session.streaming_asr = providers.streaming_asr.is_some();
+        // A client-side tool may not take the name of one of these.
+        config.session.server_tools = providers
+            .tool_specs
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
         // The Silero model loads once per process, here, so a defect shows at start-up and the
         // first caller does not pay the 12-45 ms of loading.
         let silero = config

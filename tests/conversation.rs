@@ -379,7 +379,19 @@ async fn session_update_shapes_the_session() {
 
     // Strict: an unknown field, or a value out of range, is an error naming it.
     for (bad, field) in [
-        (json!({"type": "session_update", "voice": "alloy"}), "voice"),
+        (json!({"type": "session_update", "voice": ""}), "voice"),
+        (
+            json!({"type": "session_update", "mood": "cheerful"}),
+            "mood",
+        ),
+        (
+            json!({"type": "session_update", "tools": [{"name": "a b"}]}),
+            "tools[0].name",
+        ),
+        (
+            json!({"type": "session_update", "tools": [{"name": "x", "parameters": []}]}),
+            "tools[0].parameters",
+        ),
         (
             json!({"type": "session_update", "turn": {"min_interruption_ms": 0}}),
             "turn.min_interruption_ms",
@@ -411,5 +423,131 @@ async fn session_update_shapes_the_session() {
         "Be brief."
     );
     assert_eq!(c.until("response_done").await["status"], "completed");
+    server.stop().await;
+}
+
+/// voxd with a mock LLM that calls `open_door` (when offered) on "door", and `check_balance` on
+/// "balance"; client-side tools get `tool_ms` to answer.
+async fn door_server() -> TestServer {
+    TestServer::start_with(
+        r#"
+[[llm.mock.rules]]
+keywords = ["door"]
+tool = "open_door"
+arguments = { door = "front" }
+
+[[llm.mock.rules]]
+keywords = ["balance"]
+tool = "check_balance"
+
+[timeouts]
+tool_ms = 1500
+"#,
+    )
+    .await
+}
+
+/// A client-side tool over a real socket: offered, called on the client (`runs: client`),
+/// answered with `tool_result`, and phrased by the model; a second answer, an unknown id, a
+/// call the client leaves unanswered (the tool timeout, then a late result), a server tool's
+/// call, and a tool named like a server tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_side_tools_round_trip_time_out_and_refuse_stray_results() {
+    let server = door_server().await;
+    let mut c = server.connect().await;
+    c.send(json!({
+        "type": "session_update",
+        "tools": [{
+            "name": "open_door",
+            "description": "Opens a door of the caller's house.",
+            "parameters": {"type": "object", "properties": {"door": {"type": "string"}}}
+        }]
+    }))
+    .await;
+    assert_eq!(
+        c.until("session_updated").await["tools"],
+        json!(["open_door"])
+    );
+
+    c.send(json!({"type": "text", "text": "please open the door"}))
+        .await;
+    let call = c.until("tool_call").await;
+    assert_eq!(call["name"], "open_door");
+    assert_eq!(call["runs"], "client");
+    assert_eq!(call["arguments"], json!({"door": "front"}));
+    let id = call["call_id"].as_str().unwrap().to_owned();
+    c.send(json!({"type": "tool_result", "call_id": id, "result": {"opened": true}}))
+        .await;
+    let result = c.until("tool_result").await;
+    assert_eq!(result["call_id"], id.as_str());
+    assert_eq!(result["result"], json!({"opened": true}));
+    let text = c.until("response_text").await;
+    assert!(
+        text["text"].as_str().unwrap().contains("opened"),
+        "the model phrases the client's result: {text}"
+    );
+    assert_eq!(c.until("response_done").await["status"], "completed");
+
+    // A second answer, and an id no call had: errors, and nothing else happens.
+    c.send(json!({"type": "tool_result", "call_id": id, "result": "again"}))
+        .await;
+    assert_eq!(c.until("error").await["code"], "duplicate_tool_result");
+    c.send(json!({"type": "tool_result", "call_id": "call_999", "result": "?"}))
+        .await;
+    let e = c.until("error").await;
+    assert_eq!(e["code"], "unknown_call_id");
+    assert_eq!(e["fatal"], false);
+    c.send(json!({"type": "tool_result", "result": "?"})).await;
+    let e = c.until("error").await;
+    assert_eq!(e["code"], "invalid_field");
+    assert!(e["message"].as_str().unwrap().contains("call_id"), "{e}");
+
+    // Unanswered: the tool timeout fails the call, the model is told, the response goes on.
+    c.send(json!({"type": "text", "text": "open the door again"}))
+        .await;
+    let id = c.until("tool_call").await["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e = c.until("error").await;
+    assert_eq!(e["code"], "tool_timeout", "{e}");
+    assert_eq!(e["provider"], "client");
+    assert!(c.until("tool_result").await["result"]["error"].is_string());
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    c.send(json!({"type": "tool_result", "call_id": id, "result": "late"}))
+        .await;
+    assert_eq!(c.until("error").await["code"], "late_tool_result");
+
+    // The server's own tool says so, and is not the client's to answer.
+    c.send(json!({"type": "text", "text": "check my balance"}))
+        .await;
+    let call = c.until("tool_call").await;
+    assert_eq!(
+        (&call["name"], &call["runs"]),
+        (&json!("check_balance"), &json!("server"))
+    );
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    c.send(json!({"type": "tool_result", "call_id": call["call_id"], "result": "mine"}))
+        .await;
+    assert_eq!(c.until("error").await["code"], "not_a_client_call");
+
+    // A client tool may not take a server tool's name; nothing of that update applies.
+    c.send(json!({
+        "type": "session_update",
+        "instructions": "Never mind.",
+        "tools": [{"name": "check_balance"}]
+    }))
+    .await;
+    let e = c.until("error").await;
+    assert_eq!(e["code"], "invalid_field");
+    assert!(
+        e["message"].as_str().unwrap().contains("tools[0].name"),
+        "{e}"
+    );
+    c.send(json!({"type": "session_update", "greeting": "Still here."}))
+        .await;
+    let updated = c.until("session_updated").await;
+    assert_eq!(updated["tools"], json!(["open_door"]));
+    assert_ne!(updated["instructions"], "Never mind.");
     server.stop().await;
 }

@@ -23,6 +23,10 @@ struct Seen {
     chat_requests: Vec<Value>,
     transcriptions: usize,
     speech_inputs: Vec<String>,
+    /// The `voice` of each speech request.
+    speech_voices: Vec<String>,
+    /// The `language` field of each transcription upload, if it had one.
+    transcription_languages: Vec<Option<String>>,
     /// Speech requests to answer with a 500 before answering normally.
     speech_failures: usize,
 }
@@ -101,7 +105,15 @@ async fn transcriptions(State(seen): State<Shared>, body: Bytes) -> Response {
         body.windows(4).any(|w| w == b"RIFF"),
         "no WAV in the upload"
     );
-    seen.lock().unwrap().transcriptions += 1;
+    // The multipart `language` field, if any: `name="language"`, a blank line, the value.
+    let text = String::from_utf8_lossy(&body);
+    let language = text
+        .split_once("name=\"language\"\r\n\r\n")
+        .map(|(_, rest)| rest.split("\r\n").next().unwrap_or_default().to_owned());
+    let mut seen = seen.lock().unwrap();
+    seen.transcriptions += 1;
+    seen.transcription_languages.push(language);
+    drop(seen);
     Json(json!({"text": "  can you check my account balance "})).into_response()
 }
 
@@ -110,6 +122,8 @@ async fn speech(State(seen): State<Shared>, Json(request): Json<Value>) -> Respo
     assert_eq!(request["response_format"], "pcm");
     {
         let mut seen = seen.lock().unwrap();
+        seen.speech_voices
+            .push(request["voice"].as_str().unwrap_or_default().to_owned());
         if seen.speech_failures > 0 {
             seen.speech_failures -= 1;
             seen.speech_inputs.push(text);
@@ -589,6 +603,44 @@ url = "http://{addr}/refunds"
     server.stop().await;
 }
 
+/// A session's `voice` and `language` reach the OpenAI-protocol TTS and ASR, from the next
+/// response (and utterance) on; before, each provider's configured one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sessions_voice_and_language_reach_the_openai_tts_and_asr() {
+    let (addr, seen) = stub().await;
+    let base = format!("http://{addr}/v1");
+    let server = TestServer::start_with(&format!(
+        "[asr]\nprovider = \"openai\"\n[asr.openai]\nbase_url = \"{base}\"\n\
+         [tts]\nprovider = \"openai\"\n[tts.openai]\nbase_url = \"{base}\"\nvoice = \"alloy\"\n"
+    ))
+    .await;
+    let mut c = server.connect().await;
+    c.say(1500).await;
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    c.send(json!({"type": "session_update", "voice": "nova", "language": "fr"}))
+        .await;
+    let updated = c.until("session_updated").await;
+    assert_eq!(
+        (&updated["voice"], &updated["language"]),
+        (&json!("nova"), &json!("fr"))
+    );
+    c.say(1500).await;
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    let (languages, voices) = {
+        let seen = seen.lock().unwrap();
+        (
+            seen.transcription_languages.clone(),
+            seen.speech_voices.clone(),
+        )
+    };
+    server.stop().await;
+    assert_eq!(languages, [None, Some("fr".to_owned())]);
+    let (before, after): (Vec<&String>, Vec<&String>) = voices.iter().partition(|v| *v == "alloy");
+    assert!(!before.is_empty() && !after.is_empty(), "{:?}", voices);
+    assert!(after.iter().all(|v| *v == "nova"), "{:?}", voices);
+    assert!(voices.iter().position(|v| v == "nova") > voices.iter().rposition(|v| v == "alloy"));
+}
+
 /// What a front-end sets with `session_update` reaches the OpenAI-protocol LLM: its instructions
 /// as the system message, then the seeded history, the greeting it heard, and the user's words,
 /// with the session's tools.
@@ -605,7 +657,12 @@ async fn the_sessions_instructions_and_history_reach_the_openai_llm() {
         "type": "session_update",
         "instructions": "The caller is Bob; his order is #123.",
         "history": [{"role": "user", "content": "I called yesterday."}, {"role": "assistant", "content": "Welcome back."}],
-        "greeting": "How can I help, Bob?"
+        "greeting": "How can I help, Bob?",
+        "tools": [{
+            "name": "open_door",
+            "description": "Opens a door of the caller's smart home.",
+            "parameters": {"type": "object", "properties": {"door": {"type": "string"}}, "required": ["door"]}
+        }]
     }))
     .await;
     c.until("session_updated").await;
@@ -636,10 +693,20 @@ async fn the_sessions_instructions_and_history_reach_the_openai_llm() {
             expect("user", "what about tomorrow"),
         ]
     );
-    assert!(request["tools"]
-        .as_array()
-        .unwrap()
+    // The server's tools and the client's, side by side.
+    let tools = request["tools"].as_array().unwrap();
+    assert!(tools
         .iter()
         .any(|t| t["function"]["name"] == "check_balance"));
+    let door = tools
+        .iter()
+        .find(|t| t["function"]["name"] == "open_door")
+        .expect("the client's tool is offered");
+    assert_eq!(door["type"], "function");
+    assert_eq!(
+        door["function"]["description"],
+        "Opens a door of the caller's smart home."
+    );
+    assert_eq!(door["function"]["parameters"]["required"], json!(["door"]));
     server.stop().await;
 }

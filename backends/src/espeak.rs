@@ -158,6 +158,7 @@ impl EspeakTts {
             "--stdout".into(),
             "--stdin".into(),
             "-v".into(),
+            // VOICE_ARG
             config.voice.clone(),
             "-s".into(),
             config.speed.to_string(),
@@ -283,6 +284,9 @@ fn failed(message: String) -> ProviderError {
     }
 }
 
+/// The index of the voice in `EspeakTts::args`.
+const VOICE_ARG: usize = 3;
+
 impl Tts for EspeakTts {
     fn name(&self) -> &str {
         PROVIDER_NAME
@@ -292,6 +296,17 @@ impl Tts for EspeakTts {
         &self,
         text: String,
         rate: SampleRate,
+    ) -> BoxStream<'static, Result<Vec<i16>, ProviderError>> {
+        self.synthesize_as(text, rate, None)
+    }
+
+    /// `voice` is an espeak-ng voice (`en-us`, `fr`, `de+f3`); it must keep the configured
+    /// voice's sample rate, which every espeak-ng voice does.
+    fn synthesize_as(
+        &self,
+        text: String,
+        rate: SampleRate,
+        voice: Option<&str>,
     ) -> BoxStream<'static, Result<Vec<i16>, ProviderError>> {
         if !(MIN_RATE_HZ..=MAX_RATE_HZ).contains(&rate.hz()) {
             let err = ProviderError::InvalidRequest {
@@ -305,7 +320,15 @@ impl Tts for EspeakTts {
         }
         let start = Start {
             binary: self.binary.clone(),
-            args: Arc::clone(&self.args),
+            args: match voice {
+                // `-v` is always the third argument.
+                Some(v) => {
+                    let mut args = self.args.to_vec();
+                    args[VOICE_ARG] = v.to_owned();
+                    args.into()
+                }
+                None => Arc::clone(&self.args),
+            },
             slots: Arc::clone(&self.slots),
             text: text.into_bytes(),
             rate,
@@ -820,6 +843,48 @@ mod tests {
             "{message}"
         );
         assert_eq!(tts.processes_running(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_sessions_voice_replaces_the_configured_one() {
+        let dir = temp_dir("voices");
+        let mut wav = Vec::new();
+        wav.extend_from_slice(b"RIFF\x24\xf0\xff\x7fWAVEfmt \x10\0\0\0\x01\0\x01\0");
+        wav.extend_from_slice(&22_050u32.to_le_bytes());
+        wav.extend_from_slice(&44_100u32.to_le_bytes());
+        wav.extend_from_slice(b"\x02\0\x10\0data\0\xf0\xff\x7f");
+        wav.extend((0..2205i16).flat_map(|i| (i * 10).to_le_bytes()));
+        std::fs::write(dir.join("out.wav"), &wav).expect("write wav");
+        // A fake espeak-ng that records its arguments.
+        let fake = script(
+            &dir,
+            "fake-espeak",
+            "d=$(dirname \"$0\")\n\
+             [ \"$1\" = --version ] && { echo 'eSpeak NG text-to-speech: fake'; exit 0; }\n\
+             echo \"$@\" >> \"$d/args\"\n\
+             cat > /dev/null\n\
+             cat \"$d/out.wav\"",
+        );
+        let tts = voice(EspeakTtsConfig {
+            binary: fake,
+            ..EspeakTtsConfig::default()
+        });
+        std::fs::remove_file(dir.join("args")).expect("the probe ran");
+        let mut stream = tts.synthesize_as("bonjour".into(), SampleRate(16_000), Some("fr"));
+        while let Some(chunk) = stream.next().await {
+            chunk.expect("fake audio");
+        }
+        speak(&tts, "hello", 16_000).await.expect("fake audio");
+        let args = std::fs::read_to_string(dir.join("args")).expect("args");
+        let lines: Vec<&str> = args.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "--stdout --stdin -v fr -s 175",
+                "--stdout --stdin -v en-us -s 175"
+            ]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -139,6 +139,20 @@ pub trait Asr: Send + Sync + 'static {
     /// # Errors
     /// A `ProviderError` when the provider fails or times out.
     async fn transcribe(&self, audio: Arc<[i16]>) -> Result<Transcript, ProviderError>;
+
+    /// As `transcribe`, in `language` (a code such as `en` or `fr-CA`) instead of the
+    /// provider's configured one, when given. A provider without a language setting ignores it.
+    ///
+    /// # Errors
+    /// As `transcribe`.
+    async fn transcribe_in(
+        &self,
+        audio: Arc<[i16]>,
+        language: Option<&str>,
+    ) -> Result<Transcript, ProviderError> {
+        let _ = language;
+        self.transcribe(audio).await
+    }
 }
 
 /// What a recognition stream reports while it hears an utterance.
@@ -284,6 +298,15 @@ pub trait StreamingAsr: Send + Sync + 'static {
     /// Opens one recognition stream. The future resolves once the provider accepted the stream
     /// (or the connect timeout passed); dropping it abandons the connect.
     fn open(&self) -> BoxFuture<'static, Result<AsrStream, ProviderError>>;
+
+    /// As `open`, in `language` instead of the provider's configured one, when given.
+    fn open_in(
+        &self,
+        language: Option<&str>,
+    ) -> BoxFuture<'static, Result<AsrStream, ProviderError>> {
+        let _ = language;
+        self.open()
+    }
 }
 
 /// A request to the language model: the conversation so far and the tools it may call.
@@ -325,6 +348,18 @@ pub trait Tts: Send + Sync + 'static {
         text: String,
         rate: SampleRate,
     ) -> BoxStream<'static, Result<Vec<i16>, ProviderError>>;
+
+    /// As `synthesize`, with `voice` instead of the configured voice, when given. A provider
+    /// with a single voice ignores it.
+    fn synthesize_as(
+        &self,
+        text: String,
+        rate: SampleRate,
+        voice: Option<&str>,
+    ) -> BoxStream<'static, Result<Vec<i16>, ProviderError>> {
+        let _ = voice;
+        self.synthesize(text, rate)
+    }
 }
 
 #[cfg(test)]

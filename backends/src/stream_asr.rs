@@ -278,8 +278,20 @@ impl StreamingAsr for StreamAsrProvider {
     }
 
     fn open(&self) -> BoxFuture<'static, Result<AsrStream, ProviderError>> {
+        self.open_in(None)
+    }
+
+    fn open_in(
+        &self,
+        language: Option<&str>,
+    ) -> BoxFuture<'static, Result<AsrStream, ProviderError>> {
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move { connect(&shared).await.map(AsrStream::new) })
+        let language = language.map(str::to_owned);
+        Box::pin(async move {
+            connect(&shared, language.as_deref())
+                .await
+                .map(AsrStream::new)
+        })
     }
 }
 
@@ -293,12 +305,20 @@ impl Asr for StreamAsrProvider {
     /// The backlog limit does not apply (the audio is already here), and the finalize timeout is
     /// extended by the audio's duration: the provider may process it no faster than real time.
     async fn transcribe(&self, audio: Arc<[i16]>) -> Result<Transcript, ProviderError> {
+        self.transcribe_in(audio, None).await
+    }
+
+    async fn transcribe_in(
+        &self,
+        audio: Arc<[i16]>,
+        language: Option<&str>,
+    ) -> Result<Transcript, ProviderError> {
         if audio.is_empty() {
             return Ok(Transcript {
                 text: String::new(),
             });
         }
-        let mut stream = connect(&self.shared).await?;
+        let mut stream = connect(&self.shared, language).await?;
         stream.queue_audio(&audio);
         stream.finalize_timeout += SampleRate::INTERNAL.duration_of(audio.len() as u64);
         stream.finalize()?;
@@ -313,11 +333,32 @@ impl Asr for StreamAsrProvider {
     }
 }
 
+/// `url` with its `language` query parameter set to `language`.
+fn with_language(url: &str, language: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "language")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs)
+        .append_pair("language", language);
+    parsed.into()
+}
+
 /// Connects one stream: TCP, TLS for `wss://`, and the WebSocket upgrade, within the connect
 /// timeout.
-async fn connect(shared: &Shared) -> Result<WsStream, ProviderError> {
-    let mut request = shared
-        .url
+async fn connect(shared: &Shared, language: Option<&str>) -> Result<WsStream, ProviderError> {
+    let url = match language {
+        Some(language) => with_language(&shared.url, language),
+        None => shared.url.clone(),
+    };
+    let mut request = url
         .as_str()
         .into_client_request()
         .map_err(|e| failed(format!("invalid URL: {e}")))?;
@@ -893,6 +934,19 @@ struct Alternative {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_sessions_language_replaces_the_configured_one_in_the_query() {
+        let url = "ws://127.0.0.1:1/v1/listen?encoding=linear16&language=en&model=nova";
+        assert_eq!(
+            super::with_language(url, "fr-CA"),
+            "ws://127.0.0.1:1/v1/listen?encoding=linear16&model=nova&language=fr-CA"
+        );
+        assert_eq!(
+            super::with_language("ws://h/listen?a=1", "de"),
+            "ws://h/listen?a=1&language=de"
+        );
+    }
+
     use super::*;
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicU32, Ordering};

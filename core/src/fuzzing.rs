@@ -17,8 +17,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use crate::session::invariants::Checker;
 use crate::vad::{Aggressiveness, Engine};
 use crate::{
-    AsrStreamEvent, ChatMessage, Event, Output, ProviderEvent, ProviderFailure, SampleRate,
-    Session, SessionConfig, SessionUpdate, Time, ToolCall, TurnId,
+    AsrStreamEvent, ChatMessage, ClientTool, Event, Output, ProviderEvent, ProviderFailure,
+    SampleRate, Session, SessionConfig, SessionUpdate, Time, ToolCall, ToolRunner, TurnId,
 };
 
 /// `session`: a random life of one session. The bytes decode (with `arbitrary`) into a
@@ -88,7 +88,11 @@ struct VadTweaks {
 }
 
 fn config(server_vad: bool, tweaks: Option<Tweaks>) -> SessionConfig {
-    let mut cfg = SessionConfig::default();
+    let mut cfg = SessionConfig {
+        server_tools: ["check_balance".to_owned()].into(),
+        client_tool_timeout: Duration::from_millis(3000),
+        ..SessionConfig::default()
+    };
     if server_vad {
         // The harness's speech is a harmonic buzz: speech to webrtc-vad. Silero is chosen by the
         // tweaks below, where the buzz then mostly reads as noise (and costs a model call).
@@ -163,7 +167,13 @@ enum Step {
         /// `true`: a user message.
         history: Option<Vec<(bool, Words)>>,
         greeting: Option<Words>,
+        /// `true`: `get_weather` is the client's tool; `false`: no client tools. (`check_balance`
+        /// is the server's: naming it is refused.)
+        client_tools: Option<bool>,
+        voice: Option<Words>,
     },
+    /// A client's `tool_result`.
+    ClientResult(CallId),
     /// `say`, `respond` and `cancel`.
     Say(Words),
     Respond,
@@ -409,14 +419,16 @@ impl Driver {
                     });
                     *turn
                 }
-                Output::StartLlm { turn, messages } => {
+                Output::StartLlm { turn, messages, .. } => {
                     self.calls.push(Call::Llm {
                         turn: *turn,
                         reply: reply_for(messages),
                     });
                     *turn
                 }
-                Output::StartTts { turn, seq, text } => {
+                Output::StartTts {
+                    turn, seq, text, ..
+                } => {
                     self.tts_seq.insert(*turn, *seq);
                     self.calls.push(Call::Tts {
                         turn: *turn,
@@ -455,7 +467,17 @@ impl Driver {
                 | Output::FinalizeAsrStream(turn)
                 | Output::CloseAsrStream(turn)
                 | Output::TurnReleased(turn) => *turn,
-                Output::Event(e) => event_turn(e),
+                Output::Event(e) => {
+                    if let Event::ToolCall {
+                        turn,
+                        call,
+                        runs: ToolRunner::Client,
+                    } = e
+                    {
+                        self.tools.entry(*turn).or_default().push(call.id.clone());
+                    }
+                    event_turn(e)
+                }
             };
             self.last_turn = self.last_turn.max(turn.0);
         }
@@ -551,7 +573,14 @@ impl Driver {
                 backchannels,
                 history,
                 greeting,
+                client_tools,
+                voice,
             } => {
+                let tool = |name: &str| ClientTool {
+                    name: name.into(),
+                    description: "The weather in a city.".into(),
+                    parameters: "{\"type\":\"object\"}".into(),
+                };
                 let ms = |n: u16, max: u64| Duration::from_millis(1 + u64::from(n) % max);
                 let update = SessionUpdate {
                     instructions: instructions.map(|w| w.text()),
@@ -576,8 +605,22 @@ impl Driver {
                             .collect()
                     }),
                     greeting: greeting.map(|w| w.text()).filter(|g| !g.trim().is_empty()),
+                    tools: client_tools.map(|on| match (on, self.last_turn % 3) {
+                        (false, _) => Vec::new(),
+                        (true, 0) => vec![tool("get_weather"), tool("check_balance")],
+                        (true, _) => vec![tool("get_weather")],
+                    }),
+                    voice: voice.map(|w| w.text()),
+                    language: None,
                 };
                 self.s.handle_update(self.now, update);
+                self.drain();
+            }
+            Step::ClientResult(id) => {
+                let turn = self.s.current_response().unwrap_or(TurnId(self.last_turn));
+                let call_id = self.call_id(turn, id);
+                self.s
+                    .handle_tool_result(self.now, &call_id, "{\"sky\":\"clear\"}".into());
                 self.drain();
             }
             Step::Respond => {
@@ -664,12 +707,8 @@ impl Driver {
         (turn, event)
     }
 
-    fn provider_event(&self, turn: TurnId, e: Ev) -> ProviderEvent {
-        let seq = |s: Seq| match s {
-            Seq::Active => self.tts_seq.get(&turn).copied().unwrap_or(0),
-            Seq::Any(n) => u32::from(n % 8),
-        };
-        let call_id = |c: CallId| match c {
+    fn call_id(&self, turn: TurnId, c: CallId) -> String {
+        match c {
             CallId::Started(i) => self
                 .tools
                 .get(&turn)
@@ -679,7 +718,15 @@ impl Driver {
             CallId::Empty => String::new(),
             CallId::Fixed(n) => format!("c{}", n % 4),
             CallId::Raw(s) => s,
+        }
+    }
+
+    fn provider_event(&self, turn: TurnId, e: Ev) -> ProviderEvent {
+        let seq = |s: Seq| match s {
+            Seq::Active => self.tts_seq.get(&turn).copied().unwrap_or(0),
+            Seq::Any(n) => u32::from(n % 8),
         };
+        let call_id = |c: CallId| self.call_id(turn, c);
         match e {
             Ev::Transcript(w) => ProviderEvent::Transcript(Ok(w.text())),
             Ev::AsrFailed { timed_out } => ProviderEvent::Transcript(Err(failure(timed_out))),
@@ -734,7 +781,7 @@ fn event_turn(e: &Event) -> TurnId {
         | Event::ResponseDone { turn, .. }
         | Event::FalseAlarm { turn }
         | Event::ProviderError { turn, .. } => *turn,
-        Event::SessionUpdated { .. } => TurnId(0),
+        Event::SessionUpdated { .. } | Event::Rejected(_) => TurnId(0),
     }
 }
 

@@ -21,7 +21,7 @@ mod test_audio;
 
 pub use history::{ChatMessage, ToolCall};
 pub use session::{
-    AsrStreamEvent, Event, Output, ProviderEvent, ProviderFailure, ResponseStatus, Session,
-    SessionConfig, SessionUpdate, Stage, Timings,
+    AsrStreamEvent, ClientTool, Event, Output, ProviderEvent, ProviderFailure, Rejection,
+    ResponseStatus, Session, SessionConfig, SessionUpdate, Stage, Timings, ToolRunner,
 };
 pub use types::{SampleRate, Time, TurnId};

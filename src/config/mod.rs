@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -1143,8 +1144,14 @@ impl Config {
             max_history_messages: t.max_history_messages,
             max_tts_backlog: Duration::from_millis(a.max_tts_backlog_ms),
             min_clause_chars: t.min_clause_chars,
-            // Known once the providers are built: `AppState::with_providers` sets it.
+            // Known once the providers are built: `AppState::with_providers` sets them.
             streaming_asr: false,
+            server_tools: Arc::from([]),
+            // A client-side tool has the same time to answer as a server's.
+            client_tool_timeout: timeouts.tool,
+            client_tools: Arc::from([]),
+            voice: None,
+            language: None,
         };
         Ok(Config {
             base_dir: base_dir.to_owned(),

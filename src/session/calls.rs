@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::stream;
-use voxd_backends::{LlmEvent, LlmRequest};
-use voxd_core::{ChatMessage, ToolCall};
+use voxd_backends::{LlmEvent, LlmRequest, ToolSpec};
+use voxd_core::{ChatMessage, ClientTool, ToolCall};
 
 use crate::metrics::Metrics;
 use crate::providers::{failure, timed_out, Attempt, Named};
@@ -30,6 +30,7 @@ use crate::state::AppState;
 pub(super) fn transcribe(
     app: Arc<AppState>,
     audio: Arc<[i16]>,
+    language: Option<Arc<str>>,
     from: usize,
     limit: Duration,
 ) -> impl Stream<Item = ProviderEvent> + Send + 'static {
@@ -38,7 +39,12 @@ pub(super) fn transcribe(
         let result = chain
             .call_from(from, &app.metrics, limit, "no transcript", |asr| {
                 let audio = Arc::clone(&audio);
-                async move { asr.transcribe(audio).await.map(|t| t.text) }
+                let language = language.clone();
+                async move {
+                    asr.transcribe_in(audio, language.as_deref())
+                        .await
+                        .map(|t| t.text)
+                }
             })
             .await;
         ProviderEvent::Transcript(result)
@@ -49,15 +55,24 @@ pub(super) fn transcribe(
 pub(super) fn llm(
     app: Arc<AppState>,
     messages: Vec<ChatMessage>,
+    client_tools: &[ClientTool],
     first: Duration,
     stall: Duration,
 ) -> impl Stream<Item = ProviderEvent> + Send + 'static {
+    let mut tools = Vec::with_capacity(app.providers.tool_specs.len() + client_tools.len());
+    tools.extend_from_slice(&app.providers.tool_specs);
+    tools.extend(client_tools.iter().map(|t| {
+        ToolSpec {
+            name: t.name.clone(),
+            description: t.description.clone(),
+            // The codec checked it is a JSON object.
+            parameters: serde_json::from_str(&t.parameters)
+                .unwrap_or_else(|_| serde_json::json!({"type": "object"})),
+        }
+    }));
     async_stream::stream! {
         let chain = &app.providers.llm;
-        let request = LlmRequest {
-            messages,
-            tools: app.providers.tool_specs.to_vec(),
-        };
+        let request = LlmRequest { messages, tools };
         let opened = chain
             .open(&app.metrics, first, "no first token", |llm| {
                 llm.stream(request.clone())
@@ -84,27 +99,29 @@ pub(super) fn llm(
     }
 }
 
-/// Sentence `seq` synthesized by the TTS chain, from the link in `voice` (the one that spoke the
-/// turn's earlier sentences), which it updates to the link that answers.
+/// Sentence `seq` synthesized by the TTS chain, from the link in `link` (the one that spoke the
+/// turn's earlier sentences), which it updates to the link that answers; in the session's
+/// `voice`, if it chose one.
 pub(super) fn tts(
     app: Arc<AppState>,
     seq: u32,
     text: String,
-    voice: Arc<AtomicUsize>,
+    voice: Option<Arc<str>>,
+    link: Arc<AtomicUsize>,
     first: Duration,
     stall: Duration,
 ) -> impl Stream<Item = ProviderEvent> + Send + 'static {
     async_stream::stream! {
         let chain = &app.providers.tts;
         let rate = app.config.session.output_rate;
-        let from = voice.load(Ordering::Relaxed);
+        let from = link.load(Ordering::Relaxed);
         let opened = chain
             .open_from(from, &app.metrics, first, "no audio", |tts| {
-                tts.synthesize(text.clone(), rate)
+                tts.synthesize_as(text.clone(), rate, voice.as_deref())
             })
             .await;
         if let Ok((attempt, _, _)) = &opened {
-            voice.store(attempt.index(), Ordering::Relaxed);
+            link.store(attempt.index(), Ordering::Relaxed);
         }
         let relay = Relay {
             metrics: &app.metrics,

@@ -272,7 +272,14 @@ impl<C: Codec> Driver<C> {
         } else {
             0
         };
-        let call = calls::transcribe(Arc::clone(&self.app), audio, from, self.timeouts.asr);
+        let language = self.core.language().cloned();
+        let call = calls::transcribe(
+            Arc::clone(&self.app),
+            audio,
+            language,
+            from,
+            self.timeouts.asr,
+        );
         self.start(turn, call);
     }
 
@@ -618,7 +625,7 @@ impl<C: Codec> Driver<C> {
                     match provider {
                         Some(p) => self.live.push(LiveStream {
                             turn,
-                            opening: Some(p.open()),
+                            opening: Some(p.open_in(self.core.language().map(|l| &**l))),
                             stream: None,
                         }),
                         None => {
@@ -640,26 +647,37 @@ impl<C: Codec> Driver<C> {
                     }
                 }
                 Output::CloseAsrStream(turn) => self.live.retain(|l| l.turn != turn),
-                Output::StartLlm { turn, messages } => {
+                Output::StartLlm {
+                    turn,
+                    messages,
+                    client_tools,
+                } => {
                     let t = &self.timeouts;
                     let call = calls::llm(
                         Arc::clone(&self.app),
                         messages,
+                        &client_tools,
                         t.llm_first_token,
                         t.llm_stall,
                     );
                     self.start(turn, call);
                 }
-                Output::StartTts { turn, seq, text } => {
-                    // The turn keeps the voice that spoke its first sentence: a fallback voice,
-                    // once it has spoken, is not swapped back mid-answer.
-                    let voice = Arc::clone(self.voices.entry(turn).or_default());
+                Output::StartTts {
+                    turn,
+                    seq,
+                    text,
+                    voice,
+                } => {
+                    // The turn keeps the provider that spoke its first sentence: a fallback
+                    // voice, once it has spoken, is not swapped back mid-answer.
+                    let link = Arc::clone(self.voices.entry(turn).or_default());
                     let t = &self.timeouts;
                     let call = calls::tts(
                         Arc::clone(&self.app),
                         seq,
                         text,
                         voice,
+                        link,
                         t.tts_first_audio,
                         t.tts_stall,
                     );
@@ -698,6 +716,7 @@ fn apply(core: &mut Session, now: Time, input: Input<'_>) {
         Input::Respond => core.handle_respond(now),
         Input::Cancel => core.handle_cancel(now),
         Input::Update(update) => core.handle_update(now, update),
+        Input::ToolResult { call_id, result } => core.handle_tool_result(now, &call_id, result),
     }
 }
 

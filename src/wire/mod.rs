@@ -51,6 +51,13 @@ pub(crate) enum Input<'a> {
     Cancel,
     /// Change the session's settings.
     Update(voxd_core::SessionUpdate),
+    /// The answer to a client-side tool's call.
+    ToolResult {
+        /// The call's id.
+        call_id: String,
+        /// The result, as JSON text.
+        result: String,
+    },
 }
 
 /// What the first message of a session says.

@@ -7,7 +7,9 @@
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
-use voxd_core::{ChatMessage, Event, SampleRate, SessionUpdate, Timings, TurnId};
+use voxd_core::{
+    ChatMessage, ClientTool, Event, Rejection, SampleRate, SessionUpdate, Timings, TurnId,
+};
 
 use super::{AudioIn, Codec, Frame, Hello, Input, Notice};
 
@@ -36,6 +38,13 @@ pub enum ClientMessage {
     Cancel,
     /// Change the session's settings.
     SessionUpdate(SessionUpdate),
+    /// The answer to a client-side tool's `tool_call`.
+    ToolResult {
+        /// The call's id.
+        call_id: String,
+        /// The result as JSON text (a JSON string is passed as the text it holds).
+        result: String,
+    },
 }
 
 /// A client mistake, answered with a non-fatal `error` event.
@@ -56,10 +65,21 @@ impl ProtocolError {
     }
 }
 
-const TYPES: &str = "speech_start, speech_end, text, say, respond, cancel, session_update, ping";
+const TYPES: &str =
+    "speech_start, speech_end, text, say, respond, cancel, session_update, tool_result, ping";
 
 /// What a `session_update` may hold, and its bounds.
-const UPDATE_FIELDS: &str = "instructions, turn, history, greeting";
+const UPDATE_FIELDS: &str = "instructions, voice, language, tools, turn, history, greeting";
+const TOOL_FIELDS: &str = "name, description, parameters";
+const MAX_TOOLS: usize = 32;
+const MAX_TOOL_DESCRIPTION_CHARS: usize = 2_000;
+/// A tool's `parameters` schema, as JSON text.
+const MAX_TOOL_SCHEMA_BYTES: usize = 16 * 1024;
+/// A `tool_result`'s `result`, as JSON text.
+pub(crate) const MAX_TOOL_RESULT_BYTES: usize = 64 * 1024;
+const MAX_CALL_ID_CHARS: usize = 128;
+const MAX_VOICE_CHARS: usize = 64;
+const MAX_LANGUAGE_CHARS: usize = 16;
 const TURN_FIELDS: &str = "min_interruption_ms, false_interruption_timeout_ms, backchannels";
 const MAX_INSTRUCTIONS_CHARS: usize = 16_000;
 const MAX_HISTORY_MESSAGES: usize = 200;
@@ -108,6 +128,7 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
         "respond" => Ok(ClientMessage::Respond),
         "cancel" => Ok(ClientMessage::Cancel),
         "session_update" => session_update(&map).map(ClientMessage::SessionUpdate),
+        "tool_result" => tool_result(&map),
         other => Err(ProtocolError::new(
             "unknown_type",
             format!(
@@ -143,6 +164,17 @@ fn session_update(map: &serde_json::Map<String, Value>) -> Result<SessionUpdate,
                 }
                 u.instructions = Some(s.to_owned());
             }
+            "voice" => {
+                u.voice = Some(token(value, "voice", MAX_VOICE_CHARS, |c| {
+                    c.is_ascii_alphanumeric() || "_-.+:".contains(c)
+                })?);
+            }
+            "language" => {
+                u.language = Some(token(value, "language", MAX_LANGUAGE_CHARS, |c| {
+                    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+                })?);
+            }
+            "tools" => u.tools = Some(tools(value)?),
             "greeting" => match value {
                 Value::String(s) if !s.trim().is_empty() => u.greeting = Some(s.clone()),
                 _ => return Err(invalid("\"greeting\" must be a non-empty string".into())),
@@ -239,6 +271,172 @@ fn session_update(map: &serde_json::Map<String, Value>) -> Result<SessionUpdate,
         }
     }
     Ok(u)
+}
+
+/// A short identifier-like string (a voice, a language code): non-empty, at most `max`
+/// characters, each one that `allowed` accepts.
+fn token(
+    value: &Value,
+    field: &str,
+    max: usize,
+    allowed: impl Fn(char) -> bool,
+) -> Result<String, ProtocolError> {
+    match value.as_str() {
+        Some(s) if !s.is_empty() && s.chars().count() <= max && s.chars().all(allowed) => {
+            Ok(s.to_owned())
+        }
+        _ => Err(invalid(format!(
+            "\"{field}\" must be a non-empty string of at most {max} letters, digits and \
+             punctuation such as - or _, got {}",
+            shown(value)
+        ))),
+    }
+}
+
+/// A JSON value as an error message shows it: short.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("{:?}", truncate(s, 64)),
+        other => kind(other).to_owned(),
+    }
+}
+
+/// The client-side tools of a `session_update`: `[{name, description, parameters}]`.
+fn tools(value: &Value) -> Result<Vec<ClientTool>, ProtocolError> {
+    let items = value
+        .as_array()
+        .filter(|a| a.len() <= MAX_TOOLS)
+        .ok_or_else(|| {
+            invalid(format!(
+                "\"tools\" must be an array of at most {MAX_TOOLS} tools \
+                 {{\"name\", \"description\", \"parameters\"}}"
+            ))
+        })?;
+    let mut out: Vec<ClientTool> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(tool) = item else {
+            return Err(invalid(format!(
+                "\"tools[{i}]\" must be an object {{\"name\", \"description\", \"parameters\"}}, got {}",
+                kind(item)
+            )));
+        };
+        let mut name = None;
+        let mut description = String::new();
+        let mut parameters = r#"{"type":"object","properties":{}}"#.to_owned();
+        for (k, v) in tool {
+            match k.as_str() {
+                "name" => {
+                    let ok = v.as_str().filter(|n| {
+                        !n.is_empty()
+                            && n.len() <= 64
+                            && n.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    });
+                    let Some(n) = ok else {
+                        return Err(invalid(format!(
+                            "\"tools[{i}].name\" must be 1 to 64 letters, digits, _ or -, got {}",
+                            shown(v)
+                        )));
+                    };
+                    if out.iter().any(|t| t.name == n) {
+                        return Err(invalid(format!(
+                            "\"tools[{i}].name\": {n:?} is already the name of an earlier tool"
+                        )));
+                    }
+                    name = Some(n.to_owned());
+                }
+                "description" => {
+                    description = v
+                        .as_str()
+                        .filter(|d| d.chars().count() <= MAX_TOOL_DESCRIPTION_CHARS)
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "\"tools[{i}].description\" must be a string of at most \
+                                 {MAX_TOOL_DESCRIPTION_CHARS} characters"
+                            ))
+                        })?
+                        .to_owned();
+                }
+                "parameters" => {
+                    let text = v.is_object().then(|| v.to_string()).ok_or_else(|| {
+                        invalid(format!(
+                            "\"tools[{i}].parameters\" must be a JSON Schema object, got {}",
+                            kind(v)
+                        ))
+                    })?;
+                    if text.len() > MAX_TOOL_SCHEMA_BYTES {
+                        return Err(invalid(format!(
+                            "\"tools[{i}].parameters\" is larger than {MAX_TOOL_SCHEMA_BYTES} bytes"
+                        )));
+                    }
+                    if v.get("type").is_some_and(|t| t != "object") {
+                        return Err(invalid(format!(
+                            "\"tools[{i}].parameters\" must describe an object (\"type\": \"object\")"
+                        )));
+                    }
+                    parameters = text;
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "unknown field \"tools[{i}].{}\"; expected: {TOOL_FIELDS}",
+                        truncate(other, 64)
+                    )))
+                }
+            }
+        }
+        let name =
+            name.ok_or_else(|| invalid(format!("\"tools[{i}]\" needs a \"name\" (a string)")))?;
+        out.push(ClientTool {
+            name,
+            description,
+            parameters,
+        });
+    }
+    Ok(out)
+}
+
+/// A `tool_result`: `{"call_id": "...", "result": any JSON}`.
+fn tool_result(map: &serde_json::Map<String, Value>) -> Result<ClientMessage, ProtocolError> {
+    let call_id = match map.get("call_id") {
+        Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_CALL_ID_CHARS => {
+            id.clone()
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "\"call_id\" must be the non-empty string of a tool_call's call_id, got {}",
+                shown(other)
+            )))
+        }
+        None => {
+            return Err(invalid(
+                "a \"tool_result\" needs the \"call_id\" of the tool_call it answers".into(),
+            ))
+        }
+    };
+    let result = match map.get("result") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => {
+            return Err(invalid(
+                "a \"tool_result\" needs a \"result\" (any JSON value: the tool's output)".into(),
+            ))
+        }
+    };
+    if result.len() > MAX_TOOL_RESULT_BYTES {
+        return Err(invalid(format!(
+            "\"result\" is larger than {MAX_TOOL_RESULT_BYTES} bytes"
+        )));
+    }
+    if let Some(k) = map
+        .keys()
+        .find(|k| !matches!(k.as_str(), "type" | "call_id" | "result"))
+    {
+        return Err(invalid(format!(
+            "unknown field {:?} in tool_result; expected: call_id, result",
+            truncate(k, 64)
+        )));
+    }
+    Ok(ClientMessage::ToolResult { call_id, result })
 }
 
 /// The non-blank `"text"` string of a `ty` message.
@@ -369,6 +567,8 @@ pub(crate) enum ServerMessage<'a> {
         call_id: &'a str,
         name: &'a str,
         arguments: Value,
+        /// `server` or `client`: who runs the tool (the client answers with `tool_result`).
+        runs: &'static str,
     },
     ToolResult {
         turn_id: u64,
@@ -418,6 +618,10 @@ pub(crate) enum ServerMessage<'a> {
     /// The effective settings after a `session_update`.
     SessionUpdated {
         instructions: &'a str,
+        voice: Option<&'a str>,
+        language: Option<&'a str>,
+        /// The client-side tools' names.
+        tools: Vec<&'a str>,
         turn: TurnJson<'a>,
         history_messages: usize,
     },
@@ -452,8 +656,14 @@ pub fn encode_event(e: &Event) -> Option<String> {
             false_interruption_timeout,
             backchannels,
             history_messages,
+            tools,
+            voice,
+            language,
         } => ServerMessage::SessionUpdated {
             instructions,
+            voice: voice.as_deref(),
+            language: language.as_deref(),
+            tools: tools.iter().map(|t| t.name.as_str()).collect(),
             turn: TurnJson {
                 min_interruption_ms: min_interruption.as_millis() as u64,
                 false_interruption_timeout_ms: false_interruption_timeout.as_millis() as u64,
@@ -488,13 +698,25 @@ pub fn encode_event(e: &Event) -> Option<String> {
             text,
         }
         .to_json(),
-        Event::ToolCall { turn, call } => ServerMessage::ToolCall {
+        Event::ToolCall { turn, call, runs } => ServerMessage::ToolCall {
             turn_id: turn.0,
             call_id: &call.id,
             name: &call.name,
             arguments: json_or_string(&call.arguments),
+            runs: runs.as_str(),
         }
         .to_json(),
+        Event::Rejected(rejection) => {
+            let (code, message) = rejected(rejection);
+            ServerMessage::Error {
+                code,
+                message: &message,
+                fatal: false,
+                turn_id: None,
+                provider: None,
+            }
+            .to_json()
+        }
         Event::ToolResult {
             turn,
             call_id,
@@ -585,6 +807,44 @@ pub fn encode_event(e: &Event) -> Option<String> {
             .to_json()
         }
     })
+}
+
+/// The `error` code and message of a refused request.
+fn rejected(r: &Rejection) -> (&'static str, String) {
+    match r {
+        Rejection::UnknownCall { call_id } => (
+            "unknown_call_id",
+            format!(
+                "tool_result for call_id {:?}, which no tool_call of this session had",
+                truncate(call_id, 128)
+            ),
+        ),
+        Rejection::LateResult { call_id } => (
+            "late_tool_result",
+            format!(
+                "tool_result for call_id {call_id:?} came too late: the call timed out or its \
+                 response ended; the model was told it failed"
+            ),
+        ),
+        Rejection::AlreadyAnswered { call_id } => (
+            "duplicate_tool_result",
+            format!("call_id {call_id:?} was already answered; this result was ignored"),
+        ),
+        Rejection::ServerCall { call_id } => (
+            "not_a_client_call",
+            format!(
+                "call_id {call_id:?} is a server tool's call (its tool_call said \"runs\": \
+                 \"server\"); the server answers it"
+            ),
+        ),
+        Rejection::ToolNameClash { index, name } => (
+            "invalid_field",
+            format!(
+                "\"tools[{index}].name\": {name:?} is the name of a server tool; pick another \
+                 name (nothing in this session_update was applied)"
+            ),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -697,6 +957,9 @@ impl Codec for VoxdCodec {
             Ok(ClientMessage::Respond) => input(Input::Respond),
             Ok(ClientMessage::Cancel) => input(Input::Cancel),
             Ok(ClientMessage::SessionUpdate(u)) => input(Input::Update(u)),
+            Ok(ClientMessage::ToolResult { call_id, result }) => {
+                input(Input::ToolResult { call_id, result });
+            }
             Ok(ClientMessage::Ping(id)) => {
                 out.push(Frame::Text(
                     ServerMessage::Pong { id: id.as_ref() }.to_json(),

@@ -214,6 +214,14 @@ impl Asr for OpenAiAsr {
     }
 
     async fn transcribe(&self, audio: Arc<[i16]>) -> Result<Transcript, ProviderError> {
+        self.transcribe_in(audio, None).await
+    }
+
+    async fn transcribe_in(
+        &self,
+        audio: Arc<[i16]>,
+        language: Option<&str>,
+    ) -> Result<Transcript, ProviderError> {
         if audio.is_empty() {
             return Ok(Transcript {
                 text: String::new(),
@@ -231,8 +239,8 @@ impl Asr for OpenAiAsr {
             .part("file", file)
             .text("model", self.model.clone())
             .text("response_format", "json");
-        if let Some(language) = &self.language {
-            form = form.text("language", language.clone());
+        if let Some(language) = language.or(self.language.as_deref()) {
+            form = form.text("language", language.to_owned());
         }
         if let Some(prompt) = &self.prompt {
             form = form.text("prompt", prompt.clone());

@@ -197,6 +197,15 @@ impl Tts for OpenAiTts {
         text: String,
         rate: SampleRate,
     ) -> BoxStream<'static, Result<Vec<i16>, ProviderError>> {
+        self.synthesize_as(text, rate, None)
+    }
+
+    fn synthesize_as(
+        &self,
+        text: String,
+        rate: SampleRate,
+        voice: Option<&str>,
+    ) -> BoxStream<'static, Result<Vec<i16>, ProviderError>> {
         let pipeline = match PcmPipeline::raw(self.source_rate, rate) {
             Ok(pipeline) => pipeline,
             Err(e) => {
@@ -214,7 +223,7 @@ impl Tts for OpenAiTts {
         let mut body = serde_json::json!({
             "model": self.model,
             "input": text,
-            "voice": self.voice,
+            "voice": voice.unwrap_or(&self.voice),
             "response_format": "pcm",
         });
         if let Some(speed) = self.speed {

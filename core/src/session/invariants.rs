@@ -23,7 +23,7 @@
 //! Usage, per input: call [`Checker::provider`] *before* handing a provider event to the session,
 //! then [`Checker::output`] on every output drained, then [`Checker::step`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{Event, Output, ProviderEvent, ResponseStatus, Session, SessionConfig};
 use crate::history::ChatMessage;
@@ -91,6 +91,8 @@ pub struct Checker {
     /// The client updated the session in this step (`SessionUpdated`), which may have replaced
     /// the history with its own: the history's shape is checked, not where its texts came from.
     seeded: bool,
+    /// Ids of the calls the client runs (`ToolCall` with `ToolRunner::Client`).
+    client_calls: HashSet<String>,
 }
 
 impl Checker {
@@ -109,6 +111,7 @@ impl Checker {
             history: Vec::new(),
             ended: Vec::new(),
             seeded: false,
+            client_calls: HashSet::new(),
         }
     }
 
@@ -183,7 +186,9 @@ impl Checker {
                 t.sent = end;
             }
             Output::Event(e) => self.event(e),
-            Output::StartTts { turn, seq, text } => {
+            Output::StartTts {
+                turn, seq, text, ..
+            } => {
                 let t = self.turns.entry(*turn).or_default();
                 assert!(!t.cancelled, "turn {turn}: TTS started after cancellation");
                 assert_eq!(t.done, 0, "turn {turn}: TTS started after response_done");
@@ -206,6 +211,13 @@ impl Checker {
             Output::StartAsr { turn, .. }
             | Output::StartTool { turn, .. }
             | Output::OpenAsrStream(turn) => {
+                if let Output::StartTool { call, .. } = output {
+                    assert!(
+                        !self.client_calls.contains(&call.id),
+                        "turn {turn}: the server ran {}, a client-side call",
+                        call.id
+                    );
+                }
                 let t = self.turns.entry(*turn).or_default();
                 assert!(
                     !t.cancelled,
@@ -245,7 +257,7 @@ impl Checker {
                 assert!(!t.released, "turn {turn}: released twice");
                 t.released = true;
             }
-            Output::StartLlm { turn, messages } => {
+            Output::StartLlm { turn, messages, .. } => {
                 let t = self.turns.entry(*turn).or_default();
                 assert!(!t.cancelled, "turn {turn}: LLM started after cancellation");
                 assert_eq!(t.done, 0, "turn {turn}: LLM started after response_done");
@@ -336,6 +348,14 @@ impl Checker {
             Event::ResponseText { turn, .. }
             | Event::ToolCall { turn, .. }
             | Event::ToolResult { turn, .. } => {
+                if let Event::ToolCall {
+                    call,
+                    runs: crate::session::ToolRunner::Client,
+                    ..
+                } = e
+                {
+                    self.client_calls.insert(call.id.clone());
+                }
                 assert_eq!(
                     self.done(*turn),
                     0,
@@ -346,7 +366,8 @@ impl Checker {
             | Event::SpeechStopped { .. }
             | Event::Transcript { .. }
             | Event::FalseAlarm { .. }
-            | Event::ProviderError { .. } => {}
+            | Event::ProviderError { .. }
+            | Event::Rejected(_) => {}
             Event::SessionUpdated { .. } => self.seeded = true,
         }
     }

@@ -77,6 +77,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::history::{ChatMessage, History};
 use crate::types::{SampleRate, Time, TurnId};
@@ -99,8 +100,8 @@ use playback::Pacing;
 use response::Response;
 use user::{Source, User};
 pub use vocabulary::{
-    Event, Output, ProviderEvent, ProviderFailure, ResponseStatus, SessionConfig, SessionUpdate,
-    Stage, Timings,
+    ClientTool, Event, Output, ProviderEvent, ProviderFailure, Rejection, ResponseStatus,
+    SessionConfig, SessionUpdate, Stage, Timings, ToolRunner,
 };
 
 /// The turn-taking state machine of one connection. See the module docs.
@@ -133,6 +134,23 @@ pub struct Session {
     /// A typical speaking rate (14 characters a second) at the output rate, to estimate the
     /// length of a sentence before its synthesis is finished.
     samples_per_char: f64,
+    /// The last tool calls that are no longer pending, newest last: a client's result for one
+    /// is refused for what it is (late, a second answer, the server's) rather than unknown.
+    settled_calls: VecDeque<(String, Settled)>,
+}
+
+/// How many settled tool calls are remembered (`Session::settled_calls`).
+const SETTLED_CALLS_KEPT: usize = 32;
+
+/// What became of a tool call that is no longer pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settled {
+    /// The client answered it.
+    Answered,
+    /// It timed out, or its response ended, before the client answered.
+    Ended,
+    /// The server runs it.
+    Server,
 }
 
 impl std::fmt::Debug for Session {
@@ -165,6 +183,7 @@ impl Session {
             vad_events: Vec::with_capacity(4),
             pacing: Pacing::new(&cfg),
             samples_per_char: f64::from(cfg.output_rate.hz()) / 14.0,
+            settled_calls: VecDeque::new(),
             cfg,
         }
     }
@@ -189,11 +208,16 @@ impl Session {
         let response = self
             .response
             .as_ref()
-            .and_then(|r| r.next_timeout(&self.pacing));
+            .and_then(|r| r.next_timeout(&self.pacing, self.cfg.client_tool_timeout));
         match (candidate, response) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// The language asked of the ASR for the next utterance, if the client chose one.
+    pub fn language(&self) -> Option<&Arc<str>> {
+        self.cfg.language.as_ref()
     }
 
     /// The conversation so far.
@@ -366,6 +390,21 @@ impl Session {
     /// they apply from the next response. `SessionUpdated` answers with the effective settings;
     /// a greeting is then spoken as `handle_say` speaks.
     pub fn handle_update(&mut self, now: Time, update: SessionUpdate) {
+        // Checked before anything applies: an update is taken whole or not at all.
+        if let Some(tools) = &update.tools {
+            let clash = tools
+                .iter()
+                .enumerate()
+                .find(|(_, t)| self.cfg.server_tools.contains(&t.name));
+            if let Some((index, t)) = clash {
+                self.emit(Event::Rejected(Rejection::ToolNameClash {
+                    index,
+                    name: t.name.clone(),
+                }));
+                self.pump(now);
+                return;
+            }
+        }
         let SessionUpdate {
             instructions,
             min_interruption,
@@ -373,6 +412,9 @@ impl Session {
             backchannels,
             history,
             greeting,
+            tools,
+            voice,
+            language,
         } = update;
         if let Some(i) = instructions {
             self.cfg.system_prompt = i;
@@ -390,6 +432,15 @@ impl Session {
             .max(self.cfg.min_interruption);
         if let Some(b) = backchannels {
             self.cfg.backchannels = b;
+        }
+        if let Some(t) = tools {
+            self.cfg.client_tools = t.into();
+        }
+        if let Some(v) = voice {
+            self.cfg.voice = Some(v.into());
+        }
+        if let Some(l) = language {
+            self.cfg.language = Some(l.into());
         }
         if let Some(messages) = history {
             self.history = History::new(self.cfg.max_history_messages);
@@ -409,11 +460,28 @@ impl Session {
             false_interruption_timeout: self.cfg.false_interruption_timeout,
             backchannels: self.cfg.backchannels.clone(),
             history_messages: self.history.messages().len(),
+            tools: Arc::clone(&self.cfg.client_tools),
+            voice: self.cfg.voice.clone(),
+            language: self.cfg.language.clone(),
         });
         match greeting {
             Some(text) => self.handle_say(now, &text),
             None => self.pump(now),
         }
+    }
+
+    /// The client answers a client-side tool's `ToolCall` with `result` (JSON text). A result
+    /// for a call it was not given, one already answered or one that ended (timed out, or its
+    /// response is over) is refused with `Event::Rejected`, and changes nothing.
+    pub fn handle_tool_result(&mut self, now: Time, call_id: &str, result: String) {
+        match self.client_call_state(call_id) {
+            Ok(()) => {
+                self.settle_call(call_id.to_owned(), Settled::Answered);
+                self.on_tool_result(now, call_id.to_owned(), Ok(result));
+            }
+            Err(rejection) => self.emit(Event::Rejected(rejection)),
+        }
+        self.pump(now);
     }
 
     /// The client stops the response in progress, as a confirmed barge-in would (a push-to-talk
@@ -442,9 +510,11 @@ impl Session {
         }
     }
 
-    /// Time passed: time out a barge-in candidate, speak a filler, pace audio, end the response.
+    /// Time passed: time out a barge-in candidate or a client-side tool, speak a filler, pace
+    /// audio, end the response.
     pub fn handle_timeout(&mut self, now: Time) {
         self.time_out_candidate(now);
+        self.time_out_client_tools(now);
         self.speak_filler_if_due(now);
         self.pump(now);
     }

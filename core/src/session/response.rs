@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use super::playback::{Pacing, PcmQueue, PlayState, Playback};
 use super::{
-    Event, Output, ProviderEvent, ProviderFailure, ResponseStatus, Session, Stage, Timings,
+    ClientTool, Event, Output, ProviderEvent, ProviderFailure, Rejection, ResponseStatus, Session,
+    SessionConfig, Settled, Stage, Timings, ToolRunner, SETTLED_CALLS_KEPT,
 };
 use crate::history::{ChatMessage, ToolCall};
 use crate::splitter::SentenceSplitter;
@@ -73,6 +74,8 @@ impl Reply {
 #[derive(Debug)]
 struct PendingTool {
     call: ToolCall,
+    /// Who runs it; a client-side call times out on the session's clock.
+    runs: ToolRunner,
     started_at: Time,
     result: Option<String>,
 }
@@ -126,11 +129,17 @@ pub(super) struct Response {
     /// Samples sent.
     sent: u64,
     play: Playback,
+    /// The client-side tools offered to the LLM, as they were when the response began.
+    client_tools: Arc<[ClientTool]>,
+    /// The voice it speaks with, as it was when the response began.
+    voice: Option<Arc<str>>,
 }
 
 impl Response {
-    fn new(turn: TurnId, speech_end: Time, min_clause_chars: usize, reply: Reply) -> Self {
+    fn new(turn: TurnId, speech_end: Time, cfg: &SessionConfig, reply: Reply) -> Self {
         Response {
+            client_tools: Arc::clone(&cfg.client_tools),
+            voice: cfg.voice.clone(),
             turn,
             timings: Timings {
                 speech_end: Some(speech_end),
@@ -139,7 +148,7 @@ impl Response {
             reply,
             tool_rounds: 0,
             filler: Filler::NotDue,
-            splitter: SentenceSplitter::new(min_clause_chars),
+            splitter: SentenceSplitter::new(cfg.min_clause_chars),
             sentences: Vec::new(),
             next_tts: 0,
             tts_active: None,
@@ -173,10 +182,21 @@ impl Response {
 
     /// When the response needs a wake-up: the filler phrase, the next batch of audio, or the end
     /// of its last sample.
-    pub(super) fn next_timeout(&self, pacing: &Pacing) -> Option<Time> {
+    pub(super) fn next_timeout(&self, pacing: &Pacing, tool_timeout: Duration) -> Option<Time> {
         let filler = match self.filler {
             Filler::Due(at) => Some(at),
             Filler::NotDue | Filler::Spoken => None,
+        };
+        let tool = self
+            .reply
+            .tools()
+            .iter()
+            .filter(|t| t.runs == ToolRunner::Client && t.result.is_none())
+            .map(|t| t.started_at + tool_timeout)
+            .min();
+        let filler = match (filler, tool) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let mut audio = None;
         if self.play.state() == PlayState::Playing {
@@ -252,6 +272,7 @@ impl Response {
                 turn: self.turn,
                 seq: seq as u32,
                 text: self.sentences[seq].text.clone(),
+                voice: self.voice.clone(),
             }]);
         }
     }
@@ -341,12 +362,7 @@ impl Session {
         let reply = Reply::Transcribing {
             utterance: audio.clone(),
         };
-        self.response = Some(Response::new(
-            turn,
-            speech_end,
-            self.cfg.min_clause_chars,
-            reply,
-        ));
+        self.response = Some(Response::new(turn, speech_end, &self.cfg, reply));
         if let Some(after_stream) = self.live.end(turn, &audio, carried, &mut self.outputs) {
             self.outputs.push_back(Output::StartAsr {
                 turn,
@@ -365,7 +381,7 @@ impl Session {
         text: &str,
     ) {
         let reply = Reply::Generating { tools: Vec::new() };
-        let mut r = Response::new(turn, speech_end, self.cfg.min_clause_chars, reply);
+        let mut r = Response::new(turn, speech_end, &self.cfg, reply);
         r.timings.asr_done = Some(now);
         self.response = Some(r);
         self.commit_user_text(text);
@@ -375,7 +391,7 @@ impl Session {
     /// with no LLM round (→ `Complete` at once). What the user hears of it enters the history
     /// like any answer.
     pub(super) fn start_spoken_response(&mut self, turn: TurnId, now: Time, text: &str) {
-        let mut r = Response::new(turn, now, self.cfg.min_clause_chars, Reply::Complete);
+        let mut r = Response::new(turn, now, &self.cfg, Reply::Complete);
         let mut sentences = Vec::new();
         r.splitter.push(text, |s| sentences.push(s));
         sentences.extend(r.splitter.finish());
@@ -389,9 +405,15 @@ impl Session {
     /// with no new user words (→ `Generating`).
     pub(super) fn start_llm_response(&mut self, turn: TurnId, now: Time) {
         let reply = Reply::Generating { tools: Vec::new() };
-        self.response = Some(Response::new(turn, now, self.cfg.min_clause_chars, reply));
+        let r = Response::new(turn, now, &self.cfg, reply);
+        let client_tools = Arc::clone(&r.client_tools);
+        self.response = Some(r);
         let messages = self.llm_messages();
-        self.outputs.push_back(Output::StartLlm { turn, messages });
+        self.outputs.push_back(Output::StartLlm {
+            turn,
+            messages,
+            client_tools,
+        });
     }
 
     /// Adds the user's words to the history and asks the LLM (→ `Generating`).
@@ -403,6 +425,7 @@ impl Session {
         self.outputs.push_back(Output::StartLlm {
             turn: r.turn,
             messages,
+            client_tools: Arc::clone(&r.client_tools),
         });
     }
 
@@ -488,16 +511,88 @@ impl Session {
         if tools.is_empty() && r.filler != Filler::Spoken {
             r.filler = Filler::Due(now + filler_delay);
         }
+        // A name the client offered is the client's to run; anything else, the server's (its
+        // registry answers an unknown name with an error the model sees).
+        let runs = if r.client_tools.iter().any(|t| t.name == call.name) {
+            ToolRunner::Client
+        } else {
+            ToolRunner::Server
+        };
         tools.push(PendingTool {
             call: call.clone(),
+            runs,
             started_at: now,
             result: None,
         });
         self.emit(Event::ToolCall {
             turn,
             call: call.clone(),
+            runs,
         });
-        self.outputs.push_back(Output::StartTool { turn, call });
+        if runs == ToolRunner::Server {
+            self.settle_call(call.id.clone(), Settled::Server);
+            self.outputs.push_back(Output::StartTool { turn, call });
+        }
+    }
+
+    /// Whether the client may answer `call_id` now: a client-side call of the current response,
+    /// still unanswered.
+    pub(super) fn client_call_state(&self, call_id: &str) -> Result<(), Rejection> {
+        let settled = self
+            .settled_calls
+            .iter()
+            .rev()
+            .find(|(id, _)| id == call_id)
+            .map(|(_, s)| *s);
+        let pending = self.response.as_ref().is_some_and(|r| {
+            r.reply
+                .tools()
+                .iter()
+                .any(|t| t.call.id == call_id && t.runs == ToolRunner::Client && t.result.is_none())
+        });
+        let call_id = call_id.to_owned();
+        // Pending first: a model may reuse an id of an earlier response.
+        match settled {
+            _ if pending => Ok(()),
+            Some(Settled::Server) => Err(Rejection::ServerCall { call_id }),
+            Some(Settled::Answered) => Err(Rejection::AlreadyAnswered { call_id }),
+            Some(Settled::Ended) => Err(Rejection::LateResult { call_id }),
+            None => Err(Rejection::UnknownCall { call_id }),
+        }
+    }
+
+    /// Fails each client-side call past `client_tool_timeout`, as a server tool's timeout does.
+    pub(super) fn time_out_client_tools(&mut self, now: Time) {
+        let limit = self.cfg.client_tool_timeout;
+        let Some(r) = &self.response else { return };
+        let expired: Vec<String> = r
+            .reply
+            .tools()
+            .iter()
+            .filter(|t| {
+                t.runs == ToolRunner::Client && t.result.is_none() && now >= t.started_at + limit
+            })
+            .map(|t| t.call.id.clone())
+            .collect();
+        for call_id in expired {
+            self.settle_call(call_id.clone(), Settled::Ended);
+            let failure = ProviderFailure {
+                provider: "client".into(),
+                message: format!(
+                    "the client did not answer tool call {call_id} within {} ms",
+                    limit.as_millis()
+                ),
+                timed_out: true,
+            };
+            self.on_tool_result(now, call_id, Err(failure));
+        }
+    }
+
+    pub(super) fn settle_call(&mut self, call_id: String, how: Settled) {
+        if self.settled_calls.len() == SETTLED_CALLS_KEPT {
+            self.settled_calls.pop_front();
+        }
+        self.settled_calls.push_back((call_id, how));
     }
 
     /// `Generating` → `Complete`, or `AwaitingTools` (and on at once if every tool answered).
@@ -518,7 +613,7 @@ impl Session {
         self.maybe_next_llm_round(now);
     }
 
-    fn on_tool_result(
+    pub(super) fn on_tool_result(
         &mut self,
         now: Time,
         call_id: String,
@@ -651,6 +746,7 @@ impl Session {
             self.outputs.push_back(Output::StartLlm {
                 turn: r.turn,
                 messages,
+                client_tools: Arc::clone(&r.client_tools),
             });
         }
     }
@@ -769,6 +865,16 @@ impl Session {
         status: ResponseStatus,
         reason: Option<&'static str>,
     ) {
+        let unanswered: Vec<String> = r
+            .reply
+            .tools()
+            .iter()
+            .filter(|t| t.runs == ToolRunner::Client && t.result.is_none())
+            .map(|t| t.call.id.clone())
+            .collect();
+        for id in unanswered {
+            self.settle_call(id, Settled::Ended);
+        }
         r.timings.done = Some(now);
         self.emit(Event::ResponseDone {
             turn: r.turn,

@@ -125,6 +125,12 @@ struct Sim {
     streams: HashMap<TurnId, usize>,
     /// Every stream opened.
     opened: Vec<TurnId>,
+    /// The tool the LLM calls for a balance.
+    tool_name: &'static str,
+    /// The client-side tools offered with the last `StartLlm`.
+    offered: Vec<String>,
+    /// The voice of every `StartTts`, in order.
+    voices: Vec<Option<Arc<str>>>,
 }
 
 /// Server VAD with webrtc-vad, which hears the sim's buzz (`Sim::voice`) as speech: for the
@@ -166,6 +172,9 @@ impl Sim {
             stream: StreamScript::default(),
             streams: HashMap::new(),
             opened: Vec::new(),
+            tool_name: "check_balance",
+            offered: Vec::new(),
+            voices: Vec::new(),
         }
     }
 
@@ -211,11 +220,22 @@ impl Sim {
                         ProviderEvent::Transcript(Ok(text.to_owned())),
                     );
                 }
-                Output::StartLlm { turn, messages } => {
+                Output::StartLlm {
+                    turn,
+                    messages,
+                    client_tools,
+                } => {
                     self.started.insert(*turn);
+                    self.offered = client_tools.iter().map(|t| t.name.clone()).collect();
                     self.script_llm(*turn, messages);
                 }
-                Output::StartTts { turn, seq, text } => {
+                Output::StartTts {
+                    turn,
+                    seq,
+                    text,
+                    voice,
+                } => {
+                    self.voices.push(voice.clone());
                     self.script_tts(*turn, *seq, text);
                 }
                 Output::StartTool { turn, call } => {
@@ -318,7 +338,7 @@ impl Sim {
                     };
                     let call = ToolCall {
                         id,
-                        name: "check_balance".into(),
+                        name: self.tool_name.into(),
                         arguments: "{}".into(),
                     };
                     self.schedule(at, turn, ProviderEvent::LlmToolCall(call));
@@ -1892,4 +1912,265 @@ fn the_users_level_comes_from_their_own_turns() {
     let sim = story_by_voice(SessionConfig::default());
     let level = sim.s.user_level_dbfs.expect("learned from the request");
     assert!((-30.0..-10.0).contains(&level), "{level}");
+}
+
+/// A session whose server has `check_balance`, and whose client offers `lookup_account`.
+fn client_tool_sim() -> Sim {
+    let mut sim = Sim::with(SessionConfig {
+        vad: None,
+        server_tools: ["check_balance".to_owned()].into(),
+        client_tool_timeout: Duration::from_secs(5),
+        ..SessionConfig::default()
+    });
+    sim.tool_name = "lookup_account";
+    sim.s.handle_update(
+        sim.now,
+        SessionUpdate {
+            tools: Some(vec![ClientTool {
+                name: "lookup_account".into(),
+                description: "The caller's account, from the app.".into(),
+                parameters: r#"{"type":"object","properties":{}}"#.into(),
+            }]),
+            ..SessionUpdate::default()
+        },
+    );
+    sim.drain();
+    sim
+}
+
+/// The id of the first client-side `ToolCall`.
+fn client_call(sim: &Sim) -> Option<String> {
+    sim.events().into_iter().find_map(|e| match e {
+        Event::ToolCall {
+            call,
+            runs: ToolRunner::Client,
+            ..
+        } => Some(call.id.clone()),
+        _ => None,
+    })
+}
+
+fn rejections(sim: &Sim) -> Vec<Rejection> {
+    sim.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Rejected(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_side_tool_is_offered_called_on_the_client_and_answered_by_it() {
+    let mut sim = client_tool_sim();
+    sim.text("check my balance");
+    sim.run_ms(1000);
+    assert_eq!(sim.offered, ["lookup_account"]);
+    let id = client_call(&sim).expect("a client-side tool call");
+    assert!(
+        !sim.log
+            .iter()
+            .any(|s| matches!(s.output, Output::StartTool { .. })),
+        "the server does not run a client-side tool"
+    );
+    // The response waits for the client, however long it takes (within the timeout).
+    assert!(sim.s.current_response().is_some());
+    sim.s
+        .handle_tool_result(sim.now, &id, r#"{"balance":"1,234.56"}"#.into());
+    sim.drain();
+    sim.settle();
+    assert!(rejections(&sim).is_empty());
+    assert!(
+        sim.has(|e| matches!(e, Event::ToolResult { call_id, elapsed, .. }
+        if *call_id == id && *elapsed >= Duration::from_millis(800)))
+    );
+    assert!(sim.texts().iter().any(|t| t.contains("1,234.56")));
+    let h = sim.s.history();
+    assert!(h
+        .iter()
+        .any(|m| matches!(m, ChatMessage::Tool { call_id, content }
+        if *call_id == id && content.contains("1,234.56"))));
+    assert!(
+        matches!(h.last(), Some(ChatMessage::Assistant { text, .. }) if text.contains("balance"))
+    );
+}
+
+#[test]
+fn a_client_side_tool_that_does_not_answer_times_out_and_its_late_result_is_refused() {
+    let mut sim = client_tool_sim();
+    sim.text("check my balance");
+    sim.run_ms(1000);
+    let id = client_call(&sim).expect("a client-side tool call");
+    // The timeout is on the session's clock: 5 s after the call.
+    sim.run_ms(3000);
+    assert!(!sim.has(|e| matches!(e, Event::ProviderError { .. })));
+    sim.run_ms(2000);
+    assert!(sim.has(
+        |e| matches!(e, Event::ProviderError { stage: Stage::Tool, failure, .. }
+        if failure.timed_out && failure.provider == "client")
+    ));
+    // The model is told, and answers anyway.
+    assert!(sim.has(|e| matches!(e, Event::ToolResult { result, .. } if result.contains("error"))));
+    sim.settle();
+    assert!(sim.has(|e| matches!(
+        e,
+        Event::ResponseDone {
+            status: ResponseStatus::Completed,
+            ..
+        }
+    )));
+    sim.s.handle_tool_result(sim.now, &id, "{}".into());
+    sim.drain();
+    assert_eq!(
+        rejections(&sim),
+        [Rejection::LateResult {
+            call_id: id.clone()
+        }]
+    );
+}
+
+#[test]
+fn tool_results_for_unknown_answered_or_server_calls_are_refused_and_change_nothing() {
+    let mut sim = client_tool_sim();
+    sim.s.handle_tool_result(sim.now, "nope", "{}".into());
+    sim.drain();
+    sim.text("check my balance");
+    sim.run_ms(1000);
+    let id = client_call(&sim).expect("a client-side tool call");
+    sim.s
+        .handle_tool_result(sim.now, &id, r#"{"balance":"1,234.56"}"#.into());
+    sim.s
+        .handle_tool_result(sim.now, &id, r#"{"balance":"0"}"#.into());
+    sim.drain();
+    sim.settle();
+    // A server tool's call is the server's to answer: the client cannot.
+    sim.tool_name = "check_balance";
+    sim.text("and my balance now?");
+    sim.run_ms(500);
+    let server_id = sim
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::ToolCall {
+                call,
+                runs: ToolRunner::Server,
+                ..
+            } => Some(call.id.clone()),
+            _ => None,
+        })
+        .expect("a server tool call");
+    sim.s.handle_tool_result(sim.now, &server_id, "{}".into());
+    sim.drain();
+    sim.settle();
+    assert_eq!(
+        rejections(&sim),
+        [
+            Rejection::UnknownCall {
+                call_id: "nope".into()
+            },
+            Rejection::AlreadyAnswered { call_id: id },
+            Rejection::ServerCall { call_id: server_id },
+        ]
+    );
+    let results = sim
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::ToolResult { .. }))
+        .count();
+    assert_eq!(results, 2, "one result per call");
+}
+
+#[test]
+fn an_interrupted_response_makes_its_pending_client_call_late() {
+    let mut sim = client_tool_sim();
+    sim.text("check my balance");
+    sim.run_ms(1000);
+    let id = client_call(&sim).expect("a client-side tool call");
+    sim.s.handle_cancel(sim.now);
+    sim.drain();
+    sim.s.handle_tool_result(sim.now, &id, "{}".into());
+    sim.drain();
+    assert_eq!(rejections(&sim), [Rejection::LateResult { call_id: id }]);
+    // Nothing of the cancelled round enters the history.
+    assert!(!sim
+        .s
+        .history()
+        .iter()
+        .any(|m| matches!(m, ChatMessage::Tool { .. })));
+}
+
+#[test]
+fn a_client_tool_named_like_a_server_tool_is_refused_and_nothing_of_the_update_applies() {
+    let mut sim = client_tool_sim();
+    let tool = |name: &str| ClientTool {
+        name: name.into(),
+        description: String::new(),
+        parameters: "{}".into(),
+    };
+    sim.s.handle_update(
+        sim.now,
+        SessionUpdate {
+            instructions: Some("Be terse.".into()),
+            tools: Some(vec![tool("open_door"), tool("check_balance")]),
+            ..SessionUpdate::default()
+        },
+    );
+    sim.drain();
+    assert_eq!(
+        rejections(&sim),
+        [Rejection::ToolNameClash {
+            index: 1,
+            name: "check_balance".into()
+        }]
+    );
+    sim.text("what's the weather");
+    sim.settle();
+    assert_eq!(
+        sim.offered,
+        ["lookup_account"],
+        "the tools before the update"
+    );
+    let updates = sim
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::SessionUpdated { .. }))
+        .count();
+    assert_eq!(updates, 1, "only the first update applied");
+}
+
+#[test]
+fn a_new_voice_and_tools_apply_from_the_next_response() {
+    let mut sim = client_tool_sim();
+    sim.text("tell me a story");
+    sim.run_ms(400);
+    assert!(sim.s.current_response().is_some());
+    sim.s.handle_update(
+        sim.now,
+        SessionUpdate {
+            voice: Some("alloy".into()),
+            language: Some("fr".into()),
+            tools: Some(Vec::new()),
+            ..SessionUpdate::default()
+        },
+    );
+    sim.drain();
+    assert!(sim.has(
+        |e| matches!(e, Event::SessionUpdated { voice: Some(v), language: Some(l), tools, .. }
+        if &**v == "alloy" && &**l == "fr" && tools.is_empty())
+    ));
+    assert_eq!(sim.s.language().map(|l| &**l), Some("fr"));
+    sim.settle();
+    assert!(sim.voices.len() > 1);
+    assert!(
+        sim.voices.iter().all(Option::is_none),
+        "the story keeps its voice: {:?}",
+        sim.voices
+    );
+    assert_eq!(sim.offered, ["lookup_account"]);
+    sim.voices.clear();
+    sim.text("what about tomorrow");
+    sim.settle();
+    assert!(!sim.voices.is_empty());
+    assert!(sim.voices.iter().all(|v| v.as_deref() == Some("alloy")));
+    assert!(sim.offered.is_empty());
 }

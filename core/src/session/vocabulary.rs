@@ -59,6 +59,16 @@ pub struct SessionConfig {
     /// The ASR can stream: each utterance gets a recognition stream as it is spoken
     /// (`AsrStreamEvent`, and the policy in `live_asr`).
     pub streaming_asr: bool,
+    /// How long a client-side tool may take to answer its `ToolCall` before it counts as failed.
+    pub client_tool_timeout: Duration,
+    /// The names of the server's own tools: a client-side tool may not take one.
+    pub server_tools: Arc<[String]>,
+    /// The client-side tools offered to the LLM (set by `SessionUpdate::tools`).
+    pub client_tools: Arc<[ClientTool]>,
+    /// The voice asked of the TTS; `None`: each provider's configured one.
+    pub voice: Option<Arc<str>>,
+    /// The language asked of the ASR (a BCP-47 or ISO 639-1 code); `None`: the provider's own.
+    pub language: Option<Arc<str>>,
 }
 
 impl Default for SessionConfig {
@@ -89,6 +99,11 @@ impl Default for SessionConfig {
             max_tts_backlog: Duration::from_millis(3000),
             min_clause_chars: 60,
             streaming_asr: false,
+            client_tool_timeout: Duration::from_secs(10),
+            server_tools: Arc::from([]),
+            client_tools: Arc::from([]),
+            voice: None,
+            language: None,
         }
     }
 }
@@ -245,12 +260,15 @@ pub enum Event {
         /// The text.
         text: String,
     },
-    /// The LLM asked for a tool; voxd runs it.
+    /// The LLM asked for a tool: voxd runs it, or the client does (and answers with
+    /// `Session::handle_tool_result`).
     ToolCall {
         /// The turn.
         turn: TurnId,
         /// The call.
         call: ToolCall,
+        /// Who runs it.
+        runs: ToolRunner,
     },
     /// A tool finished.
     ToolResult {
@@ -316,7 +334,15 @@ pub enum Event {
         backchannels: Vec<String>,
         /// Messages in the history.
         history_messages: usize,
+        /// The client-side tools offered to the LLM.
+        tools: Arc<[ClientTool]>,
+        /// The voice asked of the TTS, if the client chose one.
+        voice: Option<Arc<str>>,
+        /// The language asked of the ASR, if the client chose one.
+        language: Option<Arc<str>>,
     },
+    /// A client's request was refused; the session goes on unchanged.
+    Rejected(Rejection),
     /// A barge-in candidate (of turn `turn`) was judged a false alarm: the response goes on.
     /// Internal: for metrics and logs; the client sees `playback_resumed` when audio had started.
     FalseAlarm {
@@ -383,6 +409,8 @@ pub enum Output {
         turn: TurnId,
         /// System prompt and history.
         messages: Vec<ChatMessage>,
+        /// The client-side tools to offer besides the server's own.
+        client_tools: Arc<[ClientTool]>,
     },
     /// Synthesize one sentence.
     StartTts {
@@ -392,6 +420,8 @@ pub enum Output {
         seq: u32,
         /// The text.
         text: String,
+        /// The voice the response speaks with (`SessionConfig::voice` when it began).
+        voice: Option<Arc<str>>,
     },
     /// Run a tool.
     StartTool {
@@ -421,4 +451,72 @@ pub struct SessionUpdate {
     pub history: Option<Vec<ChatMessage>>,
     /// Words the bot says at once, as `handle_say` does (a greeting).
     pub greeting: Option<String>,
+    /// The client-side tools, replacing the ones offered before (an empty list removes them).
+    pub tools: Option<Vec<ClientTool>>,
+    /// `SessionConfig::voice`.
+    pub voice: Option<String>,
+    /// `SessionConfig::language`.
+    pub language: Option<String>,
+}
+
+/// A tool the client runs: the LLM is offered it, and its calls go to the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTool {
+    /// Its name (`[A-Za-z0-9_-]`, at most 64 characters).
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// The JSON schema of its arguments, as JSON text (an object schema; the owner checked it).
+    pub parameters: String,
+}
+
+/// Who runs a tool call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolRunner {
+    /// voxd, through its tool registry (`Output::StartTool`).
+    Server,
+    /// The client, which answers with `Session::handle_tool_result`.
+    Client,
+}
+
+impl ToolRunner {
+    /// The protocol name: `server`, `client`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolRunner::Server => "server",
+            ToolRunner::Client => "client",
+        }
+    }
+}
+
+/// A client's request the session refused (`Event::Rejected`), and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// A tool result for a call id the session never gave the client.
+    UnknownCall {
+        /// The id the client sent.
+        call_id: String,
+    },
+    /// A tool result that came too late: the call timed out, or its response ended.
+    LateResult {
+        /// The call.
+        call_id: String,
+    },
+    /// A second result for a call already answered.
+    AlreadyAnswered {
+        /// The call.
+        call_id: String,
+    },
+    /// A tool result for a call the server runs itself.
+    ServerCall {
+        /// The call.
+        call_id: String,
+    },
+    /// A client-side tool named like one of the server's tools (the update was not applied).
+    ToolNameClash {
+        /// Its index in the update's `tools`.
+        index: usize,
+        /// The name.
+        name: String,
+    },
 }

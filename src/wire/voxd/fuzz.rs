@@ -64,6 +64,14 @@ pub fn client_message(data: &[u8]) {
                 ClientMessage::Respond => assert_eq!(ty, Some("respond")),
                 ClientMessage::Cancel => assert_eq!(ty, Some("cancel")),
                 ClientMessage::SessionUpdate(_) => assert_eq!(ty, Some("session_update")),
+                ClientMessage::ToolResult { call_id, result } => {
+                    assert_eq!(ty, Some("tool_result"));
+                    assert_eq!(
+                        map.get("call_id").and_then(Value::as_str),
+                        Some(call_id.as_str())
+                    );
+                    assert!(result.len() <= super::MAX_TOOL_RESULT_BYTES);
+                }
                 ClientMessage::Ping(id) => {
                     assert_eq!(ty, Some("ping"));
                     assert_eq!(id.as_ref(), map.get("id"));
