@@ -76,6 +76,8 @@ struct Tweaks {
     max_tts_backlog_ms: u16,
     min_clause_chars: u8,
     vad: Option<VadTweaks>,
+    /// `client_discards_on_pause` (Twilio).
+    discards: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -121,6 +123,7 @@ fn config(server_vad: bool, tweaks: Option<Tweaks>) -> SessionConfig {
     cfg.max_history_messages = 2 + usize::from(t.max_history_messages % 64);
     cfg.max_tts_backlog = ms(u64::from(t.max_tts_backlog_ms) % 60_001);
     cfg.min_clause_chars = usize::from(t.min_clause_chars);
+    cfg.client_discards_on_pause = t.discards;
     if let (Some(v), Some(vad)) = (t.vad, cfg.vad.as_mut()) {
         let modes = [
             Aggressiveness::Quality,
@@ -174,6 +177,8 @@ enum Step {
     },
     /// A client's `tool_result`.
     ClientResult(CallId),
+    /// The client confirms it played this many samples (×16) of the response (a Twilio mark).
+    Played(u16),
     /// `say`, `respond` and `cancel`.
     Say(Words),
     Respond,
@@ -616,6 +621,12 @@ impl Driver {
                 self.s.handle_update(self.now, update);
                 self.drain();
             }
+            Step::Played(n) => {
+                if let Some(turn) = self.s.current_response() {
+                    self.s.handle_played(self.now, turn, u64::from(n) * 16);
+                    self.drain();
+                }
+            }
             Step::ClientResult(id) => {
                 let turn = self.s.current_response().unwrap_or(TurnId(self.last_turn));
                 let call_id = self.call_id(turn, id);
@@ -775,7 +786,7 @@ fn event_turn(e: &Event) -> TurnId {
         | Event::ToolCall { turn, .. }
         | Event::ToolResult { turn, .. }
         | Event::AudioStart { turn, .. }
-        | Event::PlaybackPaused { turn }
+        | Event::PlaybackPaused { turn, .. }
         | Event::PlaybackResumed { turn }
         | Event::Interrupted { turn, .. }
         | Event::ResponseDone { turn, .. }

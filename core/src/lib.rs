@@ -9,6 +9,7 @@
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod g711;
 pub mod history;
 pub mod resample;
 pub mod session;

@@ -89,6 +89,92 @@ pub(crate) struct FileConfig {
     pub(crate) tools: Option<BTreeMap<String, ToolConfig>>,
     /// `[mcp.NAME]`: MCP servers whose tools are offered too.
     pub(crate) mcp: BTreeMap<String, McpServerConfig>,
+    /// `[twilio]`: `GET /twilio`, Twilio Media Streams.
+    pub(crate) twilio: TwilioSection,
+}
+
+/// `[twilio]`
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TwilioSection {
+    /// An environment variable holding the account's auth token. Set, every upgrade must carry a
+    /// valid `X-Twilio-Signature` (else 403), and the API-key check does not apply to `/twilio`.
+    pub(crate) auth_token_env: Option<String>,
+    /// The stream URL as Twilio calls it (`wss://voice.example.com/twilio`), for the signature,
+    /// when a proxy in front changes the scheme or host. Default: `wss://` + the `Host` header +
+    /// the request's path and query.
+    pub(crate) public_url: Option<String>,
+    /// The `<Parameter>`s of the TwiML `<Stream>` that shape the session. Default
+    /// `["instructions", "greeting", "voice", "language"]`.
+    pub(crate) parameters: Vec<String>,
+}
+
+impl Default for TwilioSection {
+    fn default() -> Self {
+        TwilioSection {
+            auth_token_env: None,
+            public_url: None,
+            parameters: ["instructions", "greeting", "voice", "language"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// What the session parameters a `<Stream>` may set, checked.
+pub(crate) const TWILIO_PARAMETERS: [&str; 4] = ["instructions", "greeting", "voice", "language"];
+
+/// `[twilio]`, loaded.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Twilio {
+    /// The auth token that signs upgrades, if set.
+    pub(crate) auth_token: Option<String>,
+    /// `TwilioSection::public_url`.
+    pub(crate) public_url: Option<String>,
+    /// `TwilioSection::parameters`.
+    pub(crate) parameters: Vec<String>,
+}
+
+impl TwilioSection {
+    fn load(&self) -> Result<Twilio, ConfigError> {
+        if let Some(p) = self
+            .parameters
+            .iter()
+            .find(|p| !TWILIO_PARAMETERS.contains(&p.as_str()))
+        {
+            return Err(invalid(
+                "twilio.parameters",
+                format!("{p:?} is not a session setting; expected some of {TWILIO_PARAMETERS:?}"),
+            ));
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("wss://") || url.starts_with("ws://")) {
+                return Err(invalid(
+                    "twilio.public_url",
+                    format!("{url:?} must be the wss:// URL Twilio connects to"),
+                ));
+            }
+        }
+        let auth_token = match &self.auth_token_env {
+            None => None,
+            Some(var) => Some(
+                std::env::var(var)
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        invalid(
+                            "twilio.auth_token_env",
+                            format!("names the environment variable {var}, which is not set"),
+                        )
+                    })?,
+            ),
+        };
+        Ok(Twilio {
+            auth_token,
+            public_url: self.public_url.clone(),
+            parameters: self.parameters.clone(),
+        })
+    }
 }
 
 impl FileConfig {
@@ -1002,6 +1088,8 @@ pub struct Config {
     /// API keys, allowed origins and the token secret, loaded from the file, the environment and
     /// key files.
     pub(crate) auth: AuthConfig,
+    /// `[twilio]`, loaded.
+    pub(crate) twilio: Twilio,
 }
 
 impl Config {
@@ -1099,6 +1187,7 @@ impl Config {
         file.limits.check(file.server.max_message_bytes)?;
         file.transcribe.check()?;
         let auth = file.auth.load(base_dir)?;
+        let twilio = file.twilio.load()?;
         let (a, v, t) = (&file.audio, &file.vad, &file.turn);
         let aggressiveness = match v.mode {
             VadMode::Quality => Aggressiveness::Quality,
@@ -1149,6 +1238,8 @@ impl Config {
             server_tools: Arc::from([]),
             // A client-side tool has the same time to answer as a server's.
             client_tool_timeout: timeouts.tool,
+            // The codec's: Twilio's player drops its buffer on `clear`.
+            client_discards_on_pause: false,
             client_tools: Arc::from([]),
             voice: None,
             language: None,
@@ -1172,6 +1263,7 @@ impl Config {
             session,
             transcribe: file.transcribe,
             auth,
+            twilio,
         })
     }
 }

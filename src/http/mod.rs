@@ -31,7 +31,7 @@ mod upgrade;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use transcribe::fuzz::wav;
 
-/// The router: `/ws`, `/v1/transcribe`, `/metrics`, `/health/live`, `/health/ready`,
+/// The router: `/ws`, `/twilio`, `/v1/transcribe`, `/metrics`, `/health/live`, `/health/ready`,
 /// `/health/startup`. Every route's requests are counted and timed.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     // The transcribe handler enforces `max_body_bytes` itself (with a JSON 413); this only lifts
@@ -47,16 +47,26 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     if state.config.metrics_enabled {
         guarded = guarded.route("/metrics", get(metrics));
     }
+    // Twilio cannot send an API key: with its auth token set, its signature guards `/twilio`.
+    let signed_twilio = state.config.twilio.auth_token.is_some();
+    if !signed_twilio {
+        guarded = guarded.route("/twilio", get(upgrade::twilio_upgrade));
+    }
     // API keys and the Origin allow-list guard everything but the health probes.
     let guarded = guarded.route_layer(middleware::from_fn_with_state(
         Arc::clone(&state),
         auth::require,
     ));
-    Router::new()
+    let open = Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
-        .route("/health/startup", get(health::startup))
-        .merge(guarded)
+        .route("/health/startup", get(health::startup));
+    let open = if signed_twilio {
+        open.route("/twilio", get(upgrade::twilio_upgrade))
+    } else {
+        open
+    };
+    open.merge(guarded)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             track_http,

@@ -1,13 +1,14 @@
-//! `GET /ws`: the upgrade handler. It checks the requested sample rate, then admits the session
-//! (the client's quotas first, then the registry's `max_sessions`), and hands the upgraded socket
-//! to the session driver in a task the state's tracker waits for at shutdown.
+//! `GET /ws` and `GET /twilio`: the upgrade handlers. Each checks what its protocol needs (the
+//! requested sample rate; Twilio's signature), then admits the session (the client's quotas first,
+//! then the registry's `max_sessions`), and hands the upgraded socket to the session driver with
+//! the protocol's codec, in a task the state's tracker waits for at shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::Extension;
 use voxd_core::SampleRate;
@@ -20,7 +21,7 @@ use crate::registry::Refusal;
 use crate::session;
 use crate::state::AppState;
 use crate::transport::WsUpgrade;
-use crate::wire::VoxdCodec;
+use crate::wire::{Codec, TwilioCodec, VoxdCodec, TWILIO_RATE};
 
 /// Read buffer of a session's WebSocket, in bytes. Small on purpose: tungstenite zero-fills the
 /// buffer before every read, and a session reads twice per inbound frame (the frame, then "no
@@ -56,7 +57,86 @@ pub(super) async fn ws_upgrade(
             }
         },
     };
-    let ip = client_ip(peer.ip(), &headers, state.quotas.trust_x_forwarded_for);
+    admit(state, peer, &who, &headers, ws, VoxdCodec::new(rate), rate)
+}
+
+/// `GET /twilio`: Twilio Media Streams. With `[twilio] auth_token_env`, the upgrade must carry
+/// Twilio's signature of its URL (`X-Twilio-Signature`), and the API-key check does not apply
+/// (Twilio cannot send a key); without it, the route is guarded like `/ws`.
+pub(super) async fn twilio_upgrade(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    who: Option<Extension<Identity>>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: WsUpgrade,
+) -> Response {
+    let twilio = &state.config.twilio;
+    if let Some(token) = &twilio.auth_token {
+        let url = twilio_url(twilio.public_url.as_deref(), &headers, &uri);
+        let signature = headers
+            .get("x-twilio-signature")
+            .and_then(|v| v.to_str().ok());
+        if let Err(why) = verify_twilio(token, &url, signature) {
+            tracing::warn!(%url, why, "a Twilio upgrade was refused");
+            state.metrics.refused_by("twilio_signature");
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "invalid_signature",
+                &format!("{why}: /twilio takes only Twilio's signed requests (X-Twilio-Signature)"),
+            );
+        }
+    }
+    let who = who.map_or(Identity::Anonymous, |Extension(w)| w);
+    let codec = TwilioCodec::new(twilio.parameters.clone());
+    admit(state, peer, &who, &headers, ws, codec, TWILIO_RATE)
+}
+
+/// The URL Twilio signed: the configured public one (with the request's query), or `wss://`, the
+/// `Host` header, the path and the query.
+fn twilio_url(public_url: Option<&str>, headers: &HeaderMap, uri: &Uri) -> String {
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    match public_url {
+        Some(base) => format!("{base}{query}"),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            format!("wss://{host}{}{query}", uri.path())
+        }
+    }
+}
+
+/// Checks Twilio's request signature: base64 of HMAC-SHA1 over the URL, keyed with the account's
+/// auth token (a WebSocket upgrade has no form parameters to append).
+fn verify_twilio(token: &str, url: &str, signature: Option<&str>) -> Result<(), &'static str> {
+    use base64::Engine;
+    use hmac::Mac;
+    let signature = signature.ok_or("no X-Twilio-Signature header")?;
+    let given = base64::engine::general_purpose::STANDARD
+        .decode(signature.trim())
+        .map_err(|_| "the signature is not base64")?;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes())
+        .map_err(|_| "the auth token cannot key HMAC")?;
+    mac.update(url.as_bytes());
+    // Constant time.
+    mac.verify_slice(&given)
+        .map_err(|_| "the signature does not match the URL and auth token")
+}
+
+/// Admits a session (the client's quotas first, then the registry's `max_sessions`) and hands
+/// the upgraded socket to the session driver with `codec`.
+fn admit<C: Codec>(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    who: &Identity,
+    headers: &HeaderMap,
+    ws: WsUpgrade,
+    codec: C,
+    rate: SampleRate,
+) -> Response {
+    let ip = client_ip(peer.ip(), headers, state.quotas.trust_x_forwarded_for);
     let quota = match state.quotas.admit(ip, who.key_id()) {
         Ok(guard) => guard,
         Err(refusal) => {
@@ -85,8 +165,41 @@ pub(super) async fn ws_upgrade(
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER + max);
     ws.on_upgrade(config, move |socket| {
         tracker.track_future(async move {
-            session::run(socket, state, permit, VoxdCodec::new(rate), rate).await;
+            session::run(socket, state, permit, codec, rate).await;
             drop(quota);
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twilio_signatures_are_checked_against_the_url() {
+        use base64::Engine;
+        use hmac::Mac;
+        let url = "wss://voice.example.com/twilio?x=1";
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"secret").unwrap();
+        mac.update(url.as_bytes());
+        let good = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        assert_eq!(verify_twilio("secret", url, Some(&good)), Ok(()));
+        assert!(verify_twilio("other", url, Some(&good)).is_err());
+        assert!(verify_twilio("secret", "wss://evil/twilio?x=1", Some(&good)).is_err());
+        assert!(verify_twilio("secret", url, None).is_err());
+        assert!(verify_twilio("secret", url, Some("***")).is_err());
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "voice.example.com".parse().unwrap());
+        let uri: Uri = "/twilio?x=1".parse().unwrap();
+        assert_eq!(twilio_url(None, &headers, &uri), url);
+        assert_eq!(
+            twilio_url(
+                Some("wss://public.example.com/calls/twilio"),
+                &headers,
+                &uri
+            ),
+            "wss://public.example.com/calls/twilio?x=1"
+        );
+    }
 }

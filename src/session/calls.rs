@@ -13,7 +13,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::Span;
 use voxd_backends::ProviderError;
-use voxd_core::{ProviderEvent, ProviderFailure, TurnId};
+use voxd_core::{ProviderEvent, ProviderFailure, SampleRate, TurnId};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -99,21 +99,34 @@ pub(super) fn llm(
     }
 }
 
-/// Sentence `seq` synthesized by the TTS chain, from the link in `link` (the one that spoke the
-/// turn's earlier sentences), which it updates to the link that answers; in the session's
-/// `voice`, if it chose one.
+/// One sentence to synthesize.
+pub(super) struct Sentence {
+    /// Its number in the turn.
+    pub(super) seq: u32,
+    pub(super) text: String,
+    /// The session's voice, if it chose one.
+    pub(super) voice: Option<Arc<str>>,
+    /// The session's output rate.
+    pub(super) rate: SampleRate,
+}
+
+/// A sentence synthesized by the TTS chain, from the link in `link` (the one that spoke the
+/// turn's earlier sentences), which it updates to the link that answers.
 pub(super) fn tts(
     app: Arc<AppState>,
-    seq: u32,
-    text: String,
-    voice: Option<Arc<str>>,
+    sentence: Sentence,
     link: Arc<AtomicUsize>,
     first: Duration,
     stall: Duration,
 ) -> impl Stream<Item = ProviderEvent> + Send + 'static {
+    let Sentence {
+        seq,
+        text,
+        voice,
+        rate,
+    } = sentence;
     async_stream::stream! {
         let chain = &app.providers.tts;
-        let rate = app.config.session.output_rate;
         let from = link.load(Ordering::Relaxed);
         let opened = chain
             .open_from(from, &app.metrics, first, "no audio", |tts| {

@@ -41,7 +41,7 @@ use crate::providers::failure;
 use crate::registry::{Permit, Signal, CLOSE, DRAIN};
 use crate::state::AppState;
 use crate::transport::WebSocket;
-use crate::wire::{Codec, Frame, Hello, Input, Notice};
+use crate::wire::{Codec, Frame, Hello, Input, Notice, TextKind};
 
 /// Wire counts are added to the shared metrics after this many messages (and at the end), so
 /// the per-frame path writes no shared memory.
@@ -120,6 +120,8 @@ struct Driver<C> {
     core: Session,
     /// The client's protocol.
     codec: C,
+    /// The rate of the answer's audio (the codec's, or the configured one).
+    output_rate: SampleRate,
     started: Instant,
     /// The frames of one output step, written in order (reused).
     outbox: Vec<Frame>,
@@ -190,8 +192,15 @@ impl<C: Codec> Driver<C> {
     fn new(app: Arc<AppState>, codec: C, input_rate: SampleRate, signal: Arc<Signal>) -> Self {
         let app_limits = app.config.limits.clone();
         let app_timeouts = app.config.timeouts;
+        // The protocol may fix the answer's rate, and whether its player keeps its buffer.
+        let mut cfg = app.config.session.clone();
+        if let Some(rate) = codec.output_rate() {
+            cfg.output_rate = rate;
+        }
+        cfg.client_discards_on_pause = codec.discards_on_pause();
         Driver {
-            core: Session::new(app.config.session.clone()),
+            output_rate: cfg.output_rate,
+            core: Session::new(cfg),
             app,
             codec,
             started: Instant::now(),
@@ -294,7 +303,7 @@ impl<C: Codec> Driver<C> {
         let mut tx = socket;
         let hello = Hello {
             session_id,
-            output_rate: self.app.config.session.output_rate,
+            output_rate: self.output_rate,
             server_vad: self.app.config.session.vad.is_some(),
         };
         self.codec.hello(&hello, &mut self.outbox);
@@ -384,7 +393,15 @@ impl<C: Codec> Driver<C> {
                     }
                     Some(Ok(Message::Text(t))) => {
                         self.wire.in_text += 1;
-                        match self.limits.text(t.len()) {
+                        let verdict = match self.codec.text_kind(t.as_str()) {
+                            TextKind::Control => self.limits.text(t.len()),
+                            TextKind::Audio(bytes) => {
+                                self.wire.audio_in_bytes += bytes as u64;
+                                self.limits.audio_text(t.len(), bytes)
+                            }
+                            TextKind::Echo => self.limits.echo_text(t.len()),
+                        };
+                        match verdict {
                             Admit::Yes => self.on_text(now, t.as_str()),
                             Admit::Warn(code, message) => self.warn_client(code, &message),
                             Admit::Drop => {}
@@ -592,9 +609,9 @@ impl<C: Codec> Driver<C> {
                     }
                     self.codec.event(&e, &mut self.outbox);
                 }
-                Output::Audio { turn, pcm } => {
+                Output::Audio { turn, pcm, at } => {
                     self.wire.audio_out_bytes += pcm.len() as u64;
-                    self.codec.audio(turn, pcm, &mut self.outbox);
+                    self.codec.audio(turn, at, pcm, &mut self.outbox);
                 }
                 Output::CancelTurn(turn) => {
                     self.voices.remove(&turn);
@@ -672,11 +689,15 @@ impl<C: Codec> Driver<C> {
                     // voice, once it has spoken, is not swapped back mid-answer.
                     let link = Arc::clone(self.voices.entry(turn).or_default());
                     let t = &self.timeouts;
-                    let call = calls::tts(
-                        Arc::clone(&self.app),
+                    let sentence = calls::Sentence {
                         seq,
                         text,
                         voice,
+                        rate: self.output_rate,
+                    };
+                    let call = calls::tts(
+                        Arc::clone(&self.app),
+                        sentence,
                         link,
                         t.tts_first_audio,
                         t.tts_stall,
@@ -717,6 +738,7 @@ fn apply(core: &mut Session, now: Time, input: Input<'_>) {
         Input::Cancel => core.handle_cancel(now),
         Input::Update(update) => core.handle_update(now, update),
         Input::ToolResult { call_id, result } => core.handle_tool_result(now, &call_id, result),
+        Input::Played { turn, samples } => core.handle_played(now, turn, samples),
     }
 }
 

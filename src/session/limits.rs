@@ -91,6 +91,22 @@ impl ClientLimits {
         self.verdict(ok, message, "too many control messages")
     }
 
+    /// Checks a text frame of `len` bytes that carries `audio` bytes of audio.
+    pub(super) fn audio_text(&mut self, len: usize, audio: usize) -> Admit {
+        if len > self.max_text {
+            return Admit::Close(1009, "text message too big");
+        }
+        self.audio(audio)
+    }
+
+    /// Checks a text frame of `len` bytes that echoes the server's own message: its size only.
+    pub(super) fn echo_text(&self, len: usize) -> Admit {
+        if len > self.max_text {
+            return Admit::Close(1009, "text message too big");
+        }
+        Admit::Yes
+    }
+
     /// Checks a binary (audio) frame of `len` bytes.
     pub(super) fn audio(&mut self, len: usize) -> Admit {
         if len > self.max_audio {

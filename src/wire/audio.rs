@@ -43,6 +43,17 @@ impl AudioIn {
                 .chunks_exact(2)
                 .map(|b| i16::from_le_bytes([b[0], b[1]])),
         );
+        self.resample()
+    }
+
+    /// G.711 bytes to 16 kHz samples, valid until the next call.
+    pub(crate) fn g711(&mut self, law: voxd_core::g711::Law, bytes: &[u8]) -> &[i16] {
+        self.samples.clear();
+        law.decode(bytes, &mut self.samples);
+        self.resample()
+    }
+
+    fn resample(&mut self) -> &[i16] {
         match &mut self.resampler {
             None => &self.samples,
             Some(r) => {

@@ -9,15 +9,20 @@
 //! event names, the first message) lives in a codec.
 //!
 //! Protocols:
-//! - voxd's own JSON and binary PCM over `/ws` (`voxd.rs`, docs/protocol.md).
+//! - voxd's own JSON and binary PCM over `/ws` (`voxd.rs`, docs/protocol.md);
+//! - Twilio Media Streams over `/twilio` (`twilio.rs`, docs/twilio.md): μ-law at 8 kHz in base64
+//!   JSON, marks, and `clear` on a barge-in.
 
 mod audio;
+mod twilio;
 mod voxd;
 
 use bytes::Bytes;
 use voxd_core::{Event, SampleRate, TurnId};
 
 pub(crate) use audio::AudioIn;
+pub(crate) use twilio::{TwilioCodec, TWILIO_RATE};
+
 #[cfg(any(test, feature = "fuzzing"))]
 pub use voxd::fuzz::client_message;
 pub(crate) use voxd::VoxdCodec;
@@ -51,6 +56,13 @@ pub(crate) enum Input<'a> {
     Cancel,
     /// Change the session's settings.
     Update(voxd_core::SessionUpdate),
+    /// The client has played the first `samples` samples of `turn`'s response.
+    Played {
+        /// The turn.
+        turn: TurnId,
+        /// Samples played, from the response's start.
+        samples: u64,
+    },
     /// The answer to a client-side tool's call.
     ToolResult {
         /// The call's id.
@@ -75,6 +87,26 @@ pub(crate) struct Hello<'a> {
 /// sends, and `event`/`audio`/`notice` for what the session has to say; every frame a call
 /// produces is appended to `out`, to be written in order.
 pub(crate) trait Codec: Send + 'static {
+    /// The rate the protocol carries response audio at, when it fixes one (else the server's
+    /// `audio.output_sample_rate`).
+    fn output_rate(&self) -> Option<SampleRate> {
+        None
+    }
+
+    /// The client drops the audio it has buffered when playback pauses (see
+    /// `SessionConfig::client_discards_on_pause`).
+    fn discards_on_pause(&self) -> bool {
+        false
+    }
+
+    /// What a text frame is, for the client limits: a control message (the default), audio
+    /// (a protocol that carries audio in text frames), or the echo of the server's own message.
+    /// A cheap look, before `text` parses the frame.
+    fn text_kind(&self, frame: &str) -> TextKind {
+        let _ = frame;
+        TextKind::Control
+    }
+
     /// The first frames of the session, right after the upgrade.
     fn hello(&mut self, hello: &Hello<'_>, out: &mut Vec<Frame>);
 
@@ -88,11 +120,24 @@ pub(crate) trait Codec: Send + 'static {
     /// An event of the session, for the client (or not: the core's internal events).
     fn event(&mut self, event: &Event, out: &mut Vec<Frame>);
 
-    /// Response audio of `turn`: PCM16LE at the output rate, one frame's worth.
-    fn audio(&mut self, turn: TurnId, pcm: Bytes, out: &mut Vec<Frame>);
+    /// Response audio of `turn`: PCM16LE at the output rate, one frame's worth, whose first sample
+    /// is sample `at` of the response.
+    fn audio(&mut self, turn: TurnId, at: u64, pcm: Bytes, out: &mut Vec<Frame>);
 
     /// Something the server itself says: a drain notice, or a warning about the client's traffic.
     fn notice(&mut self, notice: Notice<'_>, out: &mut Vec<Frame>);
+}
+
+/// What a client's text frame counts as, against the client limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TextKind {
+    /// A control message: `limits.max_control_per_s`.
+    Control,
+    /// Audio: this many bytes of PCM16 at the input rate, against `limits.max_audio_rate`.
+    Audio(usize),
+    /// The echo of something the server sent (a Twilio mark): as many as the server sent, so
+    /// only its size is checked.
+    Echo,
 }
 
 /// What the server says outside the session's own events.

@@ -739,7 +739,7 @@ pub fn encode_event(e: &Event) -> Option<String> {
             ttft_ms: d(*ttft),
         }
         .to_json(),
-        Event::PlaybackPaused { turn } => {
+        Event::PlaybackPaused { turn, .. } => {
             ServerMessage::PlaybackPaused { turn_id: turn.0 }.to_json()
         }
         Event::PlaybackResumed { turn } => {
@@ -985,7 +985,7 @@ impl Codec for VoxdCodec {
         }
     }
 
-    fn audio(&mut self, _turn: TurnId, pcm: Bytes, out: &mut Vec<Frame>) {
+    fn audio(&mut self, _turn: TurnId, _at: u64, pcm: Bytes, out: &mut Vec<Frame>) {
         out.push(Frame::Binary(pcm));
     }
 
@@ -1094,12 +1094,18 @@ mod codec_tests {
     fn audio_goes_out_as_binary_and_internal_events_not_at_all() {
         let mut codec = VoxdCodec::new(SampleRate::INTERNAL);
         let mut out = Vec::new();
-        codec.audio(TurnId(1), Bytes::from_static(&[1, 2]), &mut out);
+        codec.audio(TurnId(1), 0, Bytes::from_static(&[1, 2]), &mut out);
         assert_eq!(out, [Frame::Binary(Bytes::from_static(&[1, 2]))]);
         out.clear();
         codec.event(&Event::FalseAlarm { turn: TurnId(1) }, &mut out);
         assert!(out.is_empty());
-        codec.event(&Event::PlaybackPaused { turn: TurnId(3) }, &mut out);
+        codec.event(
+            &Event::PlaybackPaused {
+                turn: TurnId(3),
+                rewound_to: None,
+            },
+            &mut out,
+        );
         assert_eq!(
             json(&out[0]),
             serde_json::json!({"type": "playback_paused", "turn_id": 3})

@@ -45,9 +45,9 @@ impl Session {
     /// Pauses or resumes the response to match the user side.
     pub(super) fn sync_hold(&mut self, now: Time) {
         let hold = self.user.holds_response();
-        let rate = self.cfg.output_rate;
+        let pacing = self.pacing;
         let Some(r) = &mut self.response else { return };
-        if let Some(event) = r.set_held(hold, now, rate) {
+        if let Some(event) = r.set_held(hold, now, &pacing) {
             self.emit(event);
         }
     }

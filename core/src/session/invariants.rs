@@ -156,7 +156,7 @@ impl Checker {
     /// When the output breaks a promise.
     pub fn output(&mut self, output: &Output) {
         match output {
-            Output::Audio { turn, pcm } => {
+            Output::Audio { turn, pcm, at } => {
                 let frame_bytes = self.frame_bytes;
                 let t = self.turns.entry(*turn).or_default();
                 assert!(
@@ -171,6 +171,12 @@ impl Checker {
                 assert!(
                     !t.cancelled,
                     "turn {turn}: audio after its work was cancelled"
+                );
+                assert_eq!(
+                    *at as usize * 2,
+                    t.sent,
+                    "turn {turn}: a frame said to be at sample {at}, sent at byte {}",
+                    t.sent
                 );
                 let end = t.sent + pcm.len();
                 assert!(
@@ -285,8 +291,18 @@ impl Checker {
                 assert_eq!(t.done, 0, "turn {turn}: audio_start after response_done");
                 t.audio_started = true;
             }
-            Event::PlaybackPaused { turn } => {
+            Event::PlaybackPaused { turn, rewound_to } => {
                 let t = self.turns.entry(*turn).or_default();
+                if let Some(to) = rewound_to {
+                    let to = *to as usize * 2;
+                    assert!(
+                        to <= t.sent,
+                        "turn {turn}: rewound to byte {to}, past the {} sent",
+                        t.sent
+                    );
+                    // The client dropped the rest: it is sent again, the same bytes.
+                    t.sent = to;
+                }
                 assert!(t.audio_started, "turn {turn}: paused before audio_start");
                 assert!(!t.paused, "turn {turn}: paused twice");
                 assert!(!t.interrupted, "turn {turn}: paused after interrupted");

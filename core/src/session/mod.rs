@@ -510,6 +510,16 @@ impl Session {
         }
     }
 
+    /// The client confirms it has played the first `samples` samples of `turn`'s response (a
+    /// Twilio mark came back). With `client_discards_on_pause`, a pause rewinds to no earlier
+    /// than this. Anything else is ignored.
+    pub fn handle_played(&mut self, now: Time, turn: TurnId, samples: u64) {
+        if let Some(r) = self.response.as_mut().filter(|r| r.turn == turn) {
+            r.confirm_played(samples);
+        }
+        self.pump(now);
+    }
+
     /// Time passed: time out a barge-in candidate or a client-side tool, speak a filler, pace
     /// audio, end the response.
     pub fn handle_timeout(&mut self, now: Time) {

@@ -114,6 +114,13 @@ impl Playback {
         self.anchor_pos = self.played;
     }
 
+    /// Sets the clock back to `pos` (at most where it is), while paused: the client dropped what
+    /// it had not played.
+    pub(super) fn rewind(&mut self, pos: u64) {
+        debug_assert_eq!(self.state, PlayState::Paused);
+        self.played = self.played.min(pos);
+    }
+
     /// Moves the clock to `now`, if it is running; `sent` samples are all the player has.
     pub(super) fn advance(&mut self, now: Time, sent: u64, rate: SampleRate) {
         if self.state != PlayState::Playing {
@@ -152,6 +159,8 @@ pub(super) struct Pacing {
     pub(super) batch: u64,
     /// Synthesized-but-unsent audio above which the next sentence's TTS waits.
     pub(super) backlog: u64,
+    /// `SessionConfig::client_discards_on_pause`.
+    pub(super) discards: bool,
 }
 
 impl Pacing {
@@ -167,6 +176,7 @@ impl Pacing {
             lead,
             batch: batch.min(lead.max(frame)),
             backlog: rate.samples_in(cfg.max_tts_backlog),
+            discards: cfg.client_discards_on_pause,
         }
     }
 }
@@ -195,6 +205,15 @@ impl PcmQueue {
 
     pub(super) fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Puts audio back at the front, to be sent again.
+    pub(super) fn push_front(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.len += chunk.len();
+        self.chunks.push_front(chunk);
     }
 
     /// Appends a chunk of samples.

@@ -8,6 +8,7 @@
 //! completed (`pump`, once the last sample was heard), interrupted (`interrupt_response`) or
 //! failed (`fail_response`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ use super::{
 };
 use crate::history::{ChatMessage, ToolCall};
 use crate::splitter::SentenceSplitter;
-use crate::types::{SampleRate, Time, TurnId};
+use crate::types::{Time, TurnId};
+use bytes::Bytes;
 
 /// Where the response's words stand. The transitions:
 ///
@@ -133,6 +135,12 @@ pub(super) struct Response {
     client_tools: Arc<[ClientTool]>,
     /// The voice it speaks with, as it was when the response began.
     voice: Option<Arc<str>>,
+    /// With `client_discards_on_pause`: the frames sent that the client may not have played,
+    /// oldest first, from sample `in_flight_at`.
+    in_flight: VecDeque<Bytes>,
+    in_flight_at: u64,
+    /// Samples the client confirmed it played (`Session::handle_played`).
+    confirmed: u64,
 }
 
 impl Response {
@@ -140,6 +148,9 @@ impl Response {
         Response {
             client_tools: Arc::clone(&cfg.client_tools),
             voice: cfg.voice.clone(),
+            in_flight: VecDeque::new(),
+            in_flight_at: 0,
+            confirmed: 0,
             turn,
             timings: Timings {
                 speech_end: Some(speech_end),
@@ -167,17 +178,71 @@ impl Response {
     }
 
     /// Holds or releases the response (see `PlayState`); the event to tell the client, if any.
-    pub(super) fn set_held(&mut self, hold: bool, now: Time, rate: SampleRate) -> Option<Event> {
+    pub(super) fn set_held(&mut self, hold: bool, now: Time, pacing: &Pacing) -> Option<Event> {
         let turn = self.turn;
         if hold {
-            self.play
-                .hold(now, self.sent, rate)
-                .then_some(Event::PlaybackPaused { turn })
+            if !self.play.hold(now, self.sent, pacing.rate) {
+                return None;
+            }
+            let rewound_to = pacing.discards.then(|| self.rewind(pacing));
+            Some(Event::PlaybackPaused { turn, rewound_to })
         } else {
             self.play
                 .release(now)
                 .then_some(Event::PlaybackResumed { turn })
         }
+    }
+
+    /// Where the client has surely played to: what it confirmed, or, without confirmations,
+    /// the clock less the lead (the most the client can be behind it).
+    fn surely_played(&self, pacing: &Pacing) -> u64 {
+        self.confirmed
+            .max(self.play.played().saturating_sub(pacing.lead))
+            .min(self.sent)
+    }
+
+    /// Forgets the in-flight frames the client has surely played.
+    fn trim_in_flight(&mut self, pacing: &Pacing) {
+        let played = self.surely_played(pacing);
+        while let Some(front) = self.in_flight.front() {
+            let end = self.in_flight_at + front.len() as u64 / 2;
+            if end > played {
+                break;
+            }
+            self.in_flight_at = end;
+            self.in_flight.pop_front();
+        }
+    }
+
+    /// The client dropped what it had buffered: everything sent past what it surely played goes
+    /// back to the queue, to be sent again after a false alarm. Returns the new position.
+    fn rewind(&mut self, pacing: &Pacing) -> u64 {
+        self.trim_in_flight(pacing);
+        let to = self.surely_played(pacing).max(self.in_flight_at);
+        let mut pos = self.in_flight_at;
+        let mut back = Vec::with_capacity(self.in_flight.len());
+        for mut frame in self.in_flight.drain(..) {
+            let len = frame.len() as u64 / 2;
+            if pos + len > to {
+                if pos < to {
+                    frame = frame.split_off(((to - pos) * 2) as usize);
+                }
+                back.push(frame);
+            }
+            pos += len;
+        }
+        for frame in back.into_iter().rev() {
+            self.pending.push_front(frame);
+        }
+        self.in_flight_at = to;
+        self.sent = to;
+        self.play.rewind(to);
+        to
+    }
+
+    /// The client confirms it played the first `samples` samples.
+    pub(super) fn confirm_played(&mut self, samples: u64) {
+        self.confirmed = self.confirmed.max(samples.min(self.sent));
     }
 
     /// When the response needs a wake-up: the filler phrase, the next batch of audio, or the end
@@ -253,8 +318,15 @@ impl Response {
                 break;
             }
             let pcm = self.pending.split_to(n as usize * 2);
+            let at = self.sent;
             self.sent += n;
-            out.extend([Output::Audio { turn, pcm }]);
+            if pacing.discards {
+                self.in_flight.push_back(pcm.clone());
+            }
+            out.extend([Output::Audio { turn, pcm, at }]);
+        }
+        if pacing.discards {
+            self.trim_in_flight(pacing);
         }
     }
 

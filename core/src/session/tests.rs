@@ -507,7 +507,7 @@ impl Sim {
         self.log
             .iter()
             .filter_map(|s| match &s.output {
-                Output::Audio { turn: t, pcm } if *t == turn => Some(pcm.to_vec()),
+                Output::Audio { turn: t, pcm, .. } if *t == turn => Some(pcm.to_vec()),
                 _ => None,
             })
             .flatten()
@@ -624,7 +624,7 @@ fn audio_is_paced_at_real_time_plus_the_lead() {
     let first = sim.first_at(|o| matches!(o, Output::Audio { .. })).unwrap();
     let mut sent = 0u64;
     for s in &sim.log {
-        if let Output::Audio { turn, pcm } = &s.output {
+        if let Output::Audio { turn, pcm, .. } = &s.output {
             assert_eq!(*turn, t1);
             // Nothing is sent more than the lead (200 ms = 3200 samples) ahead of the clock.
             let clock = SampleRate(16_000).samples_in(s.at - first);
@@ -832,7 +832,7 @@ fn false_alarm_resumes_and_the_bytes_equal_an_uninterrupted_response() {
     sim.run_ms(1200);
     sim.say(300); // "mhm"
     sim.settle();
-    assert!(sim.has(|e| matches!(e, Event::PlaybackPaused { turn } if *turn == TurnId(1))));
+    assert!(sim.has(|e| matches!(e, Event::PlaybackPaused { turn, .. } if *turn == TurnId(1))));
     assert!(sim.has(|e| matches!(e, Event::PlaybackResumed { turn } if *turn == TurnId(1))));
     assert!(sim.has(
         |e| matches!(e, Event::Transcript { turn, text, .. } if *turn == TurnId(2) && text == "mhm")
@@ -1591,6 +1591,7 @@ mod checker {
         c.output(&Output::Audio {
             turn,
             pcm: Bytes::from_static(&[1, 0]),
+            at: 0,
         });
     }
 
@@ -1601,8 +1602,10 @@ mod checker {
         sim.text("tell me a story");
         sim.run_ms(1000);
         let turn = TurnId(1);
-        sim.check
-            .output(&Output::Event(Event::PlaybackPaused { turn }));
+        sim.check.output(&Output::Event(Event::PlaybackPaused {
+            turn,
+            rewound_to: None,
+        }));
         sim.run_ms(1000);
     }
 
@@ -2173,4 +2176,100 @@ fn a_new_voice_and_tools_apply_from_the_next_response() {
     assert!(!sim.voices.is_empty());
     assert!(sim.voices.iter().all(|v| v.as_deref() == Some("alloy")));
     assert!(sim.offered.is_empty());
+}
+
+/// What a client that drops its buffer on a pause (Twilio's `clear`) ends up playing of `turn`:
+/// each frame written at its position, a later one over an earlier.
+fn played_by_a_discarding_client(sim: &Sim, turn: TurnId) -> Vec<u8> {
+    let mut heard: Vec<u8> = Vec::new();
+    for s in &sim.log {
+        if let Output::Audio { turn: t, pcm, at } = &s.output {
+            if *t == turn {
+                let at = *at as usize * 2;
+                heard.truncate(at);
+                assert_eq!(heard.len(), at, "a gap before sample {}", at / 2);
+                heard.extend_from_slice(pcm);
+            }
+        }
+    }
+    heard
+}
+
+#[test]
+fn a_client_that_drops_its_buffer_gets_the_rest_again_from_what_it_played() {
+    let mut reference = Sim::new();
+    reference.text("tell me a story");
+    reference.settle();
+    let full = reference.audio_of(TurnId(1));
+
+    let cfg = SessionConfig {
+        vad: None,
+        client_discards_on_pause: true,
+        ..SessionConfig::default()
+    };
+    let mut sim = Sim::with(cfg);
+    sim.text("tell me a story");
+    sim.run_ms(1200);
+    // The client confirms what it played, a little behind the clock (a Twilio mark).
+    sim.s.handle_played(sim.now, TurnId(1), 15_000);
+    sim.drain();
+    sim.say(300); // "mhm"
+    sim.settle();
+    let rewound = sim
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::PlaybackPaused { rewound_to, .. } => *rewound_to,
+            _ => None,
+        })
+        .expect("a rewind");
+    // The clock stood at 15,680 samples when the user spoke; what was confirmed is later
+    // than the clock less the lead (12,480), so it wins.
+    assert_eq!(rewound, 15_000);
+    assert!(sim.has(|e| matches!(e, Event::PlaybackResumed { .. })));
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    assert_eq!(
+        played_by_a_discarding_client(&sim, TurnId(1)),
+        full,
+        "every sample once, in order"
+    );
+    // Sent again: from the rewind to where sending had reached.
+    assert!(sim.audio_of(TurnId(1)).len() > full.len());
+}
+
+#[test]
+fn without_confirmations_a_rewind_goes_back_the_lead() {
+    let cfg = SessionConfig {
+        vad: None,
+        client_discards_on_pause: true,
+        ..SessionConfig::default()
+    };
+    let mut sim = Sim::with(cfg);
+    sim.text("tell me a story");
+    sim.run_ms(1200);
+    sim.say(300);
+    sim.settle();
+    let paused_at = sim
+        .first_at(|o| matches!(o, Output::Event(Event::PlaybackPaused { .. })))
+        .expect("a pause");
+    let started = sim
+        .first_at(|o| matches!(o, Output::Event(Event::AudioStart { .. })))
+        .expect("audio");
+    let clock = SampleRate(16_000).samples_in(paused_at.saturating_since(started));
+    let rewound = sim
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::PlaybackPaused { rewound_to, .. } => *rewound_to,
+            _ => None,
+        })
+        .expect("a rewind");
+    assert_eq!(rewound, clock - 3200, "200 ms (the lead) before the clock");
+    let mut reference = Sim::new();
+    reference.text("tell me a story");
+    reference.settle();
+    assert_eq!(
+        played_by_a_discarding_client(&sim, TurnId(1)),
+        reference.audio_of(TurnId(1))
+    );
 }

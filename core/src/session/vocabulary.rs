@@ -59,6 +59,11 @@ pub struct SessionConfig {
     /// The ASR can stream: each utterance gets a recognition stream as it is spoken
     /// (`AsrStreamEvent`, and the policy in `live_asr`).
     pub streaming_asr: bool,
+    /// The client drops the audio it has buffered when playback pauses (Twilio's `clear`): a
+    /// pause rewinds to what it has surely played (`Session::handle_played`), and a false alarm
+    /// sends the rest again from there. Otherwise the client keeps its buffer and audio resumes
+    /// at the first unsent byte.
+    pub client_discards_on_pause: bool,
     /// How long a client-side tool may take to answer its `ToolCall` before it counts as failed.
     pub client_tool_timeout: Duration,
     /// The names of the server's own tools: a client-side tool may not take one.
@@ -99,6 +104,7 @@ impl Default for SessionConfig {
             max_tts_backlog: Duration::from_millis(3000),
             min_clause_chars: 60,
             streaming_asr: false,
+            client_discards_on_pause: false,
             client_tool_timeout: Duration::from_secs(10),
             server_tools: Arc::from([]),
             client_tools: Arc::from([]),
@@ -294,6 +300,9 @@ pub enum Event {
     PlaybackPaused {
         /// The paused turn.
         turn: TurnId,
+        /// With `client_discards_on_pause`: the sample the audio was rewound to, which a false
+        /// alarm sends again from.
+        rewound_to: Option<u64>,
     },
     /// False alarm: audio continues from where it paused.
     PlaybackResumed {
@@ -371,6 +380,8 @@ pub enum Output {
         turn: TurnId,
         /// The bytes.
         pcm: Bytes,
+        /// The position of its first sample in the response's audio.
+        at: u64,
     },
     /// Transcribe a whole utterance (16 kHz mono PCM16): the ASR's answer comes back as
     /// `ProviderEvent::Transcript`.
