@@ -31,7 +31,7 @@ mod upgrade;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use transcribe::fuzz::wav;
 
-/// The router: `/ws`, `/twilio`, `/v1/transcribe`, `/metrics`, `/health/live`, `/health/ready`,
+/// The router: `/ws`, `/v1/realtime`, `/twilio`, `/v1/transcribe`, `/metrics`, `/health/live`, `/health/ready`,
 /// `/health/startup`. Every route's requests are counted and timed.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     // The transcribe handler enforces `max_body_bytes` itself (with a JSON 413); this only lifts
@@ -39,6 +39,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let body_limit = DefaultBodyLimit::max(state.config.transcribe.max_body_bytes);
     let mut guarded = Router::new()
         .route("/ws", get(upgrade::ws_upgrade))
+        .route("/v1/realtime", get(upgrade::realtime_upgrade))
         .route("/v1/tokens", post(auth::mint))
         .route(
             "/v1/transcribe",

@@ -21,7 +21,7 @@ use crate::registry::Refusal;
 use crate::session;
 use crate::state::AppState;
 use crate::transport::WsUpgrade;
-use crate::wire::{Codec, TwilioCodec, VoxdCodec, TWILIO_RATE};
+use crate::wire::{Codec, RealtimeCodec, TwilioCodec, VoxdCodec, REALTIME_RATE, TWILIO_RATE};
 
 /// Read buffer of a session's WebSocket, in bytes. Small on purpose: tungstenite zero-fills the
 /// buffer before every read, and a session reads twice per inbound frame (the frame, then "no
@@ -58,6 +58,33 @@ pub(super) async fn ws_upgrade(
         },
     };
     admit(state, peer, &who, &headers, ws, VoxdCodec::new(rate), rate)
+}
+
+/// `GET /v1/realtime`: the OpenAI Realtime protocol. Auth and admission are `/ws`'s; `model`
+/// is reported back as asked.
+pub(super) async fn realtime_upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(who): Extension<Identity>,
+    headers: HeaderMap,
+    ws: WsUpgrade,
+) -> Response {
+    let model: String = params
+        .get("model")
+        .map_or("voxd", String::as_str)
+        .chars()
+        .take(128)
+        .collect();
+    admit(
+        state,
+        peer,
+        &who,
+        &headers,
+        ws,
+        RealtimeCodec::new(model),
+        REALTIME_RATE,
+    )
 }
 
 /// `GET /twilio`: Twilio Media Streams. With `[twilio] auth_token_env`, the upgrade must carry

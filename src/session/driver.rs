@@ -733,6 +733,7 @@ fn apply(core: &mut Session, now: Time, input: Input<'_>) {
         Input::SpeechStart => core.handle_speech_start(now),
         Input::SpeechEnd => core.handle_speech_end(now),
         Input::Text(text) => core.handle_text(now, &text),
+        Input::UserMessage(text) => core.handle_user_message(now, &text),
         Input::Say(text) => core.handle_say(now, &text),
         Input::Respond => core.handle_respond(now),
         Input::Cancel => core.handle_cancel(now),

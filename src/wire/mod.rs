@@ -10,10 +10,12 @@
 //!
 //! Protocols:
 //! - voxd's own JSON and binary PCM over `/ws` (`voxd.rs`, docs/protocol.md);
+//! - the OpenAI Realtime protocol over `/v1/realtime` (`realtime.rs`, docs/realtime.md);
 //! - Twilio Media Streams over `/twilio` (`twilio.rs`, docs/twilio.md): μ-law at 8 kHz in base64
 //!   JSON, marks, and `clear` on a barge-in.
 
 mod audio;
+mod realtime;
 mod twilio;
 mod voxd;
 
@@ -21,6 +23,7 @@ use bytes::Bytes;
 use voxd_core::{Event, SampleRate, TurnId};
 
 pub(crate) use audio::AudioIn;
+pub(crate) use realtime::{RealtimeCodec, REALTIME_RATE};
 pub(crate) use twilio::{TwilioCodec, TWILIO_RATE};
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -48,6 +51,8 @@ pub(crate) enum Input<'a> {
     SpeechEnd,
     /// A user turn as text.
     Text(String),
+    /// A user message added to the conversation, with no reply until one is asked for.
+    UserMessage(String),
     /// Words the bot says verbatim, as a turn of its own.
     Say(String),
     /// A reply now, from the history as it stands.

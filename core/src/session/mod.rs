@@ -361,6 +361,16 @@ impl Session {
         self.pump(now);
     }
 
+    /// A user message added to the conversation without a reply: the client asks for one when
+    /// it wants (`handle_respond`). Nothing in progress is interrupted.
+    pub fn handle_user_message(&mut self, now: Time, text: &str) {
+        let text = text.trim();
+        if !text.is_empty() {
+            self.history.push_user(text);
+        }
+        self.pump(now);
+    }
+
     /// The client asks the bot to say `text` verbatim, now: a bot turn of its own (a greeting, a
     /// scripted line). A response in progress is interrupted first. It is interruptible like any
     /// response, and what the user hears of it enters the history.

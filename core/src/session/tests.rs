@@ -2273,3 +2273,20 @@ fn without_confirmations_a_rewind_goes_back_the_lead() {
         reference.audio_of(TurnId(1))
     );
 }
+
+#[test]
+fn a_user_message_waits_for_respond() {
+    let mut sim = Sim::new();
+    sim.s.handle_user_message(sim.now, "  what about tomorrow ");
+    sim.drain();
+    sim.settle();
+    assert!(sim.started.is_empty(), "no reply until one is asked for");
+    assert_eq!(
+        sim.s.history(),
+        [ChatMessage::User("what about tomorrow".into())]
+    );
+    sim.s.handle_respond(sim.now);
+    sim.drain();
+    sim.settle();
+    assert!(sim.texts().iter().any(|t| t.contains("Tomorrow")));
+}

@@ -1,0 +1,1105 @@
+//! The OpenAI Realtime protocol (GA event names), over `/v1/realtime`: the codec between its JSON
+//! events and the session. docs/realtime.md has the compatibility table.
+//!
+//! The session's turns map onto the protocol's conversation: a user turn is a user `message` item
+//! (`item_<turn>`), its answer a response (`resp_<turn>`) whose output is one assistant message
+//! item (`item_<turn>_a`) with an audio content part, and a client-side tool call a
+//! `function_call` item. The protocol ends a response at a function call and lets the client ask
+//! for the next one (`response.create`) after sending the output; voxd's session keeps the turn
+//! going once the output arrives. So a function call ends the protocol's response
+//! (`response.done`), what the turn says next opens a new one (`resp_<turn>_<n>`), and the
+//! client's `response.create` for it is taken as already answered.
+
+use std::collections::HashSet;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use voxd_core::g711::Law;
+use voxd_core::resample::StreamResampler;
+use voxd_core::{ClientTool, Event, Rejection, ResponseStatus, SampleRate, SessionUpdate, TurnId};
+
+use super::{AudioIn, Codec, Frame, Hello, Input, Notice, TextKind};
+
+/// The protocol's default audio rate (`audio/pcm`), which the session's answer is synthesized at.
+pub(crate) const REALTIME_RATE: SampleRate = SampleRate(24_000);
+/// The rate of `audio/pcmu` and `audio/pcma`.
+const G711_RATE: SampleRate = SampleRate(8000);
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+const CLIENT_EVENTS: &str =
+    "session.update, input_audio_buffer.append, input_audio_buffer.commit, \
+    input_audio_buffer.clear, conversation.item.create, response.create, response.cancel";
+
+/// An audio format of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Pcm,
+    G711(Law),
+}
+
+impl Format {
+    fn json(self) -> Value {
+        match self {
+            Format::Pcm => json!({"type": "audio/pcm", "rate": REALTIME_RATE.hz()}),
+            Format::G711(Law::Ulaw) => json!({"type": "audio/pcmu"}),
+            Format::G711(Law::Alaw) => json!({"type": "audio/pcma"}),
+        }
+    }
+
+    fn rate(self) -> SampleRate {
+        match self {
+            Format::Pcm => REALTIME_RATE,
+            Format::G711(_) => G711_RATE,
+        }
+    }
+}
+
+/// The response the client is being told about.
+#[derive(Debug)]
+struct Open {
+    turn: TurnId,
+    id: String,
+    /// The assistant message item, once it has begun: its id and transcript so far.
+    message: Option<(String, String)>,
+    /// The items of the response, as `response.done` lists them.
+    output: Vec<Value>,
+}
+
+/// The Realtime codec of one session.
+pub(crate) struct RealtimeCodec {
+    model: String,
+    session_id: String,
+    events: u64,
+    instructions: Option<String>,
+    voice: Option<String>,
+    tools: Vec<Value>,
+    /// `turn_detection`: `None` for manual turns (`input_audio_buffer.commit`).
+    turn_detection: Option<Value>,
+    /// The client sent `speech_start` for the manual turn being appended.
+    manual_speaking: bool,
+    input_format: Format,
+    output_format: Format,
+    audio_in: AudioIn,
+    /// 24 kHz answer audio to 8 kHz, for a G.711 output format.
+    down: Option<StreamResampler>,
+    down_buf: Vec<i16>,
+    encoded: Vec<u8>,
+    decoded: Vec<u8>,
+    b64: String,
+    open: Option<Open>,
+    /// How many responses each turn has had (a function call ends one).
+    parts: std::collections::HashMap<TurnId, u32>,
+    /// Turns the user spoke (their transcript is an audio transcription).
+    spoken: HashSet<TurnId>,
+    /// A function call ended the protocol's response while the turn goes on: the client's next
+    /// `response.create` asks for what the turn does anyway.
+    absorb_create: bool,
+    /// The client sent `response.cancel`: the next interruption is its doing.
+    cancelled: bool,
+}
+
+impl RealtimeCodec {
+    /// A codec for a client that asked for `model` (reported back as is).
+    pub(crate) fn new(model: String) -> Self {
+        RealtimeCodec {
+            model,
+            session_id: String::new(),
+            events: 0,
+            instructions: None,
+            voice: None,
+            tools: Vec::new(),
+            turn_detection: Some(json!({
+                "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+                "silence_duration_ms": 500, "create_response": true, "interrupt_response": true
+            })),
+            manual_speaking: false,
+            input_format: Format::Pcm,
+            output_format: Format::Pcm,
+            audio_in: AudioIn::new(REALTIME_RATE),
+            down: None,
+            down_buf: Vec::new(),
+            encoded: Vec::new(),
+            decoded: Vec::new(),
+            b64: String::new(),
+            open: None,
+            parts: std::collections::HashMap::new(),
+            spoken: HashSet::new(),
+            absorb_create: false,
+            cancelled: false,
+        }
+    }
+
+    fn event_id(&mut self) -> String {
+        self.events += 1;
+        format!("event_{}", self.events)
+    }
+
+    fn send(&mut self, out: &mut Vec<Frame>, ty: &str, mut body: Value) {
+        let id = self.event_id();
+        if let Value::Object(m) = &mut body {
+            m.insert("type".into(), Value::String(ty.to_owned()));
+            m.insert("event_id".into(), Value::String(id));
+        }
+        out.push(Frame::Text(body.to_string()));
+    }
+
+    fn error(
+        &mut self,
+        out: &mut Vec<Frame>,
+        code: &str,
+        message: String,
+        param: Option<&str>,
+        client_event: Option<&str>,
+    ) {
+        self.send(
+            out,
+            "error",
+            json!({"error": {
+                "type": "invalid_request_error", "code": code, "message": message,
+                "param": param, "event_id": client_event
+            }}),
+        );
+    }
+
+    fn session(&self) -> Value {
+        json!({
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": self.session_id,
+            "model": self.model,
+            "instructions": self.instructions.clone().unwrap_or_default(),
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": {
+                    "format": self.input_format.json(),
+                    "turn_detection": self.turn_detection,
+                    "transcription": {"model": "voxd"},
+                },
+                "output": {"format": self.output_format.json(), "voice": self.voice.as_deref().unwrap_or("default")},
+            },
+            "tools": self.tools,
+            "tool_choice": "auto",
+        })
+    }
+
+    /// The protocol's response for `turn`, opened (with `response.created`) if it is not yet.
+    fn response(&mut self, turn: TurnId, out: &mut Vec<Frame>) {
+        if self.open.as_ref().is_some_and(|o| o.turn == turn) {
+            return;
+        }
+        let n = self.parts.entry(turn).or_insert(0);
+        *n += 1;
+        let id = if *n == 1 {
+            format!("resp_{}", turn.0)
+        } else {
+            format!("resp_{}_{}", turn.0, n)
+        };
+        self.open = Some(Open {
+            turn,
+            id: id.clone(),
+            message: None,
+            output: Vec::new(),
+        });
+        self.send(
+            out,
+            "response.created",
+            json!({"response": {"id": id, "object": "realtime.response", "status": "in_progress",
+                "output": [], "output_modalities": ["audio"]}}),
+        );
+    }
+
+    /// The assistant message item of the open response, begun if it is not yet.
+    fn message(&mut self, turn: TurnId, out: &mut Vec<Frame>) {
+        self.response(turn, out);
+        let Some(open) = &mut self.open else { return };
+        if open.message.is_some() {
+            return;
+        }
+        let item_id = format!("item_{}_a{}", turn.0, open.output.len());
+        open.message = Some((item_id.clone(), String::new()));
+        let response_id = open.id.clone();
+        let output_index = open.output.len();
+        self.send(
+            out,
+            "response.output_item.added",
+            json!({"response_id": response_id, "output_index": output_index, "item": {
+                "id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
+                "status": "in_progress", "content": []}}),
+        );
+        self.send(
+            out,
+            "response.content_part.added",
+            json!({"response_id": response_id, "item_id": item_id, "output_index": output_index,
+                "content_index": 0, "part": {"type": "audio", "transcript": ""}}),
+        );
+    }
+
+    /// Ends the assistant message item of the open response, if it has one.
+    fn end_message(&mut self, out: &mut Vec<Frame>, status: &str, heard: Option<&str>) {
+        let Some(open) = &mut self.open else { return };
+        let Some((item_id, transcript)) = open.message.take() else {
+            return;
+        };
+        let transcript = heard.map_or(transcript, str::to_owned);
+        let response_id = open.id.clone();
+        let output_index = open.output.len();
+        let item = json!({"id": item_id, "object": "realtime.item", "type": "message",
+            "role": "assistant", "status": status,
+            "content": [{"type": "output_audio", "transcript": transcript}]});
+        open.output.push(item.clone());
+        let at = json!({"response_id": response_id, "item_id": item_id,
+            "output_index": output_index, "content_index": 0});
+        let with = |extra: Value| {
+            let mut v = at.clone();
+            if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+                m.extend(e);
+            }
+            v
+        };
+        self.send(out, "response.output_audio.done", with(json!({})));
+        self.send(
+            out,
+            "response.output_audio_transcript.done",
+            with(json!({"transcript": transcript})),
+        );
+        self.send(
+            out,
+            "response.content_part.done",
+            with(json!({"part": {"type": "audio", "transcript": transcript}})),
+        );
+        self.send(
+            out,
+            "response.output_item.done",
+            json!({"response_id": response_id, "output_index": output_index, "item": item}),
+        );
+    }
+
+    /// `response.done` for the open response.
+    fn end_response(&mut self, out: &mut Vec<Frame>, status: &str, details: Value) {
+        let Some(open) = self.open.take() else { return };
+        self.send(
+            out,
+            "response.done",
+            json!({"response": {"id": open.id, "object": "realtime.response", "status": status,
+                "status_details": details, "output": open.output,
+                "output_modalities": ["audio"], "usage": null}}),
+        );
+    }
+
+    fn parse(
+        &mut self,
+        map: &Map<String, Value>,
+        out: &mut Vec<Frame>,
+        input: &mut dyn FnMut(Input<'_>),
+    ) {
+        let client_event = map
+            .get("event_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let eid = client_event.as_deref();
+        let ty = map.get("type").and_then(Value::as_str).unwrap_or_default();
+        match ty {
+            "session.update" => {
+                let Some(Value::Object(s)) = map.get("session") else {
+                    return self.error(out, "invalid_value", "session.update needs a \"session\" object".into(), Some("session"), eid);
+                };
+                match self.session_update(s) {
+                    Ok(update) => input(Input::Update(update)),
+                    Err((param, message)) => self.error(out, "invalid_value", message, Some(&param), eid),
+                }
+            }
+            "input_audio_buffer.append" => {
+                let Some(audio) = map.get("audio").and_then(Value::as_str) else {
+                    return self.error(out, "invalid_value", "input_audio_buffer.append needs \"audio\": base64 audio".into(), Some("audio"), eid);
+                };
+                self.decoded.clear();
+                if B64.decode_vec(audio.as_bytes(), &mut self.decoded).is_err() {
+                    return self.error(out, "invalid_value", "\"audio\" is not valid base64".into(), Some("audio"), eid);
+                }
+                if self.turn_detection.is_none() && !self.manual_speaking && !self.decoded.is_empty() {
+                    self.manual_speaking = true;
+                    input(Input::SpeechStart);
+                }
+                let samples = match self.input_format {
+                    Format::Pcm => {
+                        if self.decoded.len() % 2 == 1 {
+                            return self.error(out, "invalid_value", "audio/pcm is 16-bit samples: an even number of bytes".into(), Some("audio"), eid);
+                        }
+                        self.audio_in.pcm16le(&self.decoded)
+                    }
+                    Format::G711(law) => self.audio_in.g711(law, &self.decoded),
+                };
+                if !samples.is_empty() {
+                    input(Input::Audio(samples));
+                }
+            }
+            "input_audio_buffer.commit" => {
+                self.manual_speaking = false;
+                input(Input::SpeechEnd);
+            }
+            "input_audio_buffer.clear" => {
+                self.send(out, "input_audio_buffer.cleared", json!({}));
+            }
+            "conversation.item.create" => {
+                let Some(item) = map.get("item") else {
+                    return self.error(out, "invalid_value", "conversation.item.create needs an \"item\"".into(), Some("item"), eid);
+                };
+                self.item_create(item, out, input, eid);
+            }
+            "response.create" => {
+                if std::mem::take(&mut self.absorb_create) {
+                    return;
+                }
+                input(Input::Respond);
+            }
+            "response.cancel" => {
+                if self.open.is_some() {
+                    self.cancelled = true;
+                }
+                input(Input::Cancel);
+            }
+            "conversation.item.truncate" | "conversation.item.delete" | "conversation.item.retrieve"
+            | "output_audio_buffer.clear" => self.error(
+                out,
+                "unsupported_event",
+                format!("{ty} is not supported by voxd (see docs/realtime.md); voxd truncates an interrupted answer to what was heard itself"),
+                Some("type"),
+                eid,
+            ),
+            "" => self.error(out, "invalid_event", "an event needs a \"type\"".into(), Some("type"), eid),
+            other => self.error(
+                out,
+                "invalid_event",
+                format!("unknown event type {:?}; voxd takes: {CLIENT_EVENTS}", truncate(other, 64)),
+                Some("type"),
+                eid,
+            ),
+        }
+    }
+
+    fn item_create(
+        &mut self,
+        item: &Value,
+        out: &mut Vec<Frame>,
+        input: &mut dyn FnMut(Input<'_>),
+        eid: Option<&str>,
+    ) {
+        let ty = item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message");
+        match ty {
+            "message" => {
+                let role = item.get("role").and_then(Value::as_str).unwrap_or_default();
+                let text: String = item
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .map(|parts| {
+                        parts
+                            .iter()
+                            .filter_map(|p| p.get("text").and_then(Value::as_str))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                if text.trim().is_empty() {
+                    return self.error(out, "invalid_value", "the message has no input_text content; voxd takes text messages (send audio with input_audio_buffer.append)".into(), Some("item.content"), eid);
+                }
+                if role != "user" && role != "system" {
+                    return self.error(
+                        out,
+                        "invalid_value",
+                        format!("a message's role must be \"user\" or \"system\", got {role:?}"),
+                        Some("item.role"),
+                        eid,
+                    );
+                }
+                let id = item
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("item_c{}", self.events + 1), str::to_owned);
+
+                let created = json!({"id": id, "object": "realtime.item", "type": "message",
+                    "role": role, "status": "completed", "content": [{"type": "input_text", "text": text}]});
+                self.send(out, "conversation.item.added", json!({"item": created}));
+                self.send(out, "conversation.item.done", json!({"item": created}));
+                if role == "user" {
+                    input(Input::UserMessage(text));
+                } else {
+                    // A system message sets the instructions, from the next response.
+                    self.instructions = Some(text.clone());
+                    input(Input::Update(SessionUpdate {
+                        instructions: Some(text),
+                        ..SessionUpdate::default()
+                    }));
+                }
+            }
+            "function_call_output" => {
+                let call_id = item.get("call_id").and_then(Value::as_str);
+                let output = item.get("output").and_then(Value::as_str);
+                let (Some(call_id), Some(output)) = (call_id, output) else {
+                    return self.error(
+                        out,
+                        "invalid_value",
+                        "a function_call_output item needs \"call_id\" and \"output\" (strings)"
+                            .into(),
+                        Some("item"),
+                        eid,
+                    );
+                };
+                let created = json!({"id": format!("item_c{}", self.events + 1), "object": "realtime.item",
+                    "type": "function_call_output", "call_id": call_id, "output": output, "status": "completed"});
+                self.send(out, "conversation.item.added", json!({"item": created}));
+                self.send(out, "conversation.item.done", json!({"item": created}));
+                input(Input::ToolResult {
+                    call_id: call_id.to_owned(),
+                    result: output.to_owned(),
+                });
+            }
+            other => self.error(
+                out,
+                "invalid_value",
+                format!(
+                    "item type {:?} is not supported; voxd takes message and function_call_output",
+                    truncate(other, 64)
+                ),
+                Some("item.type"),
+                eid,
+            ),
+        }
+    }
+
+    /// A `session.update`'s `session`: what voxd applies, or the parameter at fault.
+    fn session_update(
+        &mut self,
+        s: &Map<String, Value>,
+    ) -> Result<SessionUpdate, (String, String)> {
+        let mut u = SessionUpdate::default();
+        let bad = |param: &str, message: String| Err((format!("session.{param}"), message));
+        let mut input_format = self.input_format;
+        let mut output_format = self.output_format;
+        let mut turn_detection = self.turn_detection.clone();
+        let mut tools = None;
+        if let Some(i) = s.get("instructions") {
+            let Some(i) = i.as_str() else {
+                return bad("instructions", "must be a string".into());
+            };
+            u.instructions = Some(i.to_owned());
+        }
+        if let Some(t) = s.get("tools") {
+            let Some(list) = t.as_array() else {
+                return bad("tools", "must be an array of function tools".into());
+            };
+            let mut specs = Vec::with_capacity(list.len());
+            for (i, tool) in list.iter().enumerate() {
+                if tool
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("function")
+                    != "function"
+                {
+                    return bad(
+                        &format!("tools[{i}].type"),
+                        "voxd takes function tools (MCP tools belong in voxd's config)".into(),
+                    );
+                }
+                let Some(name) = tool.get("name").and_then(Value::as_str).filter(|n| {
+                    !n.is_empty()
+                        && n.len() <= 64
+                        && n.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                }) else {
+                    return bad(
+                        &format!("tools[{i}].name"),
+                        "must be 1 to 64 letters, digits, _ or -".into(),
+                    );
+                };
+                let parameters = tool
+                    .get("parameters")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+                if !parameters.is_object() {
+                    return bad(
+                        &format!("tools[{i}].parameters"),
+                        "must be a JSON Schema object".into(),
+                    );
+                }
+                specs.push(ClientTool {
+                    name: name.to_owned(),
+                    description: tool
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    parameters: parameters.to_string(),
+                });
+            }
+            tools = Some((list.clone(), specs));
+        }
+        if let Some(Value::Object(audio)) = s.get("audio") {
+            if let Some(Value::Object(i)) = audio.get("input") {
+                if let Some(f) = i.get("format") {
+                    input_format =
+                        format(f).map_err(|m| ("session.audio.input.format".to_owned(), m))?;
+                }
+                if let Some(td) = i.get("turn_detection") {
+                    turn_detection = match td {
+                        Value::Null => None,
+                        Value::Object(t) => match t.get("type").and_then(Value::as_str) {
+                            Some("server_vad") | Some("semantic_vad") | None => Some(json!({
+                                "type": t.get("type").and_then(Value::as_str).unwrap_or("server_vad"),
+                                "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
+                                "create_response": true, "interrupt_response": true,
+                            })),
+                            Some(other) => return bad("audio.input.turn_detection.type", format!("{other:?} is not a turn detection; use server_vad, semantic_vad or null")),
+                        },
+                        _ => return bad("audio.input.turn_detection", "must be an object or null".into()),
+                    };
+                }
+            }
+            if let Some(Value::Object(o)) = audio.get("output") {
+                if let Some(f) = o.get("format") {
+                    output_format =
+                        format(f).map_err(|m| ("session.audio.output.format".to_owned(), m))?;
+                }
+                if let Some(v) = o.get("voice") {
+                    let Some(v) = v.as_str().filter(|v| !v.is_empty() && v.len() <= 64) else {
+                        return bad("audio.output.voice", "must be a voice name".into());
+                    };
+                    u.voice = Some(v.to_owned());
+                }
+            }
+        }
+        // Checked whole; now applied.
+        if let Some(i) = &u.instructions {
+            self.instructions = Some(i.clone());
+        }
+        if let Some(v) = &u.voice {
+            self.voice = Some(v.clone());
+        }
+        if let Some((wire, specs)) = tools {
+            self.tools = wire;
+            u.tools = Some(specs);
+        }
+        if input_format != self.input_format {
+            self.input_format = input_format;
+            self.audio_in = AudioIn::new(input_format.rate());
+        }
+        if output_format != self.output_format {
+            self.output_format = output_format;
+            self.down = match output_format {
+                Format::Pcm => None,
+                Format::G711(_) => StreamResampler::new(REALTIME_RATE, G711_RATE).ok(),
+            };
+        }
+        if turn_detection.is_none() && self.turn_detection.is_some() {
+            // Manual turns: the client's commits end them (server VAD stays off from here).
+            self.manual_speaking = false;
+        }
+        self.turn_detection = turn_detection;
+        Ok(u)
+    }
+}
+
+fn format(f: &Value) -> Result<Format, String> {
+    match f.get("type").and_then(Value::as_str) {
+        Some("audio/pcm") => match f.get("rate").and_then(Value::as_u64) {
+            None | Some(24_000) => Ok(Format::Pcm),
+            Some(r) => Err(format!("audio/pcm is 24000 Hz; {r} is not supported")),
+        },
+        Some("audio/pcmu") => Ok(Format::G711(Law::Ulaw)),
+        Some("audio/pcma") => Ok(Format::G711(Law::Alaw)),
+        other => Err(format!(
+            "{other:?} is not an audio format; use audio/pcm, audio/pcmu or audio/pcma"
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
+}
+
+impl Codec for RealtimeCodec {
+    fn output_rate(&self) -> Option<SampleRate> {
+        Some(REALTIME_RATE)
+    }
+
+    /// A Realtime client stops its playback on `speech_started` and drops what it buffered.
+    fn discards_on_pause(&self) -> bool {
+        true
+    }
+
+    fn text_kind(&self, frame: &str) -> TextKind {
+        if frame.contains(r#""input_audio_buffer.append""#) {
+            // 3 bytes per 4 base64 characters, counted as PCM16 at 24 kHz (the limiter's rate):
+            // a G.711 byte is a sample at 8 kHz, so 6 bytes of that.
+            let bytes = frame.len() / 4 * 3;
+            TextKind::Audio(match self.input_format {
+                Format::Pcm => bytes,
+                Format::G711(_) => bytes * 6,
+            })
+        } else {
+            TextKind::Control
+        }
+    }
+
+    fn hello(&mut self, hello: &Hello<'_>, out: &mut Vec<Frame>) {
+        self.session_id = format!("sess_{}", hello.session_id);
+        let session = self.session();
+        self.send(out, "session.created", json!({"session": session}));
+    }
+
+    fn text(&mut self, frame: &str, out: &mut Vec<Frame>, input: &mut dyn FnMut(Input<'_>)) {
+        match serde_json::from_str::<Value>(frame) {
+            Ok(Value::Object(map)) => self.parse(&map, out, input),
+            Ok(_) => self.error(
+                out,
+                "invalid_event",
+                "an event is a JSON object with a \"type\"".into(),
+                None,
+                None,
+            ),
+            Err(e) => self.error(
+                out,
+                "invalid_json",
+                format!("the event is not valid JSON ({e})"),
+                None,
+                None,
+            ),
+        }
+    }
+
+    fn binary(&mut self, _frame: &[u8], out: &mut Vec<Frame>, _input: &mut dyn FnMut(Input<'_>)) {
+        self.error(
+            out,
+            "invalid_event",
+            "the Realtime protocol is JSON text; send audio with input_audio_buffer.append".into(),
+            None,
+            None,
+        );
+    }
+
+    fn event(&mut self, event: &Event, out: &mut Vec<Frame>) {
+        match event {
+            Event::SessionUpdated { .. } => {
+                let session = self.session();
+                self.send(out, "session.updated", json!({"session": session}));
+            }
+            Event::SpeechStarted { turn, at } => {
+                self.spoken.insert(*turn);
+                self.send(out, "input_audio_buffer.speech_started", json!({
+                    "audio_start_ms": at.as_millis_f64() as u64, "item_id": format!("item_{}", turn.0)}));
+            }
+            Event::SpeechStopped { turn, at, .. } => {
+                let item_id = format!("item_{}", turn.0);
+                self.send(
+                    out,
+                    "input_audio_buffer.speech_stopped",
+                    json!({
+                    "audio_end_ms": at.as_millis_f64() as u64, "item_id": item_id}),
+                );
+                self.send(
+                    out,
+                    "input_audio_buffer.committed",
+                    json!({"item_id": item_id}),
+                );
+                self.send(out, "conversation.item.added", json!({"item": {
+                    "id": item_id, "object": "realtime.item", "type": "message", "role": "user",
+                    "status": "completed", "content": [{"type": "input_audio", "transcript": null}]}}));
+            }
+            Event::Transcript {
+                turn,
+                text,
+                is_final,
+            } => {
+                if !self.spoken.contains(turn) {
+                    return; // a text turn: its item was already told
+                }
+                let item_id = format!("item_{}", turn.0);
+                if *is_final {
+                    self.send(
+                        out,
+                        "conversation.item.input_audio_transcription.completed",
+                        json!({
+                        "item_id": item_id, "content_index": 0, "transcript": text,
+                        "usage": {"type": "duration", "seconds": 0}}),
+                    );
+                    self.send(out, "conversation.item.done", json!({"item": {
+                        "id": item_id, "object": "realtime.item", "type": "message", "role": "user",
+                        "status": "completed", "content": [{"type": "input_audio", "transcript": text}]}}));
+                } else {
+                    self.send(
+                        out,
+                        "conversation.item.input_audio_transcription.delta",
+                        json!({
+                        "item_id": item_id, "content_index": 0, "delta": text}),
+                    );
+                }
+            }
+            Event::ResponseText { turn, text } => {
+                self.message(*turn, out);
+                let Some(open) = &mut self.open else { return };
+                let Some((item_id, transcript)) = &mut open.message else {
+                    return;
+                };
+                let delta = if transcript.is_empty() {
+                    text.clone()
+                } else {
+                    format!(" {text}")
+                };
+                transcript.push_str(&delta);
+                let v = json!({"response_id": open.id, "item_id": item_id,
+                    "output_index": open.output.len(), "content_index": 0, "delta": delta});
+                self.send(out, "response.output_audio_transcript.delta", v);
+            }
+            Event::AudioStart { turn, .. } => self.message(*turn, out),
+            Event::ToolCall { turn, call, runs } => {
+                if *runs != voxd_core::ToolRunner::Client {
+                    return; // the server's own tools are not the client's business
+                }
+                self.response(*turn, out);
+                self.end_message(out, "completed", None);
+                let Some(open) = &mut self.open else { return };
+                let item_id = format!("item_{}_f{}", turn.0, open.output.len());
+                let output_index = open.output.len();
+                let response_id = open.id.clone();
+                let item = json!({"id": item_id, "object": "realtime.item", "type": "function_call",
+                    "call_id": call.id, "name": call.name, "arguments": call.arguments, "status": "completed"});
+                open.output.push(item.clone());
+                let mut added = item.clone();
+                added["arguments"] = json!("");
+                added["status"] = json!("in_progress");
+                self.send(out, "response.output_item.added", json!({"response_id": response_id, "output_index": output_index, "item": added}));
+                let at = |extra: Value| {
+                    let mut v = json!({"response_id": response_id, "item_id": item_id, "output_index": output_index, "call_id": call.id});
+                    if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+                        m.extend(e);
+                    }
+                    v
+                };
+                let delta = at(json!({"delta": call.arguments}));
+                let done = at(json!({"arguments": call.arguments, "name": call.name}));
+                self.send(out, "response.function_call_arguments.delta", delta);
+                self.send(out, "response.function_call_arguments.done", done);
+                self.send(
+                    out,
+                    "response.output_item.done",
+                    json!({"response_id": response_id, "output_index": output_index, "item": item}),
+                );
+                // The protocol's response ends at a function call; the turn goes on once the
+                // client answers.
+                self.end_response(out, "completed", json!({"type": "completed"}));
+                self.absorb_create = true;
+            }
+            Event::Interrupted {
+                turn,
+                played_ms,
+                heard_text,
+            } => {
+                if let Some(open) = self.open.as_ref().filter(|o| o.turn == *turn) {
+                    if let Some((item_id, _)) = &open.message {
+                        let v = json!({"item_id": item_id, "content_index": 0, "audio_end_ms": *played_ms as u64});
+                        self.send(out, "conversation.item.truncated", v);
+                    }
+                }
+                self.end_message(out, "incomplete", Some(heard_text));
+            }
+            Event::ResponseDone { turn, status, .. } => {
+                self.response(*turn, out);
+                let reason = if std::mem::take(&mut self.cancelled) {
+                    "client_cancelled"
+                } else {
+                    "turn_detected"
+                };
+                match status {
+                    ResponseStatus::Completed => {
+                        self.end_message(out, "completed", None);
+                        self.end_response(out, "completed", json!({"type": "completed"}));
+                    }
+                    ResponseStatus::Interrupted => {
+                        self.end_message(out, "incomplete", None);
+                        self.end_response(
+                            out,
+                            "cancelled",
+                            json!({"type": "cancelled", "reason": reason}),
+                        );
+                    }
+                    ResponseStatus::Failed => {
+                        self.end_message(out, "incomplete", None);
+                        self.end_response(out, "failed", json!({"type": "failed", "error": {"type": "server_error", "code": "provider_failed"}}));
+                    }
+                }
+                self.parts.remove(turn);
+                self.spoken.remove(turn);
+                self.absorb_create = false;
+            }
+            Event::ProviderError { stage, failure, .. } => {
+                let v = json!({"error": {"type": "server_error", "code": format!("{}_failed", stage.as_str()),
+                    "message": format!("{} provider {:?}: {}", stage.as_str(), failure.provider, failure.message)}});
+                self.send(out, "error", v);
+            }
+            Event::Rejected(r) => {
+                let (code, message) = match r {
+                    Rejection::UnknownCall { call_id } => (
+                        "unknown_call_id",
+                        format!("no function call has call_id {call_id:?}"),
+                    ),
+                    Rejection::LateResult { call_id } => (
+                        "late_function_call_output",
+                        format!("call {call_id:?} timed out or its response ended"),
+                    ),
+                    Rejection::AlreadyAnswered { call_id } => (
+                        "duplicate_function_call_output",
+                        format!("call {call_id:?} was already answered"),
+                    ),
+                    Rejection::ServerCall { call_id } => (
+                        "not_a_client_call",
+                        format!("call {call_id:?} is run by the server"),
+                    ),
+                    Rejection::ToolNameClash { index, name } => (
+                        "invalid_value",
+                        format!(
+                            "session.tools[{index}].name {name:?} is one of the server's tools"
+                        ),
+                    ),
+                };
+                self.error(out, code, message, None, None);
+            }
+            Event::PlaybackPaused { .. }
+            | Event::PlaybackResumed { .. }
+            | Event::FalseAlarm { .. }
+            | Event::ToolResult { .. } => {}
+        }
+    }
+
+    fn audio(&mut self, turn: TurnId, _at: u64, pcm: Bytes, out: &mut Vec<Frame>) {
+        self.message(turn, out);
+        self.b64.clear();
+        match self.output_format {
+            Format::Pcm => B64.encode_string(&pcm, &mut self.b64),
+            Format::G711(law) => {
+                let samples: Vec<i16> = pcm
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                self.down_buf.clear();
+                if let Some(down) = &mut self.down {
+                    down.process(&samples, &mut self.down_buf);
+                }
+                self.encoded.clear();
+                law.encode(&self.down_buf, &mut self.encoded);
+                B64.encode_string(&self.encoded, &mut self.b64);
+            }
+        }
+        let Some(open) = &self.open else { return };
+        let Some((item_id, _)) = &open.message else {
+            return;
+        };
+        let v = json!({"response_id": open.id, "item_id": item_id, "output_index": open.output.len(),
+            "content_index": 0, "delta": self.b64});
+        self.send(out, "response.output_audio.delta", v);
+    }
+
+    fn notice(&mut self, notice: Notice<'_>, out: &mut Vec<Frame>) {
+        match notice {
+            Notice::Shutdown { deadline_ms } => {
+                let v = json!({"error": {"type": "server_error", "code": "shutdown",
+                    "message": format!("the server is draining; this session closes once its response is done, in {deadline_ms} ms at the latest")}});
+                self.send(out, "error", v);
+            }
+            Notice::Error { code, message } => {
+                let v = json!({"error": {"type": "invalid_request_error", "code": code, "message": message}});
+                self.send(out, "error", v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use voxd_core::{Timings, ToolCall, ToolRunner};
+
+    fn codec() -> RealtimeCodec {
+        let mut c = RealtimeCodec::new("gpt-realtime".into());
+        let mut out = Vec::new();
+        c.hello(
+            &Hello {
+                session_id: "s1",
+                output_rate: REALTIME_RATE,
+                server_vad: true,
+            },
+            &mut out,
+        );
+        assert_eq!(types(&out), ["session.created"]);
+        c
+    }
+
+    fn values(out: &[Frame]) -> Vec<Value> {
+        out.iter()
+            .map(|f| match f {
+                Frame::Text(t) => serde_json::from_str(t).unwrap(),
+                Frame::Binary(_) => panic!("binary"),
+            })
+            .collect()
+    }
+
+    fn types(out: &[Frame]) -> Vec<String> {
+        values(out)
+            .iter()
+            .map(|v| v["type"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn send(c: &mut RealtimeCodec, v: Value) -> (Vec<Frame>, Vec<String>) {
+        let mut out = Vec::new();
+        let mut inputs = Vec::new();
+        c.text(&v.to_string(), &mut out, &mut |i| {
+            inputs.push(format!("{i:?}"))
+        });
+        (out, inputs)
+    }
+
+    #[test]
+    fn session_update_is_checked_whole_and_errors_name_the_param_and_the_event() {
+        let mut c = codec();
+        let (out, inputs) = send(
+            &mut c,
+            json!({"type": "session.update", "event_id": "e1", "session": {"type": "realtime",
+                "instructions": "Be brief.",
+                "tools": [{"type": "function", "name": "a b"}]}}),
+        );
+        let e = &values(&out)[0];
+        assert_eq!(e["error"]["param"], "session.tools[0].name");
+        assert_eq!(e["error"]["event_id"], "e1");
+        assert!(inputs.is_empty());
+        assert!(c.instructions.is_none(), "nothing applied");
+
+        let (out, inputs) = send(
+            &mut c,
+            json!({"type": "session.update", "session": {"type": "realtime", "instructions": "Be brief.",
+                "tools": [{"type": "function", "name": "open_door", "parameters": {"type": "object"}}],
+                "audio": {"input": {"turn_detection": null, "format": {"type": "audio/pcmu"}}}}}),
+        );
+        assert!(out.is_empty());
+        assert_eq!(inputs.len(), 1);
+        assert!(inputs[0].contains("open_door"), "{inputs:?}");
+        assert_eq!(c.input_format, Format::G711(Law::Ulaw));
+        // Manual turns: the first append starts speech, commit ends it.
+        let (_, inputs) = send(
+            &mut c,
+            json!({"type": "input_audio_buffer.append", "audio": B64.encode([0xFFu8; 160])}),
+        );
+        assert_eq!(inputs[0], "SpeechStart");
+        assert!(inputs[1].starts_with("Audio("));
+        let (_, inputs) = send(&mut c, json!({"type": "input_audio_buffer.commit"}));
+        assert_eq!(inputs, ["SpeechEnd"]);
+
+        let (out, _) = send(&mut c, json!({"type": "dance", "event_id": "e9"}));
+        let e = &values(&out)[0];
+        assert_eq!(
+            (&e["error"]["code"], &e["error"]["event_id"]),
+            (&json!("invalid_event"), &json!("e9"))
+        );
+    }
+
+    #[test]
+    fn a_turn_is_a_response_with_one_audio_message_and_a_function_call_ends_one() {
+        let mut c = codec();
+        let turn = TurnId(1);
+        let mut out = Vec::new();
+        c.event(
+            &Event::ResponseText {
+                turn,
+                text: "Hello.".into(),
+            },
+            &mut out,
+        );
+        c.audio(turn, 0, Bytes::from_static(&[1, 0, 2, 0]), &mut out);
+        c.event(
+            &Event::ToolCall {
+                turn,
+                call: ToolCall {
+                    id: "call_1".into(),
+                    name: "open_door".into(),
+                    arguments: "{}".into(),
+                },
+                runs: ToolRunner::Client,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            types(&out),
+            [
+                "response.created",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_audio_transcript.delta",
+                "response.output_audio.delta",
+                "response.output_audio.done",
+                "response.output_audio_transcript.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.done",
+            ]
+        );
+        let v = values(&out);
+        assert_eq!(v[4]["delta"], B64.encode([1u8, 0, 2, 0]));
+        assert_eq!(v[13]["response"]["output"].as_array().unwrap().len(), 2);
+        // The client's response.create after its output is what the turn does anyway.
+        let (_, inputs) = send(&mut c, json!({"type": "response.create"}));
+        assert!(inputs.is_empty());
+        out.clear();
+        c.event(
+            &Event::ResponseText {
+                turn,
+                text: "Opened.".into(),
+            },
+            &mut out,
+        );
+        let v = values(&out);
+        assert_eq!(v[0]["response"]["id"], "resp_1_2");
+        out.clear();
+        c.event(
+            &Event::Interrupted {
+                turn,
+                played_ms: 120.0,
+                heard_text: "Op".into(),
+            },
+            &mut out,
+        );
+        c.event(
+            &Event::ResponseDone {
+                turn,
+                status: ResponseStatus::Interrupted,
+                audio_ms: 120.0,
+                timings: Timings::default(),
+                reason: None,
+            },
+            &mut out,
+        );
+        let v = values(&out);
+        assert_eq!(v[0]["type"], "conversation.item.truncated");
+        assert_eq!(v[0]["audio_end_ms"], 120);
+        let done = v.last().unwrap();
+        assert_eq!(done["response"]["status"], "cancelled");
+        assert_eq!(
+            done["response"]["status_details"]["reason"],
+            "turn_detected"
+        );
+        let transcript = v
+            .iter()
+            .find(|e| e["type"] == "response.output_audio_transcript.done")
+            .unwrap();
+        assert_eq!(
+            transcript["transcript"], "Op",
+            "truncated to what was heard"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+"""voxd's /v1/realtime driven by the official `openai` SDK's Realtime client.
+
+Usage: realtime_client.py BASE_URL FIXTURE_DIR
+  BASE_URL     e.g. http://127.0.0.1:8000/v1 (the SDK opens BASE_URL/realtime?model=...)
+  FIXTURE_DIR  holds weather.pcm and interrupt.pcm: 24 kHz mono PCM16LE
+
+Every server event is validated against the SDK's own pydantic models
+(`RealtimeServerEvent`), strictly. Prints one line per scenario and exits non-zero on the first
+failure, with what was expected and what came.
+"""
+
+import asyncio
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+
+from openai import AsyncOpenAI
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter
+
+SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
+PATIENCE = 30.0
+
+
+class Failure(Exception):
+    pass
+
+
+class Session:
+    def __init__(self, conn):
+        self.conn = conn
+        self.seen = []
+
+    async def next(self):
+        raw = await asyncio.wait_for(self.conn.recv_bytes(), PATIENCE)
+        data = json.loads(raw)
+        try:
+            SERVER_EVENT.validate_python(data)
+        except Exception as e:
+            raise Failure(f"{data.get('type')} does not match the SDK's model: {e}\n{data}")
+        self.seen.append(data)
+        return data
+
+    async def until(self, ty, *, fail_on=()):
+        """Events up to and including the first of type `ty`."""
+        got = []
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:
+            e = await self.next()
+            got.append(e)
+            if e["type"] == ty:
+                return got
+            if e["type"] in fail_on or (e["type"] == "error" and "error" in fail_on):
+                raise Failure(f"waiting for {ty}, got {e}")
+        raise Failure(f"no {ty} within {PATIENCE} s")
+
+    async def append(self, pcm, chunk_ms=100):
+        step = 24 * 2 * chunk_ms
+        for i in range(0, len(pcm), step):
+            await self.conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + step]).decode())
+
+
+def types(events):
+    return [e["type"] for e in events]
+
+
+def expect(cond, what, events=None):
+    if not cond:
+        tail = f"\nevents: {types(events)}" if events is not None else ""
+        raise Failure(what + tail)
+
+
+def audio_bytes(events):
+    return sum(len(base64.b64decode(e["delta"])) for e in events if e["type"] == "response.output_audio.delta")
+
+
+async def main(base_url, fixtures):
+    weather = (fixtures / "weather.pcm").read_bytes()
+    interrupt = (fixtures / "interrupt.pcm").read_bytes()
+    silence = bytes(24 * 2 * 1200)
+    client = AsyncOpenAI(base_url=base_url, api_key="test-key")
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        s = Session(conn)
+        created = await s.next()
+        expect(created["type"] == "session.created", f"first event {created['type']}")
+        expect(created["session"]["model"] == "gpt-realtime", "the model is reported back")
+
+        # session.update: instructions, a client-side function tool, a voice.
+        await conn.session.update(session={
+            "type": "realtime",
+            "instructions": "You are voxd's test assistant.",
+            "tools": [{"type": "function", "name": "open_door", "description": "Opens a door.",
+                       "parameters": {"type": "object", "properties": {"door": {"type": "string"}}}}],
+            "audio": {"output": {"voice": "marin"}},
+        })
+        ev = await s.until("session.updated", fail_on=("error",))
+        sess = ev[-1]["session"]
+        expect(sess["instructions"] == "You are voxd's test assistant.", "instructions applied")
+        expect(sess["tools"][0]["name"] == "open_door", "tools applied")
+        print("ok session.update")
+
+        # A text item, then response.create.
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "what about tomorrow"}]})
+        await s.until("conversation.item.done", fail_on=("error",))
+        await conn.response.create()
+        ev = await s.until("response.done", fail_on=("error",))
+        done = ev[-1]["response"]
+        expect(done["status"] == "completed", f"status {done['status']}", ev)
+        expect(audio_bytes(ev) > 0, "audio deltas", ev)
+        transcript = [e for e in ev if e["type"] == "response.output_audio_transcript.done"]
+        expect(transcript and "omorrow" in transcript[0]["transcript"], "the answer's transcript", ev)
+        order = [t for t in types(ev) if t in ("response.created", "response.output_item.added",
+            "response.content_part.added", "response.output_audio.delta", "response.output_audio.done",
+            "response.content_part.done", "response.output_item.done", "response.done")]
+        dedup = [t for i, t in enumerate(order) if i == 0 or order[i - 1] != t]
+        expect(dedup == ["response.created", "response.output_item.added", "response.content_part.added",
+            "response.output_audio.delta", "response.output_audio.done", "response.content_part.done",
+            "response.output_item.done", "response.done"], f"event order {dedup}")
+        print("ok text turn")
+
+        # A client-side function call round trip.
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "please open the door"}]})
+        await conn.response.create()
+        ev = await s.until("response.done", fail_on=("error",))
+        call = [e for e in ev if e["type"] == "response.function_call_arguments.done"]
+        expect(call and call[0]["name"] == "open_door", "a function call", ev)
+        expect(json.loads(call[0]["arguments"]) == {"door": "front"}, "its arguments")
+        expect(ev[-1]["response"]["output"][-1]["type"] == "function_call", "the response's output")
+        await conn.conversation.item.create(item={"type": "function_call_output",
+            "call_id": call[0]["call_id"], "output": json.dumps({"opened": True})})
+        await conn.response.create()
+        ev = await s.until("response.done", fail_on=("error",))
+        expect(ev[-1]["response"]["status"] == "completed", "the answer after the output", ev)
+        expect(audio_bytes(ev) > 0, "it is spoken", ev)
+        said = [e["transcript"] for e in ev if e["type"] == "response.output_audio_transcript.done"]
+        expect(said and "opened" in said[0], f"the model used the output: {said}")
+        print("ok function call")
+
+        # An audio turn with server VAD.
+        await s.append(silence[: 24 * 2 * 300] + weather + silence)
+        ev = await s.until("response.done", fail_on=("error",))
+        t = types(ev)
+        for want in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                     "input_audio_buffer.committed", "conversation.item.added",
+                     "conversation.item.input_audio_transcription.completed", "response.created"):
+            expect(want in t, f"no {want}", ev)
+        heard = [e for e in ev if e["type"] == "conversation.item.input_audio_transcription.completed"][0]
+        expect("weather" in heard["transcript"], f"transcript {heard['transcript']!r}")
+        expect(ev[-1]["response"]["status"] == "completed" and audio_bytes(ev) > 0, "answered", ev)
+        print("ok audio turn")
+
+        # Barge-in: the user speaks into a long answer.
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "tell me a story"}]})
+        await conn.response.create()
+        await s.until("response.output_audio.delta", fail_on=("error",))
+        await asyncio.sleep(0.5)
+        await s.append(interrupt + silence)
+        ev = await s.until("response.done", fail_on=("error",))
+        t = types(ev)
+        expect("input_audio_buffer.speech_started" in t, "speech_started", ev)
+        expect(t.index("input_audio_buffer.speech_started") < t.index("response.done"), "at once", ev)
+        done = ev[-1]["response"]
+        expect(done["status"] == "cancelled" and done["status_details"]["reason"] == "turn_detected",
+               f"cancelled by the turn: {done['status']} {done.get('status_details')}")
+        expect("conversation.item.truncated" in t, "the answer truncated to what was heard", ev)
+        ev = await s.until("response.done", fail_on=("error",))
+        expect(ev[-1]["response"]["status"] == "completed", "the user's words are answered", ev)
+        print("ok barge-in")
+
+        # response.cancel.
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "tell me a story"}]})
+        await conn.response.create()
+        await s.until("response.output_audio.delta", fail_on=("error",))
+        await conn.response.cancel()
+        ev = await s.until("response.done", fail_on=("error",))
+        done = ev[-1]["response"]
+        expect(done["status"] == "cancelled" and done["status_details"]["reason"] == "client_cancelled",
+               f"cancelled by the client: {done}")
+        print("ok cancel")
+
+        # Bad events: an error that names the client's event, and the session goes on.
+        await conn.send({"type": "dance", "event_id": "evt_bad_1"})
+        ev = await s.until("error")
+        err = ev[-1]["error"]
+        expect(err["event_id"] == "evt_bad_1" and err["param"] == "type", f"the error names the event: {err}")
+        await conn.send({"type": "input_audio_buffer.append", "audio": "%%%", "event_id": "evt_bad_2"})
+        ev = await s.until("error")
+        expect(ev[-1]["error"]["event_id"] == "evt_bad_2", "bad base64")
+        print("ok bad events")
+
+        # G.711 μ-law out: 8 kHz, one byte a sample.
+        await conn.session.update(session={"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcmu"}}}})
+        ev = await s.until("session.updated", fail_on=("error",))
+        expect(ev[-1]["session"]["audio"]["output"]["format"]["type"] == "audio/pcmu", "pcmu applied")
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "what about tomorrow"}]})
+        await conn.response.create()
+        ev = await s.until("response.done", fail_on=("error",))
+        n = audio_bytes(ev)
+        expect(n > 8000, f"{n} bytes of μ-law", ev)
+        print("ok g711")
+    print(f"ok all: {len(s.seen)} server events validated")
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main(sys.argv[1], Path(sys.argv[2])))
+    except Failure as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
