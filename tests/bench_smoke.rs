@@ -153,3 +153,35 @@ async fn transcribe_mode_posts_at_a_fixed_rate() {
     assert!(report.table().contains("request latency"));
     server.stop().await;
 }
+
+/// `--protocol realtime` and `--protocol twilio`: the same callers over the OpenAI Realtime
+/// protocol (manual turns, then server VAD) and Twilio Media Streams (server VAD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_realtime_and_twilio_protocols_take_simple_turns() {
+    let server = TestServer::start().await;
+    for (protocol, path, server_vad) in [
+        (
+            voxd_bench::Protocol::Realtime,
+            "v1/realtime?model=bench",
+            false,
+        ),
+        (
+            voxd_bench::Protocol::Realtime,
+            "v1/realtime?model=bench",
+            true,
+        ),
+        (voxd_bench::Protocol::Twilio, "twilio", true),
+    ] {
+        let args = BenchArgs {
+            server: format!("ws://{}/{path}", server.addr),
+            protocol,
+            ..args(&server, server_vad)
+        };
+        let report = voxd_bench::run(&args).await.unwrap();
+        let step = &report.steps[0];
+        assert_eq!(step.turns_ok, 12, "{protocol:?}: {}", report.table());
+        assert_eq!(step.scenarios.len(), 1, "simple only: {}", report.table());
+        assert_eq!(step.overall.ttft.unwrap().count, 12);
+    }
+    server.stop().await;
+}

@@ -33,6 +33,7 @@ use clap::{Args, ValueEnum};
 use tokio::sync::watch;
 
 pub use report::{Report, StepReport};
+pub use session::Protocol;
 use session::{Caller, Scenario, Voice};
 
 /// Load shapes.
@@ -122,6 +123,12 @@ pub struct BenchArgs {
     /// silence wrapped in speech_start/speech_end.
     #[arg(long)]
     pub server_vad: bool,
+    /// The protocol the callers speak: voxd's `/ws`, the OpenAI Realtime protocol (point
+    /// `--server` at `/v1/realtime`) or Twilio Media Streams (`/twilio`; needs `--server-vad`).
+    /// `realtime` and `twilio` play the simple scenario only: their barge-in signals differ from
+    /// `/ws`'s, and Twilio's server tools are invisible to the caller.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub protocol: Protocol,
     /// Noisy callers: between utterances (and in --idle) the microphone carries pink noise at
     /// -35 dBFS instead of digital silence, so every window passes the server VAD's energy gate.
     /// Silero's worst case.
@@ -492,12 +499,21 @@ pub fn default_steps(max: usize) -> Vec<usize> {
 /// # Errors
 /// Usage errors (bad weights, bad `--fail-if`, unreadable mock config).
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
-    let mix = Mix::new([
-        args.simple,
-        args.tools,
-        args.interruptions,
-        args.false_alarms,
-    ])?;
+    let mix = if args.protocol == Protocol::Ws {
+        Mix::new([
+            args.simple,
+            args.tools,
+            args.interruptions,
+            args.false_alarms,
+        ])?
+    } else {
+        if args.protocol == Protocol::Twilio && !args.server_vad && !args.idle {
+            return Err(BenchError::Usage(
+                "--protocol twilio needs --server-vad: Twilio has no speech signals".into(),
+            ));
+        }
+        Mix::new([1.0, 0.0, 0.0, 0.0])?
+    };
     if let Some(f) = &args.fail_if {
         failif::parse(f).map_err(|e| BenchError::Usage(e.to_string()))?;
     }
@@ -515,7 +531,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     };
     let plan = Arc::new(Plan {
         url: args.server.clone(),
-        voice: Voice::new(args.server_vad, args.query_ms, args.noisy),
+        voice: Voice::new(args.protocol, args.server_vad, args.query_ms, args.noisy),
         mix,
         minimum,
         timeout: Duration::from_secs_f64(args.timeout),

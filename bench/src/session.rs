@@ -56,24 +56,104 @@ impl Scenario {
 /// The audio a caller speaks: silence with explicit signals, or committed speech for server VAD.
 #[derive(Debug, Clone)]
 pub struct Voice {
+    /// The protocol the frames are framed for.
+    pub protocol: Protocol,
     /// Real speech and server VAD (no `speech_start`/`speech_end`).
     pub server_vad: bool,
-    /// Frames of each utterance.
-    pub query: Arc<[Bytes]>,
-    pub tool_query: Arc<[Bytes]>,
-    pub interrupt: Arc<[Bytes]>,
-    pub backchannel: Arc<[Bytes]>,
+    /// Frames of each utterance, as wire messages.
+    pub query: Arc<[Message]>,
+    pub tool_query: Arc<[Message]>,
+    pub interrupt: Arc<[Message]>,
+    pub backchannel: Arc<[Message]>,
     /// What the microphone carries between utterances, looped frame by frame: one frame of
     /// digital silence, or (`--noisy`) pink noise.
-    pub background: Arc<[Bytes]>,
+    pub background: Arc<[Message]>,
 }
 
-fn frames(pcm: &[u8]) -> Arc<[Bytes]> {
-    let all = Bytes::copy_from_slice(pcm);
-    (0..all.len())
-        .step_by(FRAME_BYTES)
-        .map(|i| all.slice(i..(i + FRAME_BYTES).min(all.len())))
+/// The client protocol a caller speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// voxd's own `/ws`: binary PCM16 at 16 kHz, JSON events.
+    Ws,
+    /// The OpenAI Realtime protocol (`/v1/realtime`): base64 PCM16 at 24 kHz in JSON events.
+    Realtime,
+    /// Twilio Media Streams (`/twilio`): base64 μ-law at 8 kHz in JSON, marks echoed, no events.
+    Twilio,
+}
+
+/// 16 kHz PCM16LE as the wire messages of `protocol`, one per 20 ms frame: the encoding is done
+/// once, here, so a caller's microphone costs the load tool one clone per frame.
+fn frames_for(protocol: Protocol, pcm: &[u8]) -> Arc<[Message]> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    pcm.chunks(FRAME_BYTES)
+        .map(|frame| {
+            let samples: Vec<i16> = frame
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            match protocol {
+                Protocol::Ws => Message::Binary(Bytes::copy_from_slice(frame)),
+                Protocol::Realtime => {
+                    let up: Vec<u8> = upsample_3_2(&samples)
+                        .iter()
+                        .flat_map(|s| s.to_le_bytes())
+                        .collect();
+                    Message::Text(
+                        format!(
+                            r#"{{"type":"input_audio_buffer.append","audio":"{}"}}"#,
+                            b64.encode(up)
+                        )
+                        .into(),
+                    )
+                }
+                Protocol::Twilio => {
+                    let ulaw: Vec<u8> = samples
+                        .chunks(2)
+                        .map(|p| ulaw(((i32::from(p[0]) + i32::from(*p.last().unwrap_or(&p[0]))) / 2) as i16))
+                        .collect();
+                    Message::Text(
+                        format!(
+                            r#"{{"event":"media","streamSid":"MZbench","media":{{"track":"inbound","payload":"{}"}}}}"#,
+                            b64.encode(ulaw)
+                        )
+                        .into(),
+                    )
+                }
+            }
+        })
         .collect()
+}
+
+/// 16 kHz to 24 kHz by linear interpolation: good enough for a VAD and a mock ASR that maps
+/// by duration.
+fn upsample_3_2(s: &[i16]) -> Vec<i16> {
+    let n = s.len() * 3 / 2;
+    (0..n)
+        .map(|i| {
+            let x = i as f64 * 2.0 / 3.0;
+            let a = s.get(x as usize).copied().unwrap_or(0);
+            let b = s.get(x as usize + 1).copied().unwrap_or(a);
+            (f64::from(a) + (f64::from(b) - f64::from(a)) * x.fract()) as i16
+        })
+        .collect()
+}
+
+/// G.711 μ-law of one sample. The load tool encodes its own audio, independently of the
+/// server's codec, as a real Twilio would.
+fn ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    let mut v = i32::from(sample);
+    let sign = if v < 0 {
+        v = -v;
+        0x80
+    } else {
+        0
+    };
+    v = v.min(32_635) + BIAS;
+    let exponent = (0..8).rev().find(|e| v & (0x80 << e) != 0).unwrap_or(0);
+    let mantissa = (v >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) | mantissa) as u8
 }
 
 /// The PCM of a committed fixture (plain 44-byte header), without its leading and trailing
@@ -98,8 +178,9 @@ impl Voice {
     /// A `noisy` caller's microphone carries pink noise at −35 dBFS between utterances (the
     /// committed `fixtures/noise/pink_-35.wav`): every window passes the server VAD's energy
     /// gate, so a Silero VAD runs its model on all of them.
-    pub fn new(server_vad: bool, query_ms: usize, noisy: bool) -> Voice {
+    pub fn new(protocol: Protocol, server_vad: bool, query_ms: usize, noisy: bool) -> Voice {
         let silence = |ms: usize| vec![0u8; ms * 32];
+        let frames = |pcm: &[u8]| frames_for(protocol, pcm);
         let background = if noisy {
             frames(&include_bytes!("../../fixtures/noise/pink_-35.wav")[44..])
         } else {
@@ -107,6 +188,7 @@ impl Voice {
         };
         if server_vad {
             Voice {
+                protocol,
                 server_vad,
                 query: frames(wav_pcm(include_bytes!("../../fixtures/weather.wav"))),
                 tool_query: frames(wav_pcm(include_bytes!("../../fixtures/balance.wav"))),
@@ -116,6 +198,7 @@ impl Voice {
             }
         } else {
             Voice {
+                protocol,
                 server_vad,
                 query: frames(&silence(query_ms)),
                 tool_query: frames(&silence(3000)),
@@ -171,12 +254,19 @@ pub struct Caller {
     background_next: usize,
     speech_started_at: Option<Instant>,
     timeout: Duration,
+    /// Twilio sends no events: when the last answer audio came, and whether its end was told.
+    last_media: Option<Instant>,
+    media_done: bool,
 }
+
+/// How long a Twilio answer's audio must pause to count as done (voxd sends it paced, with no
+/// gap longer than a pacing interval while it speaks).
+const TWILIO_QUIET: Duration = Duration::from_millis(700);
 
 /// An utterance being spoken: its frames, the next one, and the control message to send after
 /// the last one.
 struct Utterance {
-    frames: Arc<[Bytes]>,
+    frames: Arc<[Message]>,
     next: usize,
     after: Option<&'static str>,
 }
@@ -223,13 +313,35 @@ impl Caller {
             background_next: 0,
             speech_started_at: None,
             timeout,
+            last_media: None,
+            media_done: true,
         };
-        let connect = loop {
-            match caller.step().await? {
-                Step::Event(v) if v["type"] == "ready" => break started.elapsed(),
-                _ => {}
+        let connect = match caller.voice.protocol {
+            Protocol::Ws | Protocol::Realtime => loop {
+                match caller.step().await? {
+                    Step::Event(v) if v["type"] == "ready" => break started.elapsed(),
+                    _ => {}
+                }
+            },
+            Protocol::Twilio => {
+                // Twilio speaks first, and voxd says nothing back.
+                caller
+                    .send_text(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#)
+                    .await?;
+                caller
+                    .send_text(
+                        r#"{"event":"start","streamSid":"MZbench","start":{"streamSid":"MZbench","callSid":"CAbench","customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#,
+                    )
+                    .await?;
+                started.elapsed()
             }
         };
+        if caller.voice.protocol == Protocol::Realtime && !caller.voice.server_vad {
+            // Explicit turns are manual turns: appends, then a commit.
+            caller
+                .send_text(r#"{"type":"session.update","session":{"type":"realtime","audio":{"input":{"turn_detection":null}}}}"#)
+                .await?;
+        }
         Ok((caller, connect))
     }
 
@@ -260,12 +372,27 @@ impl Caller {
                 for _ in 0..due {
                     self.send_frame().await?;
                 }
+                if self.voice.protocol == Protocol::Twilio
+                    && !self.media_done
+                    && self.last_media.is_some_and(|t| t.elapsed() >= TWILIO_QUIET)
+                {
+                    self.media_done = true;
+                    return Ok(Step::Event(
+                        serde_json::json!({"type": "response_done", "status": "completed"}),
+                    ));
+                }
                 Ok(Step::Tick)
             }
             msg = self.ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str())
-                    .map(Step::Event)
-                    .map_err(|e| format!("bad JSON from server: {e}")),
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str())
+                        .map_err(|e| format!("bad JSON from server: {e}"))?;
+                    match self.voice.protocol {
+                        Protocol::Ws => Ok(Step::Event(v)),
+                        Protocol::Realtime => Ok(realtime_step(&v)),
+                        Protocol::Twilio => self.twilio_step(&v).await,
+                    }
+                }
                 Some(Ok(Message::Binary(b))) => Ok(Step::Audio(b.len())),
                 Some(Ok(Message::Close(f))) => Err(format!("server closed: {f:?}")),
                 Some(Ok(_)) => Ok(Step::Tick),
@@ -302,11 +429,32 @@ impl Caller {
         self.send_frame_bytes(frame).await
     }
 
-    async fn send_frame_bytes(&mut self, f: Bytes) -> Result<(), String> {
-        self.ws
-            .send(Message::Binary(f))
-            .await
-            .map_err(|e| format!("send: {e}"))
+    async fn send_frame_bytes(&mut self, f: Message) -> Result<(), String> {
+        self.ws.send(f).await.map_err(|e| format!("send: {e}"))
+    }
+
+    /// A Twilio message: answer audio, or a mark (echoed at once: the load tool does not play).
+    async fn twilio_step(&mut self, v: &Value) -> Result<Step, String> {
+        match v["event"].as_str() {
+            Some("media") => {
+                let n = v["media"]["payload"].as_str().map_or(0, str::len) / 4 * 3;
+                self.last_media = Some(Instant::now());
+                self.media_done = false;
+                Ok(Step::Audio(n))
+            }
+            Some("mark") => {
+                let name = v["mark"]["name"].as_str().unwrap_or_default();
+                let echo = format!(
+                    r#"{{"event":"mark","streamSid":"MZbench","mark":{{"name":"{name}"}}}}"#
+                );
+                self.ws
+                    .send(Message::Text(echo.into()))
+                    .await
+                    .map_err(|e| format!("send: {e}"))?;
+                Ok(Step::Tick)
+            }
+            _ => Ok(Step::Tick),
+        }
     }
 
     async fn send_text(&mut self, t: &'static str) -> Result<(), String> {
@@ -318,17 +466,28 @@ impl Caller {
 
     /// Starts speaking `frames` from the next tick; with explicit signals, `speech_start` now and
     /// `speech_end` after the last frame.
-    async fn speak(&mut self, frames: Arc<[Bytes]>) -> Result<(), String> {
+    async fn speak(&mut self, frames: Arc<[Message]>) -> Result<(), String> {
         let explicit = !self.voice.server_vad;
-        if explicit {
+        if explicit && self.voice.protocol == Protocol::Ws {
             self.send_text(r#"{"type":"speech_start"}"#).await?;
         }
+        if explicit && self.voice.protocol == Protocol::Realtime {
+            // The input buffer holds what the microphone carried since the last turn.
+            self.send_text(r#"{"type":"input_audio_buffer.clear"}"#)
+                .await?;
+        }
+        let after = match self.voice.protocol {
+            Protocol::Ws => r#"{"type":"speech_end"}"#,
+            // A manual turn starts with its first append and ends with a commit.
+            Protocol::Realtime => r#"{"type":"input_audio_buffer.commit"}"#,
+            Protocol::Twilio => "",
+        };
         self.speech_started_at = Some(Instant::now());
         self.speech_ended_at = None;
         self.speech = Some(Utterance {
             frames,
             next: 0,
-            after: explicit.then_some(r#"{"type":"speech_end"}"#),
+            after: (explicit && !after.is_empty()).then_some(after),
         });
         Ok(())
     }
@@ -512,6 +671,43 @@ impl Caller {
     }
 }
 
+/// A Realtime event as the `/ws` event the turn logic reads (`Step::Audio` for audio).
+fn realtime_step(v: &Value) -> Step {
+    let turn = |key: &str| {
+        v[key]
+            .as_str()
+            .and_then(|id| id.split('_').nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let event = match v["type"].as_str().unwrap_or("") {
+        "session.created" => serde_json::json!({"type": "ready"}),
+        "response.output_audio.delta" => {
+            return Step::Audio(v["delta"].as_str().map_or(0, str::len) / 4 * 3);
+        }
+        "conversation.item.input_audio_transcription.completed" => {
+            serde_json::json!({"type": "transcript", "turn_id": turn("item_id")})
+        }
+        "response.output_audio_transcript.delta" => serde_json::json!({
+            "type": "response_text", "turn_id": turn("response_id"), "text": v["delta"]}),
+        "response.done" => {
+            let r = &v["response"];
+            let status = match r["status"].as_str() {
+                Some("cancelled") => "interrupted",
+                Some(s) => s,
+                None => "failed",
+            };
+            let turn = r["id"]
+                .as_str()
+                .and_then(|id| id.split('_').nth(1))
+                .and_then(|n| n.parse::<u64>().ok());
+            serde_json::json!({"type": "response_done", "turn_id": turn, "status": status})
+        }
+        "error" => serde_json::json!({"type": "error", "code": v["error"]["code"]}),
+        _ => return Step::Tick,
+    };
+    Step::Event(event)
+}
+
 /// What a turn has seen so far.
 #[derive(Debug, Default)]
 struct Watch {
@@ -602,5 +798,51 @@ impl Watch {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulaw_has_g711s_known_points() {
+        assert_eq!(ulaw(0), 0xFF);
+        assert_eq!(ulaw(32_767), 0x80);
+        assert_eq!(ulaw(-32_768), 0x00);
+        assert_eq!(ulaw(-1), 0x7F);
+    }
+
+    #[test]
+    fn frames_are_framed_for_each_protocol() {
+        let pcm = vec![0u8; FRAME_BYTES * 2];
+        let ws = frames_for(Protocol::Ws, &pcm);
+        assert!(matches!(&ws[0], Message::Binary(b) if b.len() == FRAME_BYTES));
+        let rt = frames_for(Protocol::Realtime, &pcm);
+        let Message::Text(t) = &rt[1] else { panic!() };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["type"], "input_audio_buffer.append");
+        // 20 ms at 24 kHz: 960 bytes, 1280 base64 characters.
+        assert_eq!(v["audio"].as_str().unwrap().len(), 1280);
+        let tw = frames_for(Protocol::Twilio, &pcm);
+        let Message::Text(t) = &tw[0] else { panic!() };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["event"], "media");
+        // 20 ms at 8 kHz: 160 bytes of μ-law.
+        assert_eq!(v["media"]["payload"].as_str().unwrap().len(), 216);
+    }
+
+    #[test]
+    fn realtime_events_read_as_the_turn_logic_expects() {
+        let done = serde_json::json!({"type": "response.done", "response": {"id": "resp_3", "status": "cancelled"}});
+        let Step::Event(e) = realtime_step(&done) else {
+            panic!()
+        };
+        assert_eq!(
+            (e["turn_id"].as_u64(), e["status"].as_str()),
+            (Some(3), Some("interrupted"))
+        );
+        let audio = serde_json::json!({"type": "response.output_audio.delta", "delta": "AAAA"});
+        assert!(matches!(realtime_step(&audio), Step::Audio(3)));
     }
 }

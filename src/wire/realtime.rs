@@ -26,6 +26,9 @@ pub(crate) const REALTIME_RATE: SampleRate = SampleRate(24_000);
 /// The rate of `audio/pcmu` and `audio/pcma`.
 const G711_RATE: SampleRate = SampleRate(8000);
 
+/// The most a manual turn's input buffer holds: two minutes at 16 kHz.
+const MAX_BUFFER: usize = 16_000 * 120;
+
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 const CLIENT_EVENTS: &str =
@@ -77,8 +80,9 @@ pub(crate) struct RealtimeCodec {
     tools: Vec<Value>,
     /// `turn_detection`: `None` for manual turns (`input_audio_buffer.commit`).
     turn_detection: Option<Value>,
-    /// The client sent `speech_start` for the manual turn being appended.
-    manual_speaking: bool,
+    /// With manual turns, the audio appended since the last commit or clear (16 kHz): the
+    /// protocol's input buffer, which a commit makes the user's turn.
+    buffer: Vec<i16>,
     input_format: Format,
     output_format: Format,
     audio_in: AudioIn,
@@ -114,7 +118,7 @@ impl RealtimeCodec {
                 "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
                 "silence_duration_ms": 500, "create_response": true, "interrupt_response": true
             })),
-            manual_speaking: false,
+            buffer: Vec::new(),
             input_format: Format::Pcm,
             output_format: Format::Pcm,
             audio_in: AudioIn::new(REALTIME_RATE),
@@ -318,10 +322,6 @@ impl RealtimeCodec {
                 if B64.decode_vec(audio.as_bytes(), &mut self.decoded).is_err() {
                     return self.error(out, "invalid_value", "\"audio\" is not valid base64".into(), Some("audio"), eid);
                 }
-                if self.turn_detection.is_none() && !self.manual_speaking && !self.decoded.is_empty() {
-                    self.manual_speaking = true;
-                    input(Input::SpeechStart);
-                }
                 let samples = match self.input_format {
                     Format::Pcm => {
                         if self.decoded.len() % 2 == 1 {
@@ -331,15 +331,32 @@ impl RealtimeCodec {
                     }
                     Format::G711(law) => self.audio_in.g711(law, &self.decoded),
                 };
-                if !samples.is_empty() {
-                    input(Input::Audio(samples));
+                if self.turn_detection.is_some() {
+                    if !samples.is_empty() {
+                        input(Input::Audio(samples));
+                    }
+                } else if self.buffer.len() + samples.len() > MAX_BUFFER {
+                    self.error(out, "input_audio_buffer_full", format!("the input buffer holds at most {} s of audio; commit or clear it", MAX_BUFFER / 16_000), Some("audio"), eid);
+                } else {
+                    self.buffer.extend_from_slice(samples);
                 }
             }
             "input_audio_buffer.commit" => {
-                self.manual_speaking = false;
-                input(Input::SpeechEnd);
+                if self.turn_detection.is_some() {
+                    // Ends the speech in progress now.
+                    input(Input::SpeechEnd);
+                } else if self.buffer.is_empty() {
+                    self.error(out, "input_audio_buffer_commit_empty", "the input buffer is empty: append audio before committing".into(), None, eid);
+                } else {
+                    // The buffer is the user's turn, whole.
+                    input(Input::SpeechStart);
+                    input(Input::Audio(&self.buffer));
+                    input(Input::SpeechEnd);
+                    self.buffer.clear();
+                }
             }
             "input_audio_buffer.clear" => {
+                self.buffer.clear();
                 self.send(out, "input_audio_buffer.cleared", json!({}));
             }
             "conversation.item.create" => {
@@ -594,9 +611,8 @@ impl RealtimeCodec {
                 Format::G711(_) => StreamResampler::new(REALTIME_RATE, G711_RATE).ok(),
             };
         }
-        if turn_detection.is_none() && self.turn_detection.is_some() {
-            // Manual turns: the client's commits end them (server VAD stays off from here).
-            self.manual_speaking = false;
+        if turn_detection.is_some() {
+            self.buffer = Vec::new();
         }
         self.turn_detection = turn_detection;
         Ok(u)
@@ -987,15 +1003,28 @@ mod tests {
         assert_eq!(inputs.len(), 1);
         assert!(inputs[0].contains("open_door"), "{inputs:?}");
         assert_eq!(c.input_format, Format::G711(Law::Ulaw));
-        // Manual turns: the first append starts speech, commit ends it.
+        // Manual turns: appends fill the buffer, a commit makes it the user's turn.
         let (_, inputs) = send(
             &mut c,
             json!({"type": "input_audio_buffer.append", "audio": B64.encode([0xFFu8; 160])}),
         );
-        assert_eq!(inputs[0], "SpeechStart");
-        assert!(inputs[1].starts_with("Audio("));
+        assert!(inputs.is_empty());
         let (_, inputs) = send(&mut c, json!({"type": "input_audio_buffer.commit"}));
-        assert_eq!(inputs, ["SpeechEnd"]);
+        assert_eq!(inputs.len(), 3);
+        assert_eq!(
+            (inputs[0].as_str(), inputs[2].as_str()),
+            ("SpeechStart", "SpeechEnd")
+        );
+        assert!(inputs[1].starts_with("Audio("));
+        let (out, inputs) = send(
+            &mut c,
+            json!({"type": "input_audio_buffer.commit", "event_id": "e2"}),
+        );
+        assert!(inputs.is_empty());
+        assert_eq!(
+            values(&out)[0]["error"]["code"],
+            "input_audio_buffer_commit_empty"
+        );
 
         let (out, _) = send(&mut c, json!({"type": "dance", "event_id": "e9"}));
         let e = &values(&out)[0];
