@@ -106,3 +106,39 @@ async fn the_openai_sdk_realtime_client_holds_a_conversation() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A browser's Realtime client cannot set `Authorization`: it offers the subprotocols
+/// `realtime` and `openai-insecure-api-key.KEY`. voxd takes the key from there and answers
+/// `realtime`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_client_authenticates_with_its_subprotocol() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    const KEY: &str = "vk_realtime_subprotocol_test_key";
+    let server = TestServer::start_with(&format!("[auth]\napi_keys = [\"{KEY}\"]\n")).await;
+    let url = format!("ws://{}/v1/realtime?model=gpt-realtime", server.addr);
+    let connect = |protocols: String| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    let refused = connect("realtime, openai-insecure-api-key.wrong".into()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("a wrong key must be refused: {:?}", other.map(|_| ())),
+    }
+    let (mut ws, response) = connect(format!("realtime, openai-insecure-api-key.{KEY}"))
+        .await
+        .expect("the key in the subprotocol is taken");
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "realtime"
+    );
+    let first = ws.next().await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(v["type"], "session.created");
+    assert_eq!(v["session"]["model"], "gpt-realtime");
+    server.stop().await;
+}

@@ -14,7 +14,12 @@ use super::error::error_response;
 use crate::access::Identity;
 use crate::state::AppState;
 
-/// The key a request presents: `Authorization: Bearer KEY`, or `?token=KEY` when allowed.
+/// The subprotocol prefix that carries a key, as OpenAI Realtime clients in browsers send it (a
+/// browser cannot set `Authorization` on a WebSocket).
+const KEY_SUBPROTOCOL: &str = "openai-insecure-api-key.";
+
+/// The key a request presents: `Authorization: Bearer KEY`, a `Sec-WebSocket-Protocol` entry
+/// `openai-insecure-api-key.KEY`, or `?token=KEY` when allowed.
 fn presented(request: &Request, allow_query: bool) -> Option<String> {
     let from_header = request
         .headers()
@@ -25,7 +30,16 @@ fn presented(request: &Request, allow_query: bool) -> Option<String> {
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(|k| k.trim().to_owned());
-    from_header.or_else(|| {
+    let from_subprotocol = || {
+        request
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|p| p.trim().strip_prefix(KEY_SUBPROTOCOL).map(str::to_owned))
+    };
+    from_header.or_else(from_subprotocol).or_else(|| {
         allow_query.then(|| {
             request.uri().query().and_then(|q| {
                 form_urlencoded::parse(q.as_bytes())

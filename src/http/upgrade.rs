@@ -76,6 +76,8 @@ pub(super) async fn realtime_upgrade(
         .chars()
         .take(128)
         .collect();
+    // Browser clients offer `realtime` (and carry their key in another subprotocol).
+    let ws = ws.select_protocol("realtime");
     admit(
         state,
         peer,

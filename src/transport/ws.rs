@@ -37,6 +37,10 @@ use tungstenite::{Error, Message};
 pub(crate) struct WsUpgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// The subprotocols the client offered (`Sec-WebSocket-Protocol`).
+    offered: Vec<String>,
+    /// The one the answer names, if any.
+    selected: Option<&'static str>,
 }
 
 /// Why a request is not a WebSocket upgrade voxd can accept. The HTTP layer's error mapping
@@ -97,11 +101,33 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
                 "this connection cannot be upgraded (WebSockets need HTTP/1.1)",
             ));
         };
-        Ok(WsUpgrade { key, on_upgrade })
+        let offered = h
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        Ok(WsUpgrade {
+            key,
+            on_upgrade,
+            offered,
+            selected: None,
+        })
     }
 }
 
 impl WsUpgrade {
+    /// Names `protocol` in the answer if the client offered it (a browser fails a connection
+    /// whose answer names none of the subprotocols it offered).
+    pub(crate) fn select_protocol(mut self, protocol: &'static str) -> Self {
+        if self.offered.iter().any(|p| p == protocol) {
+            self.selected = Some(protocol);
+        }
+        self
+    }
+
     /// The `101 Switching Protocols` answer. Once the client has it, `session` runs on the
     /// upgraded connection in a task of its own; if the upgrade fails, `session` is dropped.
     pub(crate) fn on_upgrade<F, Fut>(self, config: WebSocketConfig, session: F) -> Response
@@ -124,6 +150,9 @@ impl WsUpgrade {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         if let Ok(v) = HeaderValue::from_str(&accept) {
             h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        if let Some(p) = self.selected {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
         }
         resp
     }
