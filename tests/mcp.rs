@@ -29,27 +29,7 @@ arguments = { order = "123" }
 
 /// The Python that has the `mcp` SDK, or `None` (and a visible SKIPPED) without one.
 fn python(test: &str) -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("VOXD_TEST_PYTHON").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")),
-    ];
-    for p in candidates.into_iter().flatten() {
-        let ok = Command::new(&p)
-            .args(["-c", "import mcp.server.mcpserver"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(p);
-        }
-    }
-    assert!(
-        std::env::var("VOXD_REQUIRE_PEERS").as_deref() != Ok("1"),
-        "no Python with the mcp SDK, and VOXD_REQUIRE_PEERS=1 requires it \
-         (python3 -m venv .venv && .venv/bin/pip install -r tests/peers/requirements.txt)"
-    );
-    eprintln!("SKIPPED: {test}: no Python with the mcp SDK (see README, Tests)");
-    None
+    common::peer_python("import mcp.server.mcpserver", "the mcp SDK", test)
 }
 
 fn server_script() -> PathBuf {

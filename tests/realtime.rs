@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use common::{fixture, TestServer, FAST_CLIENT_LIMITS};
 use voxd::Config;
@@ -42,27 +41,11 @@ chars_per_second = 40.0
 /// The Python that has the `openai` SDK with its Realtime client, or `None` (and a visible
 /// SKIPPED) without one.
 fn python() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("VOXD_TEST_PYTHON").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")),
-    ];
-    for p in candidates.into_iter().flatten() {
-        let ok = Command::new(&p)
-            .args(["-c", "import openai.types.realtime, websockets"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(p);
-        }
-    }
-    assert!(
-        std::env::var("VOXD_REQUIRE_PEERS").as_deref() != Ok("1"),
-        "no Python with the openai SDK, and VOXD_REQUIRE_PEERS=1 requires it \
-         (python3 -m venv .venv && .venv/bin/pip install -r tests/peers/requirements.txt)"
-    );
-    eprintln!("SKIPPED: the openai SDK's Realtime client: no Python with it (see README, Tests)");
-    None
+    common::peer_python(
+        "import openai.types.realtime, websockets",
+        "the openai SDK's Realtime client",
+        "the_openai_sdk_realtime_client_holds_a_conversation",
+    )
 }
 
 /// A speech fixture as 24 kHz PCM16LE, the protocol's default input.

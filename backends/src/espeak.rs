@@ -798,10 +798,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[tokio::test]
-    async fn runtime_failures_are_provider_errors() {
-        let dir = temp_dir("failures");
-        // A fake espeak-ng: a tiny valid WAV stream until `fail` exists, then an error exit.
+    /// `out.wav` in `dir`: what a fake espeak-ng streams, 0.1 s of a ramp at 22.05 kHz with the
+    /// open-ended length espeak-ng writes to a pipe.
+    fn write_fake_wav(dir: &Path) {
         let mut wav = Vec::new();
         wav.extend_from_slice(b"RIFF\x24\xf0\xff\x7fWAVEfmt \x10\0\0\0\x01\0\x01\0");
         wav.extend_from_slice(&22_050u32.to_le_bytes());
@@ -809,6 +808,13 @@ mod tests {
         wav.extend_from_slice(b"\x02\0\x10\0data\0\xf0\xff\x7f");
         wav.extend((0..2205i16).flat_map(|i| (i * 10).to_le_bytes()));
         std::fs::write(dir.join("out.wav"), &wav).expect("write wav");
+    }
+
+    #[tokio::test]
+    async fn runtime_failures_are_provider_errors() {
+        let dir = temp_dir("failures");
+        // A fake espeak-ng: a tiny valid WAV stream until `fail` exists, then an error exit.
+        write_fake_wav(&dir);
         let fake = script(
             &dir,
             "fake-espeak",
@@ -849,13 +855,7 @@ mod tests {
     #[tokio::test]
     async fn a_sessions_voice_replaces_the_configured_one() {
         let dir = temp_dir("voices");
-        let mut wav = Vec::new();
-        wav.extend_from_slice(b"RIFF\x24\xf0\xff\x7fWAVEfmt \x10\0\0\0\x01\0\x01\0");
-        wav.extend_from_slice(&22_050u32.to_le_bytes());
-        wav.extend_from_slice(&44_100u32.to_le_bytes());
-        wav.extend_from_slice(b"\x02\0\x10\0data\0\xf0\xff\x7f");
-        wav.extend((0..2205i16).flat_map(|i| (i * 10).to_le_bytes()));
-        std::fs::write(dir.join("out.wav"), &wav).expect("write wav");
+        write_fake_wav(&dir);
         // A fake espeak-ng that records its arguments.
         let fake = script(
             &dir,

@@ -471,3 +471,36 @@ pub(crate) fn wait_for(cond: impl Fn() -> bool) -> impl std::future::Future<Outp
         }
     }
 }
+
+/// The Python of the interop peers (`VOXD_TEST_PYTHON`, or `.venv/bin/python`) if it can
+/// `import_check` (a Python statement), or `None` with a visible SKIPPED for `test`. With
+/// `VOXD_REQUIRE_PEERS=1` (CI) a missing peer fails instead.
+pub(crate) fn peer_python(
+    import_check: &str,
+    what: &str,
+    test: &str,
+) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    let candidates = [
+        std::env::var_os("VOXD_TEST_PYTHON").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")),
+    ];
+    for p in candidates.into_iter().flatten() {
+        let ok = Command::new(&p)
+            .args(["-c", import_check])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(p);
+        }
+    }
+    assert!(
+        std::env::var("VOXD_REQUIRE_PEERS").as_deref() != Ok("1"),
+        "no Python with {what}, and VOXD_REQUIRE_PEERS=1 requires it \
+         (python3 -m venv .venv && .venv/bin/pip install -r tests/peers/requirements.txt)"
+    );
+    eprintln!("SKIPPED: {test}: no Python with {what} (see README, Tests)");
+    None
+}
