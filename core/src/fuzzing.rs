@@ -201,6 +201,31 @@ enum Step {
         last: bool,
         event: StreamEv,
     },
+    /// A user message added without a reply (the Realtime protocol's `conversation.item.create`).
+    UserMessage(Words),
+    /// A `respond` with settings of its own.
+    RespondWith {
+        instructions: Option<Words>,
+        voice: Option<Words>,
+        client_tools: bool,
+    },
+    /// The client truncates a turn's answer (this many samples ×16): the current or last turn,
+    /// or one `back` turns before.
+    Truncate {
+        back: u8,
+        samples: u16,
+    },
+    /// The client deletes a part of a turn `back` turns before the last one.
+    Delete {
+        back: u8,
+        part: u8,
+    },
+    /// New server-VAD settings.
+    TuneVad {
+        threshold: Option<u8>,
+        silence_ms: Option<u16>,
+        prefix_padding_ms: Option<u16>,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -617,6 +642,7 @@ impl Driver {
                     }),
                     voice: voice.map(|w| w.text()),
                     language: None,
+                    vad: None,
                 };
                 self.s.handle_update(self.now, update);
                 self.drain();
@@ -643,6 +669,63 @@ impl Driver {
                 self.drain();
             }
             Step::Wait(ms) => self.advance(self.now + Duration::from_millis(u64::from(ms))),
+            Step::UserMessage(w) => {
+                self.s.handle_user_message(self.now, &w.text());
+                self.drain();
+            }
+            Step::RespondWith {
+                instructions,
+                voice,
+                client_tools,
+            } => {
+                let overrides = crate::ResponseOverrides {
+                    instructions: instructions.map(|w| w.text()),
+                    voice: voice.map(|w| w.text()),
+                    tools: client_tools.then(|| {
+                        vec![ClientTool {
+                            name: "get_weather".into(),
+                            description: "The weather in a city.".into(),
+                            parameters: "{\"type\":\"object\"}".into(),
+                        }]
+                    }),
+                };
+                self.s.handle_respond_with(self.now, overrides);
+                self.drain();
+            }
+            Step::Truncate { back, samples } => {
+                let turn = TurnId(self.last_turn.saturating_sub(u64::from(back % 4)));
+                self.s
+                    .handle_truncate(self.now, turn, u64::from(samples) * 16);
+                self.drain();
+            }
+            Step::Delete { back, part } => {
+                let turn = TurnId(self.last_turn.saturating_sub(u64::from(back % 4)));
+                let part = match part % 3 {
+                    0 => crate::HistoryPart::User,
+                    1 => crate::HistoryPart::Assistant,
+                    _ => crate::HistoryPart::ToolRound {
+                        call_id: self.call_id(turn, CallId::Started(0)),
+                    },
+                };
+                self.s.handle_delete(self.now, turn, part);
+                self.drain();
+            }
+            Step::TuneVad {
+                threshold,
+                silence_ms,
+                prefix_padding_ms,
+            } => {
+                let update = SessionUpdate {
+                    vad: Some(crate::VadTuning {
+                        threshold: threshold.map(|t| f32::from(t) / 255.0),
+                        silence_ms: silence_ms.map(|n| 100 + u32::from(n) % 4900),
+                        prefix_padding_ms: prefix_padding_ms.map(|n| u32::from(n) % 2001),
+                    }),
+                    ..SessionUpdate::default()
+                };
+                self.s.handle_update(self.now, update);
+                self.drain();
+            }
             Step::Provider { to, event } => {
                 let fallback = TurnId(self.last_turn);
                 let turn = match to {
@@ -792,6 +875,7 @@ fn event_turn(e: &Event) -> TurnId {
         | Event::ResponseDone { turn, .. }
         | Event::FalseAlarm { turn }
         | Event::ProviderError { turn, .. } => *turn,
+        Event::Truncated { turn, .. } | Event::Deleted { turn, .. } => *turn,
         Event::SessionUpdated { .. } | Event::Rejected(_) => TurnId(0),
     }
 }

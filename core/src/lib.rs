@@ -20,9 +20,10 @@ pub mod vad;
 #[cfg(test)]
 mod test_audio;
 
-pub use history::{ChatMessage, ToolCall};
+pub use history::{ChatMessage, HistoryPart, ToolCall};
 pub use session::{
     AsrStreamEvent, ClientTool, Event, Output, ProviderEvent, ProviderFailure, Rejection,
-    ResponseStatus, Session, SessionConfig, SessionUpdate, Stage, Timings, ToolRunner,
+    ResponseOverrides, ResponseStatus, Session, SessionConfig, SessionUpdate, Stage, Timings,
+    ToolRunner, VadTuning,
 };
 pub use types::{SampleRate, Time, TurnId};

@@ -264,6 +264,21 @@ impl VoiceDetector {
         }
     }
 
+    /// New settings from the next window on: Silero's start threshold (speech continues down
+    /// to 0.15 less, as with the defaults), and the unvoiced audio that ends speech. webrtc-vad
+    /// has no threshold to set.
+    pub fn tune(&mut self, threshold: Option<f32>, hangover_ms: Option<u32>) {
+        if let (Some(t), Classifier::Silero { start, end, .. }) = (threshold, &mut self.classifier)
+        {
+            *start = t.clamp(0.0, 1.0);
+            *end = (*start - 0.15).max(0.0);
+        }
+        if let Some(ms) = hangover_ms {
+            let window_ms = self.frame_len as u32 / 16;
+            self.hangover_frames = ms.div_ceil(window_ms).max(1);
+        }
+    }
+
     /// The same detector with Silero's energy gate off: the model runs on every window. For
     /// tests and benchmarks that compare the gated decisions with these.
     #[doc(hidden)]
@@ -545,6 +560,39 @@ mod tests {
             "last voiced at {last_voiced_end}"
         );
         assert_eq!(at - last_voiced_end, 16 * 500);
+    }
+
+    #[test]
+    fn a_tuned_hangover_ends_speech_after_the_new_silence() {
+        let mut det = VoiceDetector::new(webrtc());
+        det.tune(Some(0.9), Some(200));
+        let mut audio = vec![0i16; 16 * 400];
+        audio.extend(voiced(1000));
+        audio.extend(vec![0; 16 * 1000]);
+        let ev = events(&mut det, &audio, 160);
+        let Some(&VadEvent::SpeechEnd {
+            at,
+            last_voiced_end,
+        }) = ev.get(1)
+        else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(at - last_voiced_end, 16 * 200);
+    }
+
+    #[test]
+    fn a_tuned_silero_threshold_sets_both_of_its_thresholds() {
+        let mut det = VoiceDetector::new(VadConfig::default());
+        det.tune(Some(0.8), None);
+        let Classifier::Silero { start, end, .. } = &det.classifier else {
+            panic!("silero")
+        };
+        assert_eq!((*start, *end), (0.8, 0.8 - 0.15));
+        det.tune(Some(0.1), None);
+        let Classifier::Silero { start, end, .. } = &det.classifier else {
+            panic!("silero")
+        };
+        assert_eq!((*start, *end), (0.1, 0.0), "never below zero");
     }
 
     #[test]

@@ -735,11 +735,13 @@ fn apply(core: &mut Session, now: Time, input: Input<'_>) {
         Input::Text(text) => core.handle_text(now, &text),
         Input::UserMessage(text) => core.handle_user_message(now, &text),
         Input::Say(text) => core.handle_say(now, &text),
-        Input::Respond => core.handle_respond(now),
+        Input::Respond(overrides) => core.handle_respond_with(now, overrides),
         Input::Cancel => core.handle_cancel(now),
         Input::Update(update) => core.handle_update(now, update),
         Input::ToolResult { call_id, result } => core.handle_tool_result(now, &call_id, result),
         Input::Played { turn, samples } => core.handle_played(now, turn, samples),
+        Input::Truncate { turn, samples } => core.handle_truncate(now, turn, samples),
+        Input::Delete { turn, part } => core.handle_delete(now, turn, part),
     }
 }
 

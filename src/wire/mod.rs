@@ -41,7 +41,7 @@ pub(crate) enum Frame {
 }
 
 /// What a client's frame asks of the session.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub(crate) enum Input<'a> {
     /// Microphone audio, decoded and resampled: mono PCM16 at 16 kHz.
     Audio(&'a [i16]),
@@ -55,8 +55,8 @@ pub(crate) enum Input<'a> {
     UserMessage(String),
     /// Words the bot says verbatim, as a turn of its own.
     Say(String),
-    /// A reply now, from the history as it stands.
-    Respond,
+    /// A reply now, from the history as it stands, with settings of its own where given.
+    Respond(voxd_core::ResponseOverrides),
     /// Stop the response in progress.
     Cancel,
     /// Change the session's settings.
@@ -67,6 +67,20 @@ pub(crate) enum Input<'a> {
         turn: TurnId,
         /// Samples played, from the response's start.
         samples: u64,
+    },
+    /// The client played `turn`'s answer up to sample `samples` only (`Session::handle_truncate`).
+    Truncate {
+        /// The turn.
+        turn: TurnId,
+        /// Samples played, from the response's start.
+        samples: u64,
+    },
+    /// Remove a part of a turn from the conversation (`Session::handle_delete`).
+    Delete {
+        /// The turn.
+        turn: TurnId,
+        /// Which part.
+        part: voxd_core::HistoryPart,
     },
     /// The answer to a client-side tool's call.
     ToolResult {

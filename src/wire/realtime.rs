@@ -11,14 +11,17 @@
 //! client's `response.create` for it is taken as already answered.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use voxd_core::g711::Law;
 use voxd_core::resample::StreamResampler;
-use voxd_core::{ClientTool, Event, Rejection, ResponseStatus, SampleRate, SessionUpdate, TurnId};
+use voxd_core::{
+    ClientTool, Event, HistoryPart, Rejection, ResponseOverrides, ResponseStatus, SampleRate,
+    SessionUpdate, TurnId, VadTuning,
+};
 
 use super::{AudioIn, Codec, Frame, Hello, Input, Notice, TextKind};
 
@@ -34,7 +37,15 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 
 const CLIENT_EVENTS: &str =
     "session.update, input_audio_buffer.append, input_audio_buffer.commit, \
-    input_audio_buffer.clear, conversation.item.create, response.create, response.cancel";
+    input_audio_buffer.clear, conversation.item.create, conversation.item.truncate, \
+    conversation.item.delete, conversation.item.retrieve, response.create, response.cancel";
+
+/// How many items of the conversation the codec remembers for `conversation.item.truncate`,
+/// `.delete` and `.retrieve` (the oldest go first).
+const ITEMS_KEPT: usize = 128;
+
+/// Samples of response audio (24 kHz) in a millisecond.
+const SAMPLES_PER_MS: u64 = REALTIME_RATE.0 as u64 / 1000;
 
 /// `input_audio_buffer.append`, borrowed from its frame.
 #[derive(serde::Deserialize)]
@@ -76,10 +87,113 @@ impl Format {
 struct Open {
     turn: TurnId,
     id: String,
-    /// The assistant message item, once it has begun: its id and transcript so far.
-    message: Option<(String, String)>,
+    /// The assistant message item, once it has begun.
+    message: Option<Message>,
     /// The items of the response, as `response.done` lists them.
     output: Vec<Value>,
+    /// `metadata` of the `response.create` that asked for it.
+    metadata: Value,
+}
+
+/// An assistant message item being spoken.
+#[derive(Debug)]
+struct Message {
+    id: String,
+    /// The transcript so far.
+    transcript: String,
+    /// Its audio, as samples of the turn's response audio: where it began (once it has) and
+    /// where the last frame sent ended.
+    audio_start: Option<u64>,
+    audio_end: u64,
+}
+
+/// An item of the conversation, as the codec remembers it.
+#[derive(Debug)]
+struct Item {
+    id: String,
+    turn: TurnId,
+    kind: ItemKind,
+    /// The item as `conversation.item.retrieved` shows it.
+    json: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ItemKind {
+    User,
+    /// An assistant message: its audio, as samples of its turn's response audio.
+    Assistant {
+        audio_start: u64,
+        audio_end: u64,
+    },
+    FunctionCall {
+        call_id: String,
+    },
+    FunctionCallOutput {
+        call_id: String,
+    },
+    /// A system message (it set the instructions).
+    System,
+}
+
+/// A truncation or deletion handed to the session, until the session answers it.
+#[derive(Debug)]
+struct PendingEdit {
+    item_id: String,
+    event_id: Option<String>,
+    /// For a truncation: where the item's audio begins in its turn's.
+    audio_start: u64,
+}
+
+/// A user text message handed to the session, until the session names its turn.
+#[derive(Debug)]
+struct PendingUser {
+    item: Value,
+}
+
+/// `turn_detection`'s settings.
+#[derive(Clone, Debug, PartialEq)]
+struct TurnDetection {
+    semantic: bool,
+    /// `semantic_vad`'s, as given.
+    eagerness: String,
+    /// As the client gave it (reported back as is).
+    threshold: f64,
+    prefix_padding_ms: u32,
+    silence_duration_ms: u32,
+}
+
+impl Default for TurnDetection {
+    fn default() -> Self {
+        TurnDetection {
+            semantic: false,
+            eagerness: "auto".into(),
+            threshold: 0.5,
+            prefix_padding_ms: 300,
+            silence_duration_ms: 500,
+        }
+    }
+}
+
+impl TurnDetection {
+    fn json(&self) -> Value {
+        if self.semantic {
+            json!({"type": "semantic_vad", "eagerness": self.eagerness,
+                "create_response": true, "interrupt_response": true})
+        } else {
+            json!({"type": "server_vad", "threshold": self.threshold,
+                "prefix_padding_ms": self.prefix_padding_ms,
+                "silence_duration_ms": self.silence_duration_ms,
+                "idle_timeout_ms": null, "create_response": true, "interrupt_response": true})
+        }
+    }
+
+    fn tuning(&self) -> VadTuning {
+        VadTuning {
+            threshold: Some(self.threshold as f32),
+            silence_ms: Some(self.silence_duration_ms),
+            prefix_padding_ms: Some(self.prefix_padding_ms),
+        }
+    }
 }
 
 /// The Realtime codec of one session.
@@ -91,7 +205,15 @@ pub(crate) struct RealtimeCodec {
     voice: Option<String>,
     tools: Vec<Value>,
     /// `turn_detection`: `None` for manual turns (`input_audio_buffer.commit`).
-    turn_detection: Option<Value>,
+    turn_detection: Option<TurnDetection>,
+    /// `audio.input.transcription`: `None` when the client turned input transcripts off.
+    transcription: Option<Value>,
+    /// Items of the conversation, oldest first (at most `ITEMS_KEPT`).
+    items: VecDeque<Item>,
+    pending_edit: Option<PendingEdit>,
+    pending_user: VecDeque<PendingUser>,
+    /// `metadata` for the next response.
+    pending_metadata: Option<Value>,
     /// With manual turns, the audio appended since the last commit or clear (16 kHz): the
     /// protocol's input buffer, which a commit makes the user's turn.
     buffer: Vec<i16>,
@@ -126,10 +248,12 @@ impl RealtimeCodec {
             instructions: None,
             voice: None,
             tools: Vec::new(),
-            turn_detection: Some(json!({
-                "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                "silence_duration_ms": 500, "create_response": true, "interrupt_response": true
-            })),
+            turn_detection: Some(TurnDetection::default()),
+            transcription: Some(json!({"model": "voxd", "language": null, "prompt": ""})),
+            items: VecDeque::new(),
+            pending_edit: None,
+            pending_user: VecDeque::new(),
+            pending_metadata: None,
             buffer: Vec::new(),
             input_format: Format::Pcm,
             output_format: Format::Pcm,
@@ -190,8 +314,9 @@ impl RealtimeCodec {
             "audio": {
                 "input": {
                     "format": self.input_format.json(),
-                    "turn_detection": self.turn_detection,
-                    "transcription": {"model": "voxd"},
+                    "turn_detection": self.turn_detection.as_ref().map(TurnDetection::json),
+                    "transcription": self.transcription,
+                    "noise_reduction": null,
                 },
                 "output": {"format": self.output_format.json(), "voice": self.voice.as_deref().unwrap_or("default")},
             },
@@ -212,18 +337,20 @@ impl RealtimeCodec {
         } else {
             format!("resp_{}_{}", turn.0, n)
         };
-        self.open = Some(Open {
-            turn,
-            id: id.clone(),
-            message: None,
-            output: Vec::new(),
-        });
+        let metadata = self.pending_metadata.take().unwrap_or(Value::Null);
         self.send(
             out,
             "response.created",
             json!({"response": {"id": id, "object": "realtime.response", "status": "in_progress",
-                "output": [], "output_modalities": ["audio"]}}),
+                "output": [], "output_modalities": ["audio"], "metadata": metadata}}),
         );
+        self.open = Some(Open {
+            turn,
+            id,
+            message: None,
+            output: Vec::new(),
+            metadata,
+        });
     }
 
     /// The assistant message item of the open response, begun if it is not yet.
@@ -234,7 +361,12 @@ impl RealtimeCodec {
             return;
         }
         let item_id = format!("item_{}_a{}", turn.0, open.output.len());
-        open.message = Some((item_id.clone(), String::new()));
+        open.message = Some(Message {
+            id: item_id.clone(),
+            transcript: String::new(),
+            audio_start: None,
+            audio_end: 0,
+        });
         let response_id = open.id.clone();
         let output_index = open.output.len();
         self.send(
@@ -255,16 +387,26 @@ impl RealtimeCodec {
     /// Ends the assistant message item of the open response, if it has one.
     fn end_message(&mut self, out: &mut Vec<Frame>, status: &str, heard: Option<&str>) {
         let Some(open) = &mut self.open else { return };
-        let Some((item_id, transcript)) = open.message.take() else {
+        let Some(message) = open.message.take() else {
             return;
         };
-        let transcript = heard.map_or(transcript, str::to_owned);
+        let item_id = message.id;
+        let transcript = heard.map_or(message.transcript, str::to_owned);
         let response_id = open.id.clone();
         let output_index = open.output.len();
-        let item = json!({"id": item_id, "object": "realtime.item", "type": "message",
-            "role": "assistant", "status": status,
-            "content": [{"type": "output_audio", "transcript": transcript}]});
+        let turn = open.turn;
+        let item = assistant_item(&item_id, status, &transcript);
         open.output.push(item.clone());
+        let audio_start = message.audio_start.unwrap_or(message.audio_end);
+        self.remember(Item {
+            id: item_id.clone(),
+            turn,
+            kind: ItemKind::Assistant {
+                audio_start,
+                audio_end: message.audio_end.max(audio_start),
+            },
+            json: item.clone(),
+        });
         let at = json!({"response_id": response_id, "item_id": item_id,
             "output_index": output_index, "content_index": 0});
         let with = |extra: Value| {
@@ -300,7 +442,7 @@ impl RealtimeCodec {
             "response.done",
             json!({"response": {"id": open.id, "object": "realtime.response", "status": status,
                 "status_details": details, "output": open.output,
-                "output_modalities": ["audio"], "usage": null}}),
+                "output_modalities": ["audio"], "usage": null, "metadata": open.metadata}}),
         );
     }
 
@@ -357,10 +499,26 @@ impl RealtimeCodec {
                 self.item_create(item, out, input, eid);
             }
             "response.create" => {
+                let overrides = match map.get("response") {
+                    None | Some(Value::Null) => Ok(ResponseOverrides::default()),
+                    Some(Value::Object(r)) => self.response_overrides(r),
+                    Some(_) => Err(("response".to_owned(), "must be an object".to_owned())),
+                };
+                let overrides = match overrides {
+                    Ok(o) => o,
+                    Err((param, message)) => {
+                        return self.error(out, "invalid_value", message, Some(&param), eid)
+                    }
+                };
                 if std::mem::take(&mut self.absorb_create) {
                     return;
                 }
-                input(Input::Respond);
+                self.pending_metadata = map
+                    .get("response")
+                    .and_then(|r| r.get("metadata"))
+                    .filter(|m| m.is_object())
+                    .cloned();
+                input(Input::Respond(overrides));
             }
             "response.cancel" => {
                 if self.open.is_some() {
@@ -368,11 +526,21 @@ impl RealtimeCodec {
                 }
                 input(Input::Cancel);
             }
-            "conversation.item.truncate" | "conversation.item.delete" | "conversation.item.retrieve"
-            | "output_audio_buffer.clear" => self.error(
+            "conversation.item.truncate" => self.truncate(map, out, input, eid),
+            "conversation.item.delete" => self.delete(map, out, input, eid),
+            "conversation.item.retrieve" => {
+                let Some(item_id) = map.get("item_id").and_then(Value::as_str) else {
+                    return self.error(out, "invalid_value", "conversation.item.retrieve needs an \"item_id\"".into(), Some("item_id"), eid);
+                };
+                match self.find_item(item_id) {
+                    Some(item) => self.send(out, "conversation.item.retrieved", json!({"item": item})),
+                    None => self.item_not_found(out, item_id, eid),
+                }
+            }
+            "output_audio_buffer.clear" => self.error(
                 out,
                 "unsupported_event",
-                format!("{ty} is not supported by voxd (see docs/realtime.md); voxd truncates an interrupted answer to what was heard itself"),
+                format!("{ty} is for WebRTC and SIP connections; over a WebSocket the client owns its playback buffer (see docs/realtime.md)"),
                 Some("type"),
                 eid,
             ),
@@ -385,6 +553,251 @@ impl RealtimeCodec {
                 eid,
             ),
         }
+    }
+
+    /// Remembers an item (replacing one with its id), forgetting the oldest beyond `ITEMS_KEPT`.
+    fn remember(&mut self, item: Item) {
+        if let Some(known) = self.items.iter_mut().rev().find(|i| i.id == item.id) {
+            *known = item;
+            return;
+        }
+        if self.items.len() == ITEMS_KEPT {
+            self.items.pop_front();
+        }
+        self.items.push_back(item);
+    }
+
+    /// The item `id` as the client would see it now: the message being spoken, or one
+    /// remembered.
+    fn find_item(&self, id: &str) -> Option<Value> {
+        if let Some(m) = self
+            .open
+            .as_ref()
+            .and_then(|o| o.message.as_ref())
+            .filter(|m| m.id == id)
+        {
+            return Some(assistant_item(&m.id, "in_progress", &m.transcript));
+        }
+        self.items
+            .iter()
+            .rev()
+            .find(|i| i.id == id)
+            .map(|i| i.json.clone())
+    }
+
+    fn item_not_found(&mut self, out: &mut Vec<Frame>, item_id: &str, eid: Option<&str>) {
+        self.error(
+            out,
+            "item_not_found",
+            format!(
+                "no item has id {:?} (voxd remembers the last {ITEMS_KEPT} items)",
+                truncate(item_id, 64)
+            ),
+            Some("item_id"),
+            eid,
+        );
+    }
+
+    /// `conversation.item.truncate`: the client played an assistant message's audio up to
+    /// `audio_end_ms` only. The session cuts what it heard to there.
+    fn truncate(
+        &mut self,
+        map: &Map<String, Value>,
+        out: &mut Vec<Frame>,
+        input: &mut dyn FnMut(Input<'_>),
+        eid: Option<&str>,
+    ) {
+        let Some(item_id) = map.get("item_id").and_then(Value::as_str) else {
+            return self.error(
+                out,
+                "invalid_value",
+                "conversation.item.truncate needs an \"item_id\"".into(),
+                Some("item_id"),
+                eid,
+            );
+        };
+        let Some(audio_end_ms) = map.get("audio_end_ms").and_then(Value::as_u64) else {
+            return self.error(
+                out,
+                "invalid_value",
+                "\"audio_end_ms\" must be a whole number of milliseconds".into(),
+                Some("audio_end_ms"),
+                eid,
+            );
+        };
+        if map
+            .get("content_index")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            != 0
+        {
+            return self.error(
+                out,
+                "invalid_value",
+                "an assistant message has one content part: content_index 0".into(),
+                Some("content_index"),
+                eid,
+            );
+        }
+        let open = self.open.as_ref().and_then(|o| {
+            let m = o.message.as_ref().filter(|m| m.id == item_id)?;
+            let start = m.audio_start.unwrap_or(m.audio_end);
+            Some((o.turn, start, m.audio_end.max(start)))
+        });
+        let found = open.or_else(|| {
+            let item = self.items.iter().rev().find(|i| i.id == item_id)?;
+            match item.kind {
+                ItemKind::Assistant {
+                    audio_start,
+                    audio_end,
+                } => Some((item.turn, audio_start, audio_end)),
+                _ => None,
+            }
+        });
+        let Some((turn, start, end)) = found else {
+            if self.items.iter().any(|i| i.id == item_id) {
+                return self.error(
+                    out,
+                    "invalid_value",
+                    format!("item {item_id:?} is not an assistant message: only those have audio to truncate"),
+                    Some("item_id"),
+                    eid,
+                );
+            }
+            return self.item_not_found(out, item_id, eid);
+        };
+        let samples = start + audio_end_ms * SAMPLES_PER_MS;
+        if samples > end {
+            return self.error(
+                out,
+                "invalid_value",
+                format!(
+                    "audio_end_ms {audio_end_ms} is past the item's audio ({} ms sent)",
+                    (end - start) / SAMPLES_PER_MS
+                ),
+                Some("audio_end_ms"),
+                eid,
+            );
+        }
+        self.pending_edit = Some(PendingEdit {
+            item_id: item_id.to_owned(),
+            event_id: eid.map(str::to_owned),
+            audio_start: start,
+        });
+        input(Input::Truncate { turn, samples });
+    }
+
+    /// `conversation.item.delete`: the item leaves the conversation the model sees.
+    fn delete(
+        &mut self,
+        map: &Map<String, Value>,
+        out: &mut Vec<Frame>,
+        input: &mut dyn FnMut(Input<'_>),
+        eid: Option<&str>,
+    ) {
+        let Some(item_id) = map.get("item_id").and_then(Value::as_str) else {
+            return self.error(
+                out,
+                "invalid_value",
+                "conversation.item.delete needs an \"item_id\"".into(),
+                Some("item_id"),
+                eid,
+            );
+        };
+        if let Some(open) = &self.open {
+            if open.message.as_ref().is_some_and(|m| m.id == item_id) {
+                let turn = open.turn;
+                self.pending_edit = Some(PendingEdit {
+                    item_id: item_id.to_owned(),
+                    event_id: eid.map(str::to_owned),
+                    audio_start: 0,
+                });
+                return input(Input::Delete {
+                    turn,
+                    part: HistoryPart::Assistant,
+                });
+            }
+        }
+        let Some(item) = self.items.iter().rev().find(|i| i.id == item_id) else {
+            return self.item_not_found(out, item_id, eid);
+        };
+        let turn = item.turn;
+        let part = match &item.kind {
+            ItemKind::User => HistoryPart::User,
+            ItemKind::Assistant { .. } => HistoryPart::Assistant,
+            ItemKind::FunctionCall { call_id } | ItemKind::FunctionCallOutput { call_id } => {
+                HistoryPart::ToolRound {
+                    call_id: call_id.clone(),
+                }
+            }
+            ItemKind::System => return self.error(
+                out,
+                "invalid_value",
+                "a system message set the session's instructions; change them with session.update"
+                    .into(),
+                Some("item_id"),
+                eid,
+            ),
+        };
+        self.pending_edit = Some(PendingEdit {
+            item_id: item_id.to_owned(),
+            event_id: eid.map(str::to_owned),
+            audio_start: 0,
+        });
+        input(Input::Delete { turn, part });
+    }
+
+    /// `response.create`'s `response`: the settings of that response alone.
+    fn response_overrides(
+        &self,
+        r: &Map<String, Value>,
+    ) -> Result<ResponseOverrides, (String, String)> {
+        let bad = |param: &str, message: String| Err((format!("response.{param}"), message));
+        let mut o = ResponseOverrides::default();
+        match r.get("conversation").and_then(Value::as_str) {
+            None | Some("auto") => {}
+            Some(_) => {
+                return bad(
+                    "conversation",
+                    "voxd answers in the conversation only (\"auto\"): out-of-band responses are not supported".into(),
+                )
+            }
+        }
+        if r.get("input").is_some_and(|v| !v.is_null()) {
+            return bad(
+                "input",
+                "a response answers the conversation; a custom input is not supported".into(),
+            );
+        }
+        check_modalities(r.get("output_modalities"))
+            .map_err(|m| ("response.output_modalities".to_owned(), m))?;
+        check_tool_choice(r.get("tool_choice"))
+            .map_err(|m| ("response.tool_choice".to_owned(), m))?;
+        if let Some(i) = r.get("instructions") {
+            let Some(i) = i.as_str() else {
+                return bad("instructions", "must be a string".into());
+            };
+            o.instructions = Some(i.to_owned());
+        }
+        if let Some(t) = r.get("tools") {
+            o.tools = Some(parse_tools(t, "response.")?.1);
+        }
+        if let Some(Value::Object(output)) = r.get("audio").and_then(|a| a.get("output")) {
+            if let Some(f) = output.get("format") {
+                let f = format(f).map_err(|m| ("response.audio.output.format".to_owned(), m))?;
+                if f != self.output_format {
+                    return bad(
+                        "audio.output.format",
+                        "a response speaks in the session's output format; change it with session.update".into(),
+                    );
+                }
+            }
+            if let Some(v) = output.get("voice") {
+                o.voice =
+                    Some(voice(v).map_err(|m| ("response.audio.output.voice".to_owned(), m))?);
+            }
+        }
+        Ok(o)
     }
 
     /// `input_audio_buffer.append`'s audio: to the VAD at once, or into the manual turn's buffer.
@@ -487,8 +900,16 @@ impl RealtimeCodec {
                 self.send(out, "conversation.item.added", json!({"item": created}));
                 self.send(out, "conversation.item.done", json!({"item": created}));
                 if role == "user" {
+                    // Remembered once the session names its turn (its `Transcript`).
+                    self.pending_user.push_back(PendingUser { item: created });
                     input(Input::UserMessage(text));
                 } else {
+                    self.remember(Item {
+                        id,
+                        turn: TurnId(0),
+                        kind: ItemKind::System,
+                        json: created,
+                    });
                     // A system message sets the instructions, from the next response.
                     self.instructions = Some(text.clone());
                     input(Input::Update(SessionUpdate {
@@ -510,10 +931,28 @@ impl RealtimeCodec {
                         eid,
                     );
                 };
-                let created = json!({"id": format!("item_c{}", self.events + 1), "object": "realtime.item",
+                let id = item
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("item_c{}", self.events + 1), str::to_owned);
+                let created = json!({"id": id, "object": "realtime.item",
                     "type": "function_call_output", "call_id": call_id, "output": output, "status": "completed"});
                 self.send(out, "conversation.item.added", json!({"item": created}));
                 self.send(out, "conversation.item.done", json!({"item": created}));
+                let turn = self
+                    .items
+                    .iter()
+                    .rev()
+                    .find(|i| matches!(&i.kind, ItemKind::FunctionCall { call_id: c } if c == call_id))
+                    .map_or(TurnId(0), |i| i.turn);
+                self.remember(Item {
+                    id,
+                    turn,
+                    kind: ItemKind::FunctionCallOutput {
+                        call_id: call_id.to_owned(),
+                    },
+                    json: created,
+                });
                 input(Input::ToolResult {
                     call_id: call_id.to_owned(),
                     result: output.to_owned(),
@@ -532,104 +971,94 @@ impl RealtimeCodec {
         }
     }
 
-    /// A `session.update`'s `session`: what voxd applies, or the parameter at fault.
+    /// A `session.update`'s `session`: what voxd applies, or the parameter at fault. Nothing
+    /// applies unless all of it does.
     fn session_update(
         &mut self,
         s: &Map<String, Value>,
     ) -> Result<SessionUpdate, (String, String)> {
         let mut u = SessionUpdate::default();
-        let bad = |param: &str, message: String| Err((format!("session.{param}"), message));
+        fn at(param: &'static str) -> impl Fn(String) -> (String, String) {
+            move |message| (format!("session.{param}"), message)
+        }
         let mut input_format = self.input_format;
         let mut output_format = self.output_format;
         let mut turn_detection = self.turn_detection.clone();
+        let mut transcription = self.transcription.clone();
         let mut tools = None;
+        check_modalities(s.get("output_modalities")).map_err(at("output_modalities"))?;
+        check_tool_choice(s.get("tool_choice")).map_err(at("tool_choice"))?;
         if let Some(i) = s.get("instructions") {
-            let Some(i) = i.as_str() else {
-                return bad("instructions", "must be a string".into());
-            };
+            let i = i
+                .as_str()
+                .ok_or_else(|| at("instructions")("must be a string".into()))?;
             u.instructions = Some(i.to_owned());
         }
         if let Some(t) = s.get("tools") {
-            let Some(list) = t.as_array() else {
-                return bad("tools", "must be an array of function tools".into());
-            };
-            let mut specs = Vec::with_capacity(list.len());
-            for (i, tool) in list.iter().enumerate() {
-                if tool
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("function")
-                    != "function"
-                {
-                    return bad(
-                        &format!("tools[{i}].type"),
-                        "voxd takes function tools (MCP tools belong in voxd's config)".into(),
-                    );
-                }
-                let Some(name) = tool.get("name").and_then(Value::as_str).filter(|n| {
-                    !n.is_empty()
-                        && n.len() <= 64
-                        && n.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                }) else {
-                    return bad(
-                        &format!("tools[{i}].name"),
-                        "must be 1 to 64 letters, digits, _ or -".into(),
-                    );
-                };
-                let parameters = tool
-                    .get("parameters")
-                    .cloned()
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-                if !parameters.is_object() {
-                    return bad(
-                        &format!("tools[{i}].parameters"),
-                        "must be a JSON Schema object".into(),
-                    );
-                }
-                specs.push(ClientTool {
-                    name: name.to_owned(),
-                    description: tool
-                        .get("description")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    parameters: parameters.to_string(),
-                });
-            }
-            tools = Some((list.clone(), specs));
+            tools = Some(parse_tools(t, "session.")?);
         }
         if let Some(Value::Object(audio)) = s.get("audio") {
             if let Some(Value::Object(i)) = audio.get("input") {
                 if let Some(f) = i.get("format") {
-                    input_format =
-                        format(f).map_err(|m| ("session.audio.input.format".to_owned(), m))?;
+                    input_format = format(f).map_err(at("audio.input.format"))?;
                 }
                 if let Some(td) = i.get("turn_detection") {
                     turn_detection = match td {
                         Value::Null => None,
-                        Value::Object(t) => match t.get("type").and_then(Value::as_str) {
-                            Some("server_vad") | Some("semantic_vad") | None => Some(json!({
-                                "type": t.get("type").and_then(Value::as_str).unwrap_or("server_vad"),
-                                "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
-                                "create_response": true, "interrupt_response": true,
-                            })),
-                            Some(other) => return bad("audio.input.turn_detection.type", format!("{other:?} is not a turn detection; use server_vad, semantic_vad or null")),
-                        },
-                        _ => return bad("audio.input.turn_detection", "must be an object or null".into()),
+                        Value::Object(t) => {
+                            Some(parse_turn_detection(t, turn_detection.unwrap_or_default())?)
+                        }
+                        _ => {
+                            return Err(at("audio.input.turn_detection")(
+                                "must be an object or null".into(),
+                            ))
+                        }
                     };
                 }
+                if let Some(t) = i.get("transcription") {
+                    transcription = match t {
+                        Value::Null => None,
+                        Value::Object(t) => {
+                            let model = t.get("model").and_then(Value::as_str).unwrap_or("voxd");
+                            let language = match t.get("language") {
+                                None | Some(Value::Null) => None,
+                                Some(l) => Some(
+                                    l.as_str()
+                                        .filter(|l| {
+                                            !l.is_empty()
+                                                && l.len() <= 16
+                                                && l.chars()
+                                                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+                                        })
+                                        .ok_or_else(|| {
+                                            at("audio.input.transcription.language")(
+                                                "must be a language code such as \"en\"".into(),
+                                            )
+                                        })?,
+                                ),
+                            };
+                            if let Some(l) = language {
+                                u.language = Some(l.to_owned());
+                            }
+                            Some(json!({"model": model, "language": language,
+                                "prompt": t.get("prompt").and_then(Value::as_str).unwrap_or("")}))
+                        }
+                        _ => {
+                            return Err(at("audio.input.transcription")(
+                                "must be an object or null".into(),
+                            ))
+                        }
+                    };
+                }
+                // `noise_reduction` is taken and reported as null: voxd runs no denoiser
+                // (its VAD ignores noise; docs/realtime.md).
             }
             if let Some(Value::Object(o)) = audio.get("output") {
                 if let Some(f) = o.get("format") {
-                    output_format =
-                        format(f).map_err(|m| ("session.audio.output.format".to_owned(), m))?;
+                    output_format = format(f).map_err(at("audio.output.format"))?;
                 }
                 if let Some(v) = o.get("voice") {
-                    let Some(v) = v.as_str().filter(|v| !v.is_empty() && v.len() <= 64) else {
-                        return bad("audio.output.voice", "must be a voice name".into());
-                    };
-                    u.voice = Some(v.to_owned());
+                    u.voice = Some(voice(v).map_err(at("audio.output.voice"))?);
                 }
             }
         }
@@ -655,12 +1084,197 @@ impl RealtimeCodec {
                 Format::G711(_) => StreamResampler::new(REALTIME_RATE, G711_RATE).ok(),
             };
         }
-        if turn_detection.is_some() {
+        if let Some(td) = &turn_detection {
             self.buffer = Vec::new();
+            if self.turn_detection.as_ref() != Some(td) {
+                u.vad = Some(td.tuning());
+            }
         }
         self.turn_detection = turn_detection;
+        self.transcription = transcription;
         Ok(u)
     }
+}
+
+/// A `turn_detection` object, over the settings it changes.
+fn parse_turn_detection(
+    t: &Map<String, Value>,
+    mut td: TurnDetection,
+) -> Result<TurnDetection, (String, String)> {
+    let at = |param: &str| format!("session.audio.input.turn_detection.{param}");
+    let ms = |name: &str, lo: u64, hi: u64| -> Result<Option<u32>, (String, String)> {
+        match t.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|v| (lo..=hi).contains(v))
+                .map(|v| Some(v as u32))
+                .ok_or_else(|| (at(name), format!("must be {lo} to {hi} ms"))),
+        }
+    };
+    match t
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("server_vad")
+    {
+        "server_vad" => {
+            td.semantic = false;
+            if let Some(v) = t.get("threshold").filter(|v| !v.is_null()) {
+                td.threshold = v
+                    .as_f64()
+                    .filter(|v| (0.0..=1.0).contains(v))
+                    .ok_or_else(|| (at("threshold"), "must be 0.0 to 1.0".into()))?;
+            }
+            if let Some(v) = ms("prefix_padding_ms", 0, 2000)? {
+                td.prefix_padding_ms = v;
+            }
+            if let Some(v) = ms("silence_duration_ms", 100, 5000)? {
+                td.silence_duration_ms = v;
+            }
+        }
+        "semantic_vad" => {
+            // No model judges whether the user finished their thought: eagerness sets how long
+            // a pause must be.
+            let eagerness = t.get("eagerness").and_then(Value::as_str).unwrap_or("auto");
+            td.silence_duration_ms = match eagerness {
+                "low" => 1200,
+                "medium" | "auto" => 500,
+                "high" => 250,
+                other => {
+                    return Err((
+                        at("eagerness"),
+                        format!("{other:?} is not an eagerness: low, medium, high or auto"),
+                    ))
+                }
+            };
+            td.semantic = true;
+            td.eagerness = eagerness.to_owned();
+            td.threshold = 0.5;
+        }
+        other => {
+            return Err((
+                at("type"),
+                format!(
+                    "{:?} is not a turn detection; use server_vad, semantic_vad or null",
+                    truncate(other, 64)
+                ),
+            ))
+        }
+    }
+    for flag in ["create_response", "interrupt_response"] {
+        if t.get(flag).is_some_and(|v| v == &Value::Bool(false)) {
+            return Err((
+                at(flag),
+                format!(
+                    "voxd always {}; {flag} false is not supported",
+                    if flag == "create_response" {
+                        "answers a finished turn"
+                    } else {
+                        "lets the user interrupt (a false alarm resumes)"
+                    }
+                ),
+            ));
+        }
+    }
+    if t.get("idle_timeout_ms").is_some_and(|v| !v.is_null()) {
+        return Err((
+            at("idle_timeout_ms"),
+            "idle timeouts are not supported; set it to null".into(),
+        ));
+    }
+    Ok(td)
+}
+
+/// A list of function tools: as the client sent them (for `session.updated`), and as the
+/// session offers them.
+fn parse_tools(t: &Value, prefix: &str) -> Result<(Vec<Value>, Vec<ClientTool>), (String, String)> {
+    let bad = |param: String, message: &str| Err((format!("{prefix}{param}"), message.to_owned()));
+    let Some(list) = t.as_array() else {
+        return bad("tools".into(), "must be an array of function tools");
+    };
+    let mut specs = Vec::with_capacity(list.len());
+    for (i, tool) in list.iter().enumerate() {
+        if tool
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("function")
+            != "function"
+        {
+            return bad(
+                format!("tools[{i}].type"),
+                "voxd takes function tools (MCP tools belong in voxd's config)",
+            );
+        }
+        let Some(name) = tool.get("name").and_then(Value::as_str).filter(|n| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        }) else {
+            return bad(
+                format!("tools[{i}].name"),
+                "must be 1 to 64 letters, digits, _ or -",
+            );
+        };
+        let parameters = tool
+            .get("parameters")
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        if !parameters.is_object() {
+            return bad(
+                format!("tools[{i}].parameters"),
+                "must be a JSON Schema object",
+            );
+        }
+        specs.push(ClientTool {
+            name: name.to_owned(),
+            description: tool
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            parameters: parameters.to_string(),
+        });
+    }
+    Ok((list.clone(), specs))
+}
+
+/// `output_modalities`: voxd always speaks, so the list must have `audio`.
+fn check_modalities(m: Option<&Value>) -> Result<(), String> {
+    match m {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(list)) if list.iter().any(|m| m == "audio") => Ok(()),
+        Some(_) => Err("voxd answers with audio (and its transcript): [\"audio\"]".into()),
+    }
+}
+
+/// `tool_choice`: the model chooses (`auto`).
+fn check_tool_choice(c: Option<&Value>) -> Result<(), String> {
+    match c {
+        None | Some(Value::Null) => Ok(()),
+        Some(c) if c == "auto" => Ok(()),
+        Some(_) => Err("voxd lets the model choose its tools: \"auto\" only".into()),
+    }
+}
+
+/// A voice name.
+fn voice(v: &Value) -> Result<String, String> {
+    v.as_str()
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_owned)
+        .ok_or_else(|| "must be a voice name".to_owned())
+}
+
+/// A user audio message item, with its transcript once known.
+fn user_audio_item(id: &str, transcript: Option<&str>) -> Value {
+    json!({"id": id, "object": "realtime.item", "type": "message", "role": "user",
+        "status": "completed", "content": [{"type": "input_audio", "transcript": transcript}]})
+}
+
+/// An assistant message item.
+fn assistant_item(id: &str, status: &str, transcript: &str) -> Value {
+    json!({"id": id, "object": "realtime.item", "type": "message", "role": "assistant",
+        "status": status, "content": [{"type": "output_audio", "transcript": transcript}]})
 }
 
 fn format(f: &Value) -> Result<Format, String> {
@@ -777,9 +1391,14 @@ impl Codec for RealtimeCodec {
                     "input_audio_buffer.committed",
                     json!({"item_id": item_id}),
                 );
-                self.send(out, "conversation.item.added", json!({"item": {
-                    "id": item_id, "object": "realtime.item", "type": "message", "role": "user",
-                    "status": "completed", "content": [{"type": "input_audio", "transcript": null}]}}));
+                let item = user_audio_item(&item_id, None);
+                self.send(out, "conversation.item.added", json!({"item": item}));
+                self.remember(Item {
+                    id: item_id,
+                    turn: *turn,
+                    kind: ItemKind::User,
+                    json: item,
+                });
             }
             Event::Transcript {
                 turn,
@@ -787,21 +1406,39 @@ impl Codec for RealtimeCodec {
                 is_final,
             } => {
                 if !self.spoken.contains(turn) {
-                    return; // a text turn: its item was already told
+                    // A text message's turn: its item was told when it was created.
+                    if let Some(p) = self.pending_user.pop_front() {
+                        let id = p.item["id"].as_str().unwrap_or_default().to_owned();
+                        self.remember(Item {
+                            id,
+                            turn: *turn,
+                            kind: ItemKind::User,
+                            json: p.item,
+                        });
+                    }
+                    return;
                 }
                 let item_id = format!("item_{}", turn.0);
+                let transcribed = self.transcription.is_some();
                 if *is_final {
-                    self.send(
-                        out,
-                        "conversation.item.input_audio_transcription.completed",
-                        json!({
-                        "item_id": item_id, "content_index": 0, "transcript": text,
-                        "usage": {"type": "duration", "seconds": 0}}),
-                    );
-                    self.send(out, "conversation.item.done", json!({"item": {
-                        "id": item_id, "object": "realtime.item", "type": "message", "role": "user",
-                        "status": "completed", "content": [{"type": "input_audio", "transcript": text}]}}));
-                } else {
+                    if transcribed {
+                        self.send(
+                            out,
+                            "conversation.item.input_audio_transcription.completed",
+                            json!({
+                            "item_id": item_id, "content_index": 0, "transcript": text,
+                            "usage": {"type": "duration", "seconds": 0}}),
+                        );
+                    }
+                    let item = user_audio_item(&item_id, transcribed.then_some(text.as_str()));
+                    self.send(out, "conversation.item.done", json!({"item": item}));
+                    self.remember(Item {
+                        id: item_id,
+                        turn: *turn,
+                        kind: ItemKind::User,
+                        json: item,
+                    });
+                } else if transcribed {
                     self.send(
                         out,
                         "conversation.item.input_audio_transcription.delta",
@@ -813,16 +1450,16 @@ impl Codec for RealtimeCodec {
             Event::ResponseText { turn, text } => {
                 self.message(*turn, out);
                 let Some(open) = &mut self.open else { return };
-                let Some((item_id, transcript)) = &mut open.message else {
+                let Some(m) = &mut open.message else {
                     return;
                 };
-                let delta = if transcript.is_empty() {
+                let delta = if m.transcript.is_empty() {
                     text.clone()
                 } else {
                     format!(" {text}")
                 };
-                transcript.push_str(&delta);
-                let v = json!({"response_id": open.id, "item_id": item_id,
+                m.transcript.push_str(&delta);
+                let v = json!({"response_id": open.id, "item_id": m.id,
                     "output_index": open.output.len(), "content_index": 0, "delta": delta});
                 self.send(out, "response.output_audio_transcript.delta", v);
             }
@@ -840,6 +1477,14 @@ impl Codec for RealtimeCodec {
                 let item = json!({"id": item_id, "object": "realtime.item", "type": "function_call",
                     "call_id": call.id, "name": call.name, "arguments": call.arguments, "status": "completed"});
                 open.output.push(item.clone());
+                let remembered = Item {
+                    id: item_id.clone(),
+                    turn: *turn,
+                    kind: ItemKind::FunctionCall {
+                        call_id: call.id.clone(),
+                    },
+                    json: item.clone(),
+                };
                 let mut added = item.clone();
                 added["arguments"] = json!("");
                 added["status"] = json!("in_progress");
@@ -860,6 +1505,7 @@ impl Codec for RealtimeCodec {
                     "response.output_item.done",
                     json!({"response_id": response_id, "output_index": output_index, "item": item}),
                 );
+                self.remember(remembered);
                 // The protocol's response ends at a function call; the turn goes on once the
                 // client answers.
                 self.end_response(out, "completed", json!({"type": "completed"}));
@@ -871,8 +1517,12 @@ impl Codec for RealtimeCodec {
                 heard_text,
             } => {
                 if let Some(open) = self.open.as_ref().filter(|o| o.turn == *turn) {
-                    if let Some((item_id, _)) = &open.message {
-                        let v = json!({"item_id": item_id, "content_index": 0, "audio_end_ms": *played_ms as u64});
+                    if let Some(m) = &open.message {
+                        // The turn's audio up to `played_ms`, from where the item's began.
+                        let start_ms = m.audio_start.unwrap_or(m.audio_end) / SAMPLES_PER_MS;
+                        let end_ms = (*played_ms as u64).saturating_sub(start_ms);
+                        let v =
+                            json!({"item_id": m.id, "content_index": 0, "audio_end_ms": end_ms});
                         self.send(out, "conversation.item.truncated", v);
                     }
                 }
@@ -912,6 +1562,63 @@ impl Codec for RealtimeCodec {
                     "message": format!("{} provider {:?}: {}", stage.as_str(), failure.provider, failure.message)}});
                 self.send(out, "error", v);
             }
+            Event::Truncated {
+                turn: _,
+                played_ms,
+                heard_text,
+            } => {
+                let Some(edit) = self.pending_edit.take() else {
+                    return;
+                };
+                let end_ms = (*played_ms as u64).saturating_sub(edit.audio_start / SAMPLES_PER_MS);
+                if let Some(item) = self.items.iter_mut().rev().find(|i| i.id == edit.item_id) {
+                    item.json["content"][0]["transcript"] = json!(heard_text);
+                }
+                self.send(
+                    out,
+                    "conversation.item.truncated",
+                    json!({"item_id": edit.item_id, "content_index": 0, "audio_end_ms": end_ms}),
+                );
+            }
+            Event::Deleted { part, .. } => {
+                let Some(edit) = self.pending_edit.take() else {
+                    return;
+                };
+                // A tool round goes whole: the call and its output.
+                let mut gone = vec![edit.item_id];
+                if let HistoryPart::ToolRound { call_id } = part {
+                    gone.extend(self.items.iter().filter(|i| {
+                        matches!(&i.kind, ItemKind::FunctionCall { call_id: c } | ItemKind::FunctionCallOutput { call_id: c } if c == call_id)
+                            && !gone.contains(&i.id)
+                    }).map(|i| i.id.clone()).collect::<Vec<_>>());
+                }
+                self.items.retain(|i| !gone.contains(&i.id));
+                for item_id in gone {
+                    self.send(
+                        out,
+                        "conversation.item.deleted",
+                        json!({"item_id": item_id}),
+                    );
+                }
+            }
+            Event::Rejected(Rejection::NotInHistory { .. } | Rejection::InProgress { .. })
+                if self.pending_edit.is_some() =>
+            {
+                let Some(edit) = self.pending_edit.take() else {
+                    return;
+                };
+                let (code, message) = match event {
+                    Event::Rejected(Rejection::InProgress { .. }) => ("item_in_progress", format!("item {:?} belongs to the response in progress; cancel it first (response.cancel)", edit.item_id)),
+                    _ => ("item_not_in_conversation", format!("item {:?} has nothing left in the conversation to change (voxd truncates only the last answer once it ended)", edit.item_id)),
+                };
+                self.error(
+                    out,
+                    code,
+                    message,
+                    Some("item_id"),
+                    edit.event_id.as_deref(),
+                );
+            }
             Event::Rejected(r) => {
                 let (code, message) = match r {
                     Rejection::UnknownCall { call_id } => (
@@ -932,10 +1639,11 @@ impl Codec for RealtimeCodec {
                     ),
                     Rejection::ToolNameClash { index, name } => (
                         "invalid_value",
-                        format!(
-                            "session.tools[{index}].name {name:?} is one of the server's tools"
-                        ),
+                        format!("tools[{index}].name {name:?} is one of the server's tools"),
                     ),
+                    Rejection::NotInHistory { turn } | Rejection::InProgress { turn } => {
+                        ("invalid_value", format!("turn {turn}: nothing to change"))
+                    }
                 };
                 self.error(out, code, message, None, None);
             }
@@ -946,8 +1654,12 @@ impl Codec for RealtimeCodec {
         }
     }
 
-    fn audio(&mut self, turn: TurnId, _at: u64, pcm: Bytes, out: &mut Vec<Frame>) {
+    fn audio(&mut self, turn: TurnId, at: u64, pcm: Bytes, out: &mut Vec<Frame>) {
         self.message(turn, out);
+        if let Some(m) = self.open.as_mut().and_then(|o| o.message.as_mut()) {
+            m.audio_start.get_or_insert(at);
+            m.audio_end = at + pcm.len() as u64 / 2;
+        }
         self.b64.clear();
         match self.output_format {
             Format::Pcm => B64.encode_string(&pcm, &mut self.b64),
@@ -966,10 +1678,10 @@ impl Codec for RealtimeCodec {
             }
         }
         let Some(open) = &self.open else { return };
-        let Some((item_id, _)) = &open.message else {
+        let Some(m) = &open.message else {
             return;
         };
-        let v = json!({"response_id": open.id, "item_id": item_id, "output_index": open.output.len(),
+        let v = json!({"response_id": open.id, "item_id": m.id, "output_index": open.output.len(),
             "content_index": 0, "delta": self.b64});
         self.send(out, "response.output_audio.delta", v);
     }
@@ -1186,5 +1898,109 @@ mod tests {
             transcript["transcript"], "Op",
             "truncated to what was heard"
         );
+    }
+
+    #[test]
+    fn items_are_truncated_on_the_turns_audio_and_a_tool_round_is_deleted_whole() {
+        let mut c = codec();
+        let turn = TurnId(3);
+        let mut out = Vec::new();
+        // A message whose audio begins 4800 samples (200 ms) into the turn's.
+        c.event(
+            &Event::ToolCall {
+                turn,
+                call: ToolCall {
+                    id: "call_9".into(),
+                    name: "open_door".into(),
+                    arguments: "{}".into(),
+                },
+                runs: ToolRunner::Client,
+            },
+            &mut out,
+        );
+        c.audio(turn, 4800, Bytes::from(vec![0u8; 960 * 2]), &mut out);
+        let message = c
+            .open
+            .as_ref()
+            .unwrap()
+            .message
+            .as_ref()
+            .unwrap()
+            .id
+            .clone();
+        let (out, inputs) = send(
+            &mut c,
+            json!({"type": "conversation.item.truncate", "item_id": message, "content_index": 0, "audio_end_ms": 20}),
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(
+            inputs,
+            [format!(
+                "{:?}",
+                Input::Truncate {
+                    turn,
+                    samples: 4800 + 20 * 24
+                }
+            )]
+        );
+        let (out, inputs) = send(
+            &mut c,
+            json!({"type": "conversation.item.truncate", "item_id": message, "audio_end_ms": 41, "event_id": "e5"}),
+        );
+        assert!(inputs.is_empty());
+        let e = &values(&out)[0]["error"];
+        assert_eq!(
+            (&e["param"], &e["event_id"]),
+            (&json!("audio_end_ms"), &json!("e5"))
+        );
+        let mut out = Vec::new();
+        c.event(
+            &Event::Truncated {
+                turn,
+                played_ms: 220.0,
+                heard_text: "Op".into(),
+            },
+            &mut out,
+        );
+        assert_eq!(values(&out)[0]["audio_end_ms"], 20);
+
+        // The call's output, then a deletion of the call: both items go.
+        send(
+            &mut c,
+            json!({"type": "conversation.item.create", "item": {"type": "function_call_output", "id": "out_1", "call_id": "call_9", "output": "{}"}}),
+        );
+        let (_, inputs) = send(
+            &mut c,
+            json!({"type": "conversation.item.delete", "item_id": "out_1"}),
+        );
+        assert_eq!(
+            inputs,
+            [format!(
+                "{:?}",
+                Input::Delete {
+                    turn,
+                    part: HistoryPart::ToolRound {
+                        call_id: "call_9".into()
+                    }
+                }
+            )]
+        );
+        let mut out = Vec::new();
+        c.event(
+            &Event::Deleted {
+                turn,
+                part: HistoryPart::ToolRound {
+                    call_id: "call_9".into(),
+                },
+            },
+            &mut out,
+        );
+        let deleted: Vec<Value> = values(&out).iter().map(|v| v["item_id"].clone()).collect();
+        assert_eq!(deleted, [json!("out_1"), json!("item_3_f0")]);
+        let (out, _) = send(
+            &mut c,
+            json!({"type": "conversation.item.retrieve", "item_id": "item_3_f0"}),
+        );
+        assert_eq!(values(&out)[0]["error"]["code"], "item_not_found");
     }
 }

@@ -649,7 +649,8 @@ fn json_or_string(text: &str) -> Value {
 pub fn encode_event(e: &Event) -> Option<String> {
     let d = |x: std::time::Duration| ms(x.as_secs_f64() * 1000.0);
     Some(match e {
-        Event::FalseAlarm { .. } => return None,
+        // /ws has no truncate or delete message: these answer another protocol's.
+        Event::FalseAlarm { .. } | Event::Truncated { .. } | Event::Deleted { .. } => return None,
         Event::SessionUpdated {
             instructions,
             min_interruption,
@@ -844,6 +845,14 @@ fn rejected(r: &Rejection) -> (&'static str, String) {
                  name (nothing in this session_update was applied)"
             ),
         ),
+        Rejection::NotInHistory { turn } => (
+            "not_in_history",
+            format!("turn {turn} has nothing in the conversation to change"),
+        ),
+        Rejection::InProgress { turn } => (
+            "turn_in_progress",
+            format!("turn {turn} is still being answered; cancel it first"),
+        ),
     }
 }
 
@@ -954,7 +963,7 @@ impl Codec for VoxdCodec {
             Ok(ClientMessage::SpeechEnd) => input(Input::SpeechEnd),
             Ok(ClientMessage::Text(t)) => input(Input::Text(t)),
             Ok(ClientMessage::Say(t)) => input(Input::Say(t)),
-            Ok(ClientMessage::Respond) => input(Input::Respond),
+            Ok(ClientMessage::Respond) => input(Input::Respond(Default::default())),
             Ok(ClientMessage::Cancel) => input(Input::Cancel),
             Ok(ClientMessage::SessionUpdate(u)) => input(Input::Update(u)),
             Ok(ClientMessage::ToolResult { call_id, result }) => {

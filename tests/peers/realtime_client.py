@@ -121,6 +121,52 @@ async def main(base_url, fixtures):
             "response.output_item.done", "response.done"], f"event order {dedup}")
         print("ok text turn")
 
+        # The conversation's items: retrieve, truncate to what was played, delete.
+        answer = done["output"][0]
+        user_item = [e for e in s.seen if e["type"] == "conversation.item.done"][-1]["item"]
+        await conn.conversation.item.retrieve(item_id=answer["id"])
+        ev = await s.until("conversation.item.retrieved", fail_on=("error",))
+        got = ev[-1]["item"]
+        expect(got["id"] == answer["id"] and got["content"][0]["transcript"] == transcript[0]["transcript"],
+               f"the item as it was said: {got}")
+        await conn.conversation.item.truncate(item_id=answer["id"], content_index=0, audio_end_ms=900)
+        ev = await s.until("conversation.item.truncated", fail_on=("error",))
+        expect(ev[-1]["item_id"] == answer["id"] and ev[-1]["audio_end_ms"] == 900, f"truncated: {ev[-1]}")
+        await conn.conversation.item.retrieve(item_id=answer["id"])
+        ev = await s.until("conversation.item.retrieved", fail_on=("error",))
+        cut = ev[-1]["item"]["content"][0]["transcript"]
+        whole = transcript[0]["transcript"]
+        expect(0 < len(cut) < len(whole) and whole.startswith(cut), f"{cut!r}: what 900 ms of {whole!r} said")
+        await conn.send({"type": "conversation.item.truncate", "item_id": answer["id"], "content_index": 0,
+                         "audio_end_ms": 600000, "event_id": "evt_trunc_far"})
+        ev = await s.until("error")
+        err = ev[-1]["error"]
+        expect(err["param"] == "audio_end_ms" and err["event_id"] == "evt_trunc_far", f"past the audio: {err}")
+        for item_id in (answer["id"], user_item["id"]):
+            await conn.conversation.item.delete(item_id=item_id)
+            ev = await s.until("conversation.item.deleted", fail_on=("error",))
+            expect(ev[-1]["item_id"] == item_id, f"deleted: {ev[-1]}")
+        await conn.send({"type": "conversation.item.retrieve", "item_id": answer["id"], "event_id": "evt_gone"})
+        ev = await s.until("error")
+        expect(ev[-1]["error"]["code"] == "item_not_found", f"a deleted item is gone: {ev[-1]}")
+        print("ok items")
+
+        # response.create with settings of its own: echoed metadata; an unsupported one is refused.
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "what about tomorrow"}]})
+        await conn.send({"type": "response.create", "event_id": "evt_oob",
+                         "response": {"conversation": "none"}})
+        ev = await s.until("error")
+        expect(ev[-1]["error"]["param"] == "response.conversation", f"out-of-band: {ev[-1]}")
+        await conn.response.create(response={"instructions": "Answer briefly.", "metadata": {"topic": "weather"},
+                                             "audio": {"output": {"voice": "cedar"}}})
+        ev = await s.until("response.done", fail_on=("error",))
+        expect(ev[0]["type"] == "response.created" and ev[0]["response"]["metadata"] == {"topic": "weather"},
+               f"metadata on response.created: {ev[0]}")
+        expect(ev[-1]["response"]["metadata"] == {"topic": "weather"} and ev[-1]["response"]["status"] == "completed",
+               f"and on response.done: {ev[-1]['response']}")
+        print("ok response overrides")
+
         # A client-side function call round trip.
         await conn.conversation.item.create(item={"type": "message", "role": "user",
             "content": [{"type": "input_text", "text": "please open the door"}]})
@@ -152,6 +198,36 @@ async def main(base_url, fixtures):
         expect("weather" in heard["transcript"], f"transcript {heard['transcript']!r}")
         expect(ev[-1]["response"]["status"] == "completed" and audio_bytes(ev) > 0, "answered", ev)
         print("ok audio turn")
+
+        # Server VAD's own settings, and input transcripts off.
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "threshold": 0.6, "silence_duration_ms": 700,
+                               "prefix_padding_ms": 200},
+            "transcription": None}}})
+        ev = await s.until("session.updated", fail_on=("error",))
+        td = ev[-1]["session"]["audio"]["input"]["turn_detection"]
+        expect((td["threshold"], td["silence_duration_ms"], td["prefix_padding_ms"]) == (0.6, 700, 200),
+               f"server_vad's fields: {td}")
+        expect(ev[-1]["session"]["audio"]["input"]["transcription"] is None, "transcription off")
+        await s.append(silence[: 24 * 2 * 300] + weather + silence)
+        ev = await s.until("response.done", fail_on=("error",))
+        t = types(ev)
+        expect("input_audio_buffer.speech_stopped" in t, "the turn ends", ev)
+        expect("conversation.item.input_audio_transcription.completed" not in t, "no transcript", ev)
+        expect(ev[-1]["response"]["status"] == "completed", "answered", ev)
+        await conn.send({"type": "session.update", "event_id": "evt_no_reply", "session": {"type": "realtime",
+            "audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}}})
+        ev = await s.until("error")
+        expect(ev[-1]["error"]["param"] == "session.audio.input.turn_detection.create_response",
+               f"unsupported, said so: {ev[-1]}")
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "semantic_vad", "eagerness": "medium"},
+            "transcription": {"model": "whisper-1", "language": "en"}}}})
+        ev = await s.until("session.updated", fail_on=("error",))
+        inp = ev[-1]["session"]["audio"]["input"]
+        expect(inp["turn_detection"]["type"] == "semantic_vad" and inp["transcription"]["language"] == "en",
+               f"semantic_vad and transcription back on: {inp}")
+        print("ok turn detection")
 
         # Barge-in: the user speaks into a long answer.
         await conn.conversation.item.create(item={"type": "message", "role": "user",

@@ -79,7 +79,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::history::{ChatMessage, History};
+use crate::history::{ChatMessage, History, HistoryPart};
 use crate::types::{SampleRate, Time, TurnId};
 use crate::vad::{VadEvent, VoiceDetector};
 
@@ -97,11 +97,11 @@ mod vocabulary;
 pub use live_asr::{AsrStreamEvent, MAX_STREAMS};
 use live_asr::{LiveStreams, Then};
 use playback::Pacing;
-use response::Response;
+use response::{Response, Spoken};
 use user::{Source, User};
 pub use vocabulary::{
-    ClientTool, Event, Output, ProviderEvent, ProviderFailure, Rejection, ResponseStatus,
-    SessionConfig, SessionUpdate, Stage, Timings, ToolRunner,
+    ClientTool, Event, Output, ProviderEvent, ProviderFailure, Rejection, ResponseOverrides,
+    ResponseStatus, SessionConfig, SessionUpdate, Stage, Timings, ToolRunner, VadTuning,
 };
 
 /// The turn-taking state machine of one connection. See the module docs.
@@ -122,6 +122,8 @@ pub struct Session {
     user: User,
     /// The bot side.
     response: Option<Response>,
+    /// What the last response that ended said, for a client truncating it.
+    last_spoken: Option<Spoken>,
     /// The streaming ASR's recognition streams.
     live: LiveStreams,
     /// Audio of a turn cancelled before its transcript was known: the user had only paused, so
@@ -179,6 +181,7 @@ impl Session {
             response: None,
             live: LiveStreams::new(cfg.streaming_asr),
             carry_audio: Vec::new(),
+            last_spoken: None,
             outputs: VecDeque::with_capacity(16),
             vad_events: Vec::with_capacity(4),
             pacing: Pacing::new(&cfg),
@@ -363,10 +366,17 @@ impl Session {
 
     /// A user message added to the conversation without a reply: the client asks for one when
     /// it wants (`handle_respond`). Nothing in progress is interrupted.
+    /// The message is a turn of its own, told as its final `Transcript`.
     pub fn handle_user_message(&mut self, now: Time, text: &str) {
         let text = text.trim();
         if !text.is_empty() {
-            self.history.push_user(text);
+            let turn = self.new_turn();
+            self.history.push_user(text, Some(turn));
+            self.emit(Event::Transcript {
+                turn,
+                text: text.to_owned(),
+                is_final: true,
+            });
         }
         self.pump(now);
     }
@@ -389,10 +399,94 @@ impl Session {
     /// The client asks for a reply now, from the history as it stands: the bot speaks first
     /// through the LLM, or speaks again. A response in progress is interrupted first.
     pub fn handle_respond(&mut self, now: Time) {
+        self.handle_respond_with(now, ResponseOverrides::default());
+    }
+
+    /// `handle_respond` with settings of its own: the response answers with `overrides` where
+    /// they are given, the session's settings elsewhere, and the session's settings do not
+    /// change. Client tools named like the server's are refused as `handle_update` refuses them.
+    pub fn handle_respond_with(&mut self, now: Time, overrides: ResponseOverrides) {
+        if let Some(tools) = &overrides.tools {
+            if self.refuse_tool_clash(tools) {
+                self.pump(now);
+                return;
+            }
+        }
         self.interrupt_response(now);
         let turn = self.new_turn();
-        self.start_llm_response(turn, now);
+        self.start_llm_response(turn, now, overrides);
         self.sync_hold(now);
+        self.pump(now);
+    }
+
+    /// `Rejected` (`ToolNameClash`) when a client tool is named like one of the server's.
+    fn refuse_tool_clash(&mut self, tools: &[ClientTool]) -> bool {
+        let clash = tools
+            .iter()
+            .enumerate()
+            .find(|(_, t)| self.cfg.server_tools.contains(&t.name));
+        let Some((index, t)) = clash else {
+            return false;
+        };
+        self.emit(Event::Rejected(Rejection::ToolNameClash {
+            index,
+            name: t.name.clone(),
+        }));
+        true
+    }
+
+    /// The client played `turn`'s answer up to sample `samples` only, and dropped the rest (the
+    /// Realtime protocol's `conversation.item.truncate`). For the response in progress, that is
+    /// what the client confirms it played (as `handle_played`); for the last response that
+    /// ended, its history message is cut to what was heard up to there. A truncation never adds
+    /// words: the history keeps at most what it had. `Truncated` answers, with the text heard;
+    /// an older turn, or one with nothing in the history, is `Rejected` (`NotInHistory`).
+    pub fn handle_truncate(&mut self, now: Time, turn: TurnId, samples: u64) {
+        let rate = self.cfg.output_rate;
+        if let Some(r) = self.response.as_mut().filter(|r| r.turn == turn) {
+            r.confirm_played(samples);
+            let (heard, at) = r.heard_until(samples, self.samples_per_char);
+            self.emit(Event::Truncated {
+                turn,
+                played_ms: rate.ms_of(at),
+                heard_text: heard,
+            });
+        } else if let Some(spoken) = self.last_spoken.as_mut().filter(|s| s.turn == turn) {
+            spoken.heard = spoken.heard.min(samples);
+            let heard = spoken.heard_text(samples, self.samples_per_char);
+            let played_ms = rate.ms_of(spoken.heard);
+            if self.history.truncate_assistant(turn, &heard) {
+                self.emit(Event::Truncated {
+                    turn,
+                    played_ms,
+                    heard_text: heard,
+                });
+            } else {
+                self.emit(Event::Rejected(Rejection::NotInHistory { turn }));
+            }
+        } else {
+            self.emit(Event::Rejected(Rejection::NotInHistory { turn }));
+        }
+        self.pump(now);
+    }
+
+    /// The client removes `part` of `turn` from the conversation (the Realtime protocol's
+    /// `conversation.item.delete`): the next LLM request no longer has it. `Deleted` answers; a
+    /// part of the turn being answered is `Rejected` (`InProgress`), and a part the history does
+    /// not hold is `Rejected` (`NotInHistory`).
+    pub fn handle_delete(&mut self, now: Time, turn: TurnId, part: HistoryPart) {
+        let in_progress = self.response.as_ref().is_some_and(|r| r.turn == turn)
+            || self.user.utterance().is_some_and(|u| u.turn == turn);
+        if in_progress {
+            self.emit(Event::Rejected(Rejection::InProgress { turn }));
+        } else if self.history.remove(turn, &part) {
+            if part == HistoryPart::Assistant {
+                self.last_spoken = self.last_spoken.take().filter(|s| s.turn != turn);
+            }
+            self.emit(Event::Deleted { turn, part });
+        } else {
+            self.emit(Event::Rejected(Rejection::NotInHistory { turn }));
+        }
         self.pump(now);
     }
 
@@ -402,15 +496,7 @@ impl Session {
     pub fn handle_update(&mut self, now: Time, update: SessionUpdate) {
         // Checked before anything applies: an update is taken whole or not at all.
         if let Some(tools) = &update.tools {
-            let clash = tools
-                .iter()
-                .enumerate()
-                .find(|(_, t)| self.cfg.server_tools.contains(&t.name));
-            if let Some((index, t)) = clash {
-                self.emit(Event::Rejected(Rejection::ToolNameClash {
-                    index,
-                    name: t.name.clone(),
-                }));
+            if self.refuse_tool_clash(tools) {
                 self.pump(now);
                 return;
             }
@@ -425,6 +511,7 @@ impl Session {
             tools,
             voice,
             language,
+            vad,
         } = update;
         if let Some(i) = instructions {
             self.cfg.system_prompt = i;
@@ -452,12 +539,17 @@ impl Session {
         if let Some(l) = language {
             self.cfg.language = Some(l.into());
         }
+        if let Some(t) = vad {
+            self.tune_vad(t);
+        }
         if let Some(messages) = history {
             self.history = History::new(self.cfg.max_history_messages);
             for m in messages {
                 match m {
-                    ChatMessage::User(text) => self.history.push_user(&text),
-                    ChatMessage::Assistant { text, .. } => self.history.push_assistant_text(&text),
+                    ChatMessage::User(text) => self.history.push_user(&text, None),
+                    ChatMessage::Assistant { text, .. } => {
+                        self.history.push_assistant_text(&text, None);
+                    }
                     // Only what was said is seeded: no system prompt (`instructions` is that),
                     // no tool rounds.
                     ChatMessage::System(_) | ChatMessage::Tool { .. } => {}

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use super::playback::{Pacing, PcmQueue, PlayState, Playback};
 use super::{
-    ClientTool, Event, Output, ProviderEvent, ProviderFailure, Rejection, ResponseStatus, Session,
-    SessionConfig, Settled, Stage, Timings, ToolRunner, SETTLED_CALLS_KEPT,
+    ClientTool, Event, Output, ProviderEvent, ProviderFailure, Rejection, ResponseOverrides,
+    ResponseStatus, Session, SessionConfig, Settled, Stage, Timings, ToolRunner,
+    SETTLED_CALLS_KEPT,
 };
 use crate::history::{ChatMessage, ToolCall};
 use crate::splitter::SentenceSplitter;
@@ -100,7 +101,7 @@ enum Filler {
 
 /// One sentence of a response's speech.
 #[derive(Debug)]
-struct Sentence {
+pub(super) struct Sentence {
     text: String,
     /// A filler phrase voxd spoke itself: heard, but not the model's words.
     filler: bool,
@@ -114,6 +115,9 @@ struct Sentence {
 #[derive(Debug)]
 pub(super) struct Response {
     pub(super) turn: TurnId,
+    /// The system prompt it answers with, as it was when the response began (or as the
+    /// response's own overrides set it).
+    instructions: String,
     timings: Timings,
     reply: Reply,
     tool_rounds: u32,
@@ -148,6 +152,7 @@ impl Response {
         Response {
             client_tools: Arc::clone(&cfg.client_tools),
             voice: cfg.voice.clone(),
+            instructions: cfg.system_prompt.clone(),
             in_flight: VecDeque::new(),
             in_flight_at: 0,
             confirmed: 0,
@@ -243,6 +248,13 @@ impl Response {
     /// The client confirms it played the first `samples` samples.
     pub(super) fn confirm_played(&mut self, samples: u64) {
         self.confirmed = self.confirmed.max(samples.min(self.sent));
+    }
+
+    /// What the client heard if it played up to `samples` (no further than was sent), and
+    /// where that is.
+    pub(super) fn heard_until(&self, samples: u64, samples_per_char: f64) -> (String, u64) {
+        let at = samples.min(self.sent);
+        (self.heard_text(at, false, samples_per_char), at)
     }
 
     /// When the response needs a wake-up: the filler phrase, the next batch of audio, or the end
@@ -358,65 +370,107 @@ impl Response {
             && (heard_all || self.produced == 0)
     }
 
-    /// The text heard up to playback position `played`: whole sentences, and the part of the
-    /// current one in proportion to its audio, cut back to a word boundary.
-    ///
-    /// A sentence still being synthesized has no known end yet: its length is estimated from the
-    /// speaking rate of the finished sentences (`fallback_samples_per_char` before there is one),
-    /// so a barge-in early in a long sentence does not count words that were never spoken.
+    /// The text heard up to playback position `played` (see `heard_text`).
     fn heard_text(
         &self,
         played: u64,
         include_filler: bool,
         fallback_samples_per_char: f64,
     ) -> String {
-        let (samples, chars) = self
-            .sentences
-            .iter()
-            .filter_map(|s| s.end.map(|e| (e - s.start, s.text.chars().count() as u64)))
-            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
-        let samples_per_char = if chars > 0 {
-            samples as f64 / chars as f64
-        } else {
-            fallback_samples_per_char
-        };
-        let mut out = String::new();
-        // Only sentences handed to TTS have audio (and a position); the rest were never heard.
-        for s in &self.sentences[..self.next_tts] {
-            if s.start >= played {
-                break;
-            }
-            let estimated = s.start + (s.text.chars().count() as f64 * samples_per_char) as u64;
-            let end = s.end.unwrap_or(self.produced.max(estimated));
-            let part = if played >= end {
-                s.text.as_str()
-            } else {
-                let fraction = (played - s.start) as f64 / (end - s.start).max(1) as f64;
-                let chars = (s.text.chars().count() as f64 * fraction).floor() as usize;
-                let cut = s
-                    .text
-                    .char_indices()
-                    .nth(chars)
-                    .map_or(s.text.len(), |(i, _)| i);
-                // Only whole words count as heard.
-                let head = &s.text[..cut];
-                let whole_words = match s.text[cut..].chars().next() {
-                    None => head,
-                    Some(c) if c.is_whitespace() => head,
-                    Some(_) => head.rfind(char::is_whitespace).map_or("", |i| &head[..i]),
-                };
-                whole_words.trim_end()
-            };
-            if s.filler && !include_filler || part.is_empty() {
-                continue;
-            }
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str(part);
-        }
-        out
+        heard_text(
+            &self.sentences[..self.next_tts],
+            self.produced,
+            played,
+            include_filler,
+            fallback_samples_per_char,
+        )
     }
+}
+
+/// What a response said, kept once it ended: a client may still truncate it to what it played
+/// (`Session::handle_truncate`).
+#[derive(Debug)]
+pub(super) struct Spoken {
+    pub(super) turn: TurnId,
+    /// The sentences handed to TTS, placed on the response audio.
+    sentences: Vec<Sentence>,
+    produced: u64,
+    /// How far it was heard when it ended.
+    pub(super) heard: u64,
+}
+
+impl Spoken {
+    /// The text heard up to `played`, no further than it was heard when the response ended.
+    pub(super) fn heard_text(&self, played: u64, fallback_samples_per_char: f64) -> String {
+        heard_text(
+            &self.sentences,
+            self.produced,
+            played.min(self.heard),
+            false,
+            fallback_samples_per_char,
+        )
+    }
+}
+
+/// The text heard up to playback position `played` of `sentences` (those handed to TTS, of a
+/// response that has `produced` samples): whole sentences, and the part of the current one in
+/// proportion to its audio, cut back to a word boundary.
+///
+/// A sentence still being synthesized has no known end yet: its length is estimated from the
+/// speaking rate of the finished sentences (`fallback_samples_per_char` before there is one),
+/// so a barge-in early in a long sentence does not count words that were never spoken.
+fn heard_text(
+    sentences: &[Sentence],
+    produced: u64,
+    played: u64,
+    include_filler: bool,
+    fallback_samples_per_char: f64,
+) -> String {
+    let (samples, chars) = sentences
+        .iter()
+        .filter_map(|s| s.end.map(|e| (e - s.start, s.text.chars().count() as u64)))
+        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+    let samples_per_char = if chars > 0 {
+        samples as f64 / chars as f64
+    } else {
+        fallback_samples_per_char
+    };
+    let mut out = String::new();
+    // Only sentences handed to TTS have audio (and a position); the rest were never heard.
+    for s in sentences {
+        if s.start >= played {
+            break;
+        }
+        let estimated = s.start + (s.text.chars().count() as f64 * samples_per_char) as u64;
+        let end = s.end.unwrap_or(produced.max(estimated));
+        let part = if played >= end {
+            s.text.as_str()
+        } else {
+            let fraction = (played - s.start) as f64 / (end - s.start).max(1) as f64;
+            let chars = (s.text.chars().count() as f64 * fraction).floor() as usize;
+            let cut = s
+                .text
+                .char_indices()
+                .nth(chars)
+                .map_or(s.text.len(), |(i, _)| i);
+            // Only whole words count as heard.
+            let head = &s.text[..cut];
+            let whole_words = match s.text[cut..].chars().next() {
+                None => head,
+                Some(c) if c.is_whitespace() => head,
+                Some(_) => head.rfind(char::is_whitespace).map_or("", |i| &head[..i]),
+            };
+            whole_words.trim_end()
+        };
+        if s.filler && !include_filler || part.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(part);
+    }
+    out
 }
 
 /// Starting a response.
@@ -475,9 +529,28 @@ impl Session {
 
     /// A reply now from the history as it stands (`respond`: the bot speaks first, or again),
     /// with no new user words (→ `Generating`).
-    pub(super) fn start_llm_response(&mut self, turn: TurnId, now: Time) {
+    pub(super) fn start_llm_response(
+        &mut self,
+        turn: TurnId,
+        now: Time,
+        overrides: ResponseOverrides,
+    ) {
         let reply = Reply::Generating { tools: Vec::new() };
-        let r = Response::new(turn, now, &self.cfg, reply);
+        let mut r = Response::new(turn, now, &self.cfg, reply);
+        let ResponseOverrides {
+            instructions,
+            tools,
+            voice,
+        } = overrides;
+        if let Some(i) = instructions {
+            r.instructions = i;
+        }
+        if let Some(t) = tools {
+            r.client_tools = t.into();
+        }
+        if let Some(v) = voice {
+            r.voice = Some(v.into());
+        }
         let client_tools = Arc::clone(&r.client_tools);
         self.response = Some(r);
         let messages = self.llm_messages();
@@ -490,7 +563,8 @@ impl Session {
 
     /// Adds the user's words to the history and asks the LLM (→ `Generating`).
     fn commit_user_text(&mut self, text: &str) {
-        self.history.push_user(text);
+        let turn = self.response.as_ref().map(|r| r.turn);
+        self.history.push_user(text, turn);
         let messages = self.llm_messages();
         let Some(r) = &mut self.response else { return };
         r.reply = Reply::Generating { tools: Vec::new() };
@@ -501,9 +575,14 @@ impl Session {
         });
     }
 
+    /// The LLM's request: the response's instructions, then the history.
     fn llm_messages(&self) -> Vec<ChatMessage> {
         let mut m = Vec::with_capacity(self.history.messages().len() + 1);
-        m.push(ChatMessage::System(self.cfg.system_prompt.clone()));
+        let instructions = self
+            .response
+            .as_ref()
+            .map_or(&self.cfg.system_prompt, |r| &r.instructions);
+        m.push(ChatMessage::System(instructions.clone()));
         m.extend_from_slice(self.history.messages());
         m
     }
@@ -799,7 +878,8 @@ impl Session {
             .into_iter()
             .map(|t| (t.call.id, t.result.unwrap_or_default()))
             .collect();
-        self.history.push_tool_round(calls, results);
+        let turn = r.turn;
+        self.history.push_tool_round(calls, results, turn);
         if rounds > self.cfg.max_tool_rounds {
             let failure = ProviderFailure {
                 timed_out: false,
@@ -878,11 +958,10 @@ impl Session {
             let Some(r) = self.response.take() else {
                 return;
             };
-            self.history.push_assistant_text(&r.heard_text(
-                r.produced,
-                false,
-                self.samples_per_char,
-            ));
+            self.history.push_assistant_text(
+                &r.heard_text(r.produced, false, self.samples_per_char),
+                Some(r.turn),
+            );
             self.finish(now, r, ResponseStatus::Completed, None);
         }
     }
@@ -903,8 +982,10 @@ impl Session {
             self.carry_audio.clear();
             self.carry_audio.extend_from_slice(utterance);
         } else {
-            self.history
-                .push_assistant_text(&r.heard_text(played, false, self.samples_per_char));
+            self.history.push_assistant_text(
+                &r.heard_text(played, false, self.samples_per_char),
+                Some(r.turn),
+            );
         }
         self.emit(Event::Interrupted {
             turn: r.turn,
@@ -920,8 +1001,10 @@ impl Session {
         };
         self.cancel_turn(r.turn);
         // The client plays out what it was sent; that much was heard.
-        self.history
-            .push_assistant_text(&r.heard_text(r.sent, false, self.samples_per_char));
+        self.history.push_assistant_text(
+            &r.heard_text(r.sent, false, self.samples_per_char),
+            Some(r.turn),
+        );
         self.emit(Event::ProviderError {
             turn: r.turn,
             stage,
@@ -956,6 +1039,20 @@ impl Session {
             reason,
         });
         self.release_turn(r.turn);
+        // As far as the history says it was heard.
+        let heard = match status {
+            ResponseStatus::Completed => r.produced,
+            ResponseStatus::Interrupted => r.play.played(),
+            ResponseStatus::Failed => r.sent,
+        };
+        let mut sentences = std::mem::take(&mut r.sentences);
+        sentences.truncate(r.next_tts);
+        self.last_spoken = Some(Spoken {
+            turn: r.turn,
+            sentences,
+            produced: r.produced,
+            heard,
+        });
     }
 }
 

@@ -2290,3 +2290,175 @@ fn a_user_message_waits_for_respond() {
     sim.settle();
     assert!(sim.texts().iter().any(|t| t.contains("Tomorrow")));
 }
+
+#[test]
+fn truncating_the_last_answer_cuts_its_history_to_what_was_heard_and_never_adds() {
+    let mut sim = Sim::new();
+    sim.say(2000);
+    sim.settle();
+    let t1 = TurnId(1);
+    assert_eq!(sim.done_of(t1).0, ResponseStatus::Completed);
+    // The client played the first sentence's worth only.
+    let first = WEATHER.split_inclusive(". ").next().unwrap().trim();
+    let samples = expected_samples(first) as u64;
+    sim.s.handle_truncate(sim.now, t1, samples);
+    sim.drain();
+    let Some(Event::Truncated { heard_text, .. }) = sim.events().last().copied() else {
+        panic!("{:?}", sim.events().last())
+    };
+    assert_eq!(heard_text, first);
+    assert_eq!(
+        sim.s.history().last(),
+        Some(&ChatMessage::Assistant {
+            text: first.into(),
+            tool_calls: vec![]
+        })
+    );
+    // A later truncation further on adds nothing back.
+    sim.s.handle_truncate(sim.now, t1, samples * 3);
+    sim.drain();
+    assert!(matches!(
+        sim.events().last(),
+        Some(Event::Truncated { heard_text, .. }) if heard_text == first
+    ));
+    // Nothing of an older or unknown turn can be truncated.
+    sim.s.handle_truncate(sim.now, TurnId(7), 0);
+    sim.drain();
+    assert!(matches!(
+        sim.events().last(),
+        Some(Event::Rejected(Rejection::NotInHistory { turn: TurnId(7) }))
+    ));
+}
+
+#[test]
+fn truncating_the_answer_in_progress_reports_what_was_heard_and_the_answer_goes_on() {
+    let mut sim = Sim::new();
+    sim.say(2000);
+    sim.run_ms(400);
+    let t1 = TurnId(1);
+    assert_eq!(sim.s.current_response(), Some(t1));
+    sim.s.handle_truncate(sim.now, t1, 16 * 100);
+    sim.drain();
+    assert!(sim.has(|e| matches!(e, Event::Truncated { turn, .. } if *turn == t1)));
+    sim.settle();
+    assert_eq!(sim.done_of(t1).0, ResponseStatus::Completed);
+    assert_eq!(sim.audio_of(t1).len(), expected_samples(WEATHER) * 2);
+}
+
+#[test]
+fn deleting_a_part_of_a_turn_takes_it_out_of_the_next_request() {
+    let mut sim = Sim::new();
+    sim.say(2000);
+    sim.settle();
+    let t1 = TurnId(1);
+    sim.s.handle_delete(sim.now, t1, HistoryPart::Assistant);
+    sim.drain();
+    assert!(matches!(
+        sim.events().last(),
+        Some(Event::Deleted { turn, part: HistoryPart::Assistant }) if *turn == t1
+    ));
+    assert_eq!(
+        sim.s.history(),
+        [ChatMessage::User("what's the weather like today".into())]
+    );
+    // Gone: a second deletion, or a truncation of it, finds nothing.
+    sim.s.handle_delete(sim.now, t1, HistoryPart::Assistant);
+    sim.s.handle_truncate(sim.now, t1, 0);
+    sim.drain();
+    let rejected = sim
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::Rejected(Rejection::NotInHistory { .. })))
+        .count();
+    assert_eq!(rejected, 2);
+    // The turn being answered cannot lose a part.
+    sim.s.handle_respond(sim.now);
+    sim.drain();
+    let t2 = sim.s.current_response().expect("a response");
+    sim.s.handle_delete(sim.now, t2, HistoryPart::Assistant);
+    sim.drain();
+    assert!(matches!(
+        sim.events().last(),
+        Some(Event::Rejected(Rejection::InProgress { turn })) if *turn == t2
+    ));
+    sim.settle();
+    sim.s.handle_delete(sim.now, t1, HistoryPart::User);
+    sim.drain();
+    assert!(
+        !sim.s
+            .history()
+            .iter()
+            .any(|m| matches!(m, ChatMessage::User(_))),
+        "{:?}",
+        sim.s.history()
+    );
+    sim.assert_all_done();
+}
+
+#[test]
+fn a_response_with_settings_of_its_own_leaves_the_sessions_alone() {
+    let mut sim = Sim::with(SessionConfig {
+        vad: None,
+        server_tools: ["check_balance".to_owned()].into(),
+        ..SessionConfig::default()
+    });
+    sim.s.handle_user_message(sim.now, "what about tomorrow");
+    sim.drain();
+    assert!(
+        sim.has(|e| matches!(
+            e,
+            Event::Transcript {
+                turn: TurnId(1),
+                is_final: true,
+                ..
+            }
+        )),
+        "a user message is a turn of its own"
+    );
+    sim.s.handle_respond_with(
+        sim.now,
+        ResponseOverrides {
+            instructions: Some("Answer in French.".into()),
+            voice: Some("claire".into()),
+            tools: Some(vec![]),
+        },
+    );
+    sim.drain();
+    sim.settle();
+    sim.s.handle_respond(sim.now);
+    sim.drain();
+    sim.settle();
+    let systems: Vec<String> = sim
+        .log
+        .iter()
+        .filter_map(|s| match &s.output {
+            Output::StartLlm { messages, .. } => match messages.first() {
+                Some(ChatMessage::System(p)) => Some(p.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(systems.len(), 2);
+    assert_eq!(systems[0], "Answer in French.");
+    assert_ne!(systems[1], "Answer in French.", "the session's own prompt");
+    assert_eq!(sim.voices.first(), Some(&Some("claire".into())));
+    assert_eq!(sim.voices.last(), Some(&None));
+    // Server tools' names stay the server's.
+    sim.s.handle_respond_with(
+        sim.now,
+        ResponseOverrides {
+            tools: Some(vec![ClientTool {
+                name: "check_balance".into(),
+                description: String::new(),
+                parameters: "{}".into(),
+            }]),
+            ..ResponseOverrides::default()
+        },
+    );
+    sim.drain();
+    assert!(matches!(
+        sim.events().last(),
+        Some(Event::Rejected(Rejection::ToolNameClash { .. }))
+    ));
+}

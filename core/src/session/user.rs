@@ -139,6 +139,20 @@ pub(super) struct Judged {
 }
 
 impl Session {
+    /// A client's new server-VAD settings: the detector's from its next window, the pre-roll's
+    /// at once (trimmed to the new length).
+    pub(super) fn tune_vad(&mut self, t: super::VadTuning) {
+        if let Some(vad) = &mut self.vad {
+            vad.tune(t.threshold, t.silence_ms);
+        }
+        if let Some(ms) = t.prefix_padding_ms {
+            self.cfg.preroll = std::time::Duration::from_millis(u64::from(ms));
+            self.preroll_cap = SampleRate::INTERNAL.samples_in(self.cfg.preroll) as usize;
+            let over = self.preroll.len().saturating_sub(self.preroll_cap);
+            self.preroll.drain(..over);
+        }
+    }
+
     /// Keeps the last `preroll` of audio heard while no utterance is captured: a VAD onset comes
     /// after the first syllable, which the utterance must not miss.
     pub(super) fn push_preroll(&mut self, samples: &[i16]) {

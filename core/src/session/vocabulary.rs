@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::history::{ChatMessage, ToolCall};
+use crate::history::{ChatMessage, HistoryPart, ToolCall};
 use crate::types::{SampleRate, Time, TurnId};
 use crate::vad::VadConfig;
 
@@ -352,6 +352,23 @@ pub enum Event {
     },
     /// A client's request was refused; the session goes on unchanged.
     Rejected(Rejection),
+    /// The client said how much of `turn`'s answer it played (`Session::handle_truncate`): the
+    /// history keeps what was heard up to there, at most.
+    Truncated {
+        /// The turn.
+        turn: TurnId,
+        /// Where the client stopped, in ms of the response audio.
+        played_ms: f64,
+        /// What was heard up to there.
+        heard_text: String,
+    },
+    /// A part of a turn left the conversation (`Session::handle_delete`).
+    Deleted {
+        /// The turn.
+        turn: TurnId,
+        /// Which part.
+        part: HistoryPart,
+    },
     /// A barge-in candidate (of turn `turn`) was judged a false alarm: the response goes on.
     /// Internal: for metrics and logs; the client sees `playback_resumed` when audio had started.
     FalseAlarm {
@@ -448,7 +465,7 @@ pub enum Output {
 /// What a client changes in its own session (`Session::handle_update`). Each field that is
 /// `Some` replaces the setting; the owner validated the values (the server's codec checks their
 /// ranges and sizes). A change applies from the next response.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SessionUpdate {
     /// The system prompt.
     pub instructions: Option<String>,
@@ -468,6 +485,34 @@ pub struct SessionUpdate {
     pub voice: Option<String>,
     /// `SessionConfig::language`.
     pub language: Option<String>,
+    /// The server VAD's settings.
+    pub vad: Option<VadTuning>,
+}
+
+/// Settings of one response only (`Session::handle_respond_with`): each field that is `Some`
+/// replaces the session's setting for that response; the session's own settings stay as they
+/// are. The owner validated the values, as for `SessionUpdate`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResponseOverrides {
+    /// The system prompt.
+    pub instructions: Option<String>,
+    /// The client-side tools offered.
+    pub tools: Option<Vec<ClientTool>>,
+    /// The voice asked of the TTS.
+    pub voice: Option<String>,
+}
+
+/// The server VAD's settings a client may change (`SessionUpdate::vad`); each `Some` replaces
+/// the session's.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct VadTuning {
+    /// Silero's speech probability that starts speech (0 to 1); speech continues down to 0.15
+    /// less. webrtc-vad has no such threshold and ignores it.
+    pub threshold: Option<f32>,
+    /// Unvoiced audio that ends speech (`VadConfig::hangover_ms`).
+    pub silence_ms: Option<u32>,
+    /// Audio kept from before the onset (`SessionConfig::preroll`).
+    pub prefix_padding_ms: Option<u32>,
 }
 
 /// A tool the client runs: the LLM is offered it, and its calls go to the client.
@@ -529,5 +574,17 @@ pub enum Rejection {
         index: usize,
         /// The name.
         name: String,
+    },
+    /// A truncation or a deletion of a turn the history has nothing of: the part was never
+    /// said (or heard), was deleted, or is older than what the session keeps (only the last
+    /// answer can be truncated once it ended).
+    NotInHistory {
+        /// The turn.
+        turn: TurnId,
+    },
+    /// A deletion of a part of the turn still being answered: cancel the response first.
+    InProgress {
+        /// The turn.
+        turn: TurnId,
     },
 }
