@@ -383,6 +383,8 @@ pub(crate) struct ServerSection {
     /// On SIGTERM/SIGINT, responses in progress may finish for this long before every session is
     /// closed, in seconds.
     pub(crate) drain_timeout_s: u64,
+    /// Serve the browser demo page at `/` and its client, `/voxd.js`; false answers 404.
+    pub(crate) demo_page: bool,
 }
 
 impl Default for ServerSection {
@@ -395,6 +397,7 @@ impl Default for ServerSection {
             send_timeout_ms: 10_000,
             send_buffer_bytes: 64 * 1024,
             drain_timeout_s: 30,
+            demo_page: true,
         }
     }
 }
@@ -1006,6 +1009,8 @@ pub(crate) struct Server {
     pub(crate) send_buffer_bytes: usize,
     /// How long a drain waits for responses in progress.
     pub(crate) drain_timeout: Duration,
+    /// Serve the demo page and `/voxd.js`.
+    pub(crate) demo_page: bool,
 }
 
 /// `[circuit_breaker]`, validated.
@@ -1254,6 +1259,7 @@ impl Config {
                 send_timeout: Duration::from_millis(file.server.send_timeout_ms),
                 send_buffer_bytes: file.server.send_buffer_bytes,
                 drain_timeout: Duration::from_secs(file.server.drain_timeout_s),
+                demo_page: file.server.demo_page,
             },
             metrics_enabled: file.metrics.enabled,
             limits: file.limits,

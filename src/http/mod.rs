@@ -6,7 +6,8 @@
 //! - `auth.rs`: the key/token/origin middleware and `POST /v1/tokens`;
 //! - `health.rs`: the probes; `/metrics` is here;
 //! - `error.rs`: `{"error": {"code", "message"}}` and the refusals of lower layers as responses;
-//! - `client_ip.rs`: the address the quotas key a request by.
+//! - `client_ip.rs`: the address the quotas key a request by;
+//! - `demo.rs`: the browser demo page and `/voxd.js`, embedded in the binary.
 //!
 //! Serving it is the transport's job (`transport::serve`); this module only answers requests.
 
@@ -23,6 +24,7 @@ use crate::state::AppState;
 
 mod auth;
 mod client_ip;
+mod demo;
 mod error;
 mod health;
 mod transcribe;
@@ -32,7 +34,8 @@ mod upgrade;
 pub use transcribe::fuzz::wav;
 
 /// The router: `/ws`, `/v1/realtime`, `/twilio`, `/v1/transcribe`, `/metrics`, `/health/live`, `/health/ready`,
-/// `/health/startup`. Every route's requests are counted and timed.
+/// `/health/startup`, and the demo page (`/`, `/voxd.js`, ...) unless `server.demo_page` is off.
+/// Every route's requests are counted and timed.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     // The transcribe handler enforces `max_body_bytes` itself (with a JSON 413); this only lifts
     // axum's 2 MB default for the multipart extractor to the same limit.
@@ -64,6 +67,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/health/startup", get(health::startup));
     let open = if signed_twilio {
         open.route("/twilio", get(upgrade::twilio_upgrade))
+    } else {
+        open
+    };
+    // A browser navigating to the page cannot send a key; the page has no secret in it.
+    let open = if state.config.server.demo_page {
+        demo::routes(open)
     } else {
         open
     };
