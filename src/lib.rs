@@ -34,10 +34,11 @@ pub use state::AppState;
 
 /// Serves `state` on `listener`: the HTTP routes (`/ws`, `/v1/transcribe`, `/v1/tokens`,
 /// `/metrics`, the health probes) on voxd's own accept loop, until `shutdown` completes. Then it
-/// drains: `/health/ready` turns 503 and new sessions are refused at once. Every live session is
-/// told (`shutdown`), finishes the response in progress and closes with 1001. Sessions still open
-/// after `drain_timeout` are closed; then the listener stops, and HTTP requests in flight get up
-/// to one more `drain_timeout` to finish.
+/// drains: `/health/ready` turns 503 at once, while new sessions are still admitted and served
+/// for `server.drain_grace_s` (or until [`AppState::end_drain_grace`]). Then new sessions are
+/// refused, and every live session is told (`shutdown`), finishes the response in progress and
+/// closes with 1001. Sessions still open `drain_timeout` after the grace are closed; then the
+/// listener stops, and HTTP requests in flight get up to one more `drain_timeout` to finish.
 ///
 /// # Errors
 /// When the listener fails.

@@ -223,7 +223,19 @@ async fn run_server(
         "accepting connections"
     );
     let drain = state.config.drain_timeout();
-    serve(listener, state, shutdown_signal(), drain).await?;
+    // The first SIGTERM or SIGINT starts the drain with its lame-duck grace; a second one ends
+    // the grace at once (an operator's second Ctrl-C).
+    let shutdown = {
+        let state = std::sync::Arc::clone(&state);
+        async move {
+            shutdown_signal().await;
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                state.end_drain_grace();
+            });
+        }
+    };
+    serve(listener, state, shutdown, drain).await?;
     tracing::info!("stopped");
     Ok(())
 }

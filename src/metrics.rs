@@ -37,8 +37,12 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// Sessions live now.
     pub sessions_active: Gauge,
+    /// The admission limit, `server.max_sessions`: with `sessions_active`, the share in use.
+    pub sessions_max: Gauge,
     /// Sessions admitted.
     pub sessions_total: Counter,
+    /// Sessions whose connection dropped, waiting for their client to resume them.
+    pub sessions_parked: Gauge,
     refused_full: Counter,
     refused_draining: Counter,
     turns: [Counter; 3],
@@ -100,7 +104,9 @@ impl Metrics {
         ];
         Metrics {
             sessions_active: recorder.register_gauge(&key("voxd_sessions_active", &[]), &METADATA),
+            sessions_max: recorder.register_gauge(&key("voxd_sessions_max", &[]), &METADATA),
             sessions_total: counter("voxd_sessions_total", &[]),
+            sessions_parked: recorder.register_gauge(&key("voxd_sessions_parked", &[]), &METADATA),
             refused_full: counter("voxd_sessions_refused_total", &[("reason", "full")]),
             refused_draining: counter("voxd_sessions_refused_total", &[("reason", "draining")]),
             turns,
@@ -241,6 +247,13 @@ impl Metrics {
     }
 
     /// A session ended; `reason` is one of the fixed labels in docs/metrics.md.
+    /// A resume was tried: `result` is `resumed`, `unknown` or `denied`.
+    pub fn resume(&self, result: &'static str) {
+        self.recorder
+            .register_counter(&key("voxd_resumes_total", &[("result", result)]), &METADATA)
+            .increment(1);
+    }
+
     pub fn session_closed(&self, reason: &'static str) {
         self.recorder
             .register_counter(
@@ -369,6 +382,23 @@ fn describe(r: &PrometheusRecorder) {
         KeyName::from_const_str("voxd_sessions_active"),
         None,
         SharedString::const_str("WebSocket sessions live now"),
+    );
+    r.describe_gauge(
+        KeyName::from_const_str("voxd_sessions_max"),
+        None,
+        SharedString::const_str("The admission limit (server.max_sessions)"),
+    );
+    r.describe_gauge(
+        KeyName::from_const_str("voxd_sessions_parked"),
+        None,
+        SharedString::const_str(
+            "Sessions whose connection dropped, waiting for their client to resume them (counted in voxd_sessions_active)",
+        ),
+    );
+    c(
+        "voxd_resumes_total",
+        None,
+        "Resume attempts, by result: resumed, unknown (no such session waiting here), denied (wrong credential)",
     );
     c(
         "voxd_sessions_total",

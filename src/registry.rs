@@ -1,15 +1,30 @@
-//! The session registry: admission up to `max_sessions`, and the list of live sessions.
+//! The session registry: admission up to `max_sessions`, the list of live sessions, and the
+//! server's `Phase` on the way to shutdown.
 //!
 //! Admission is a compare-and-swap on one counter, so two upgrades racing for the last slot cannot
 //! both win. A `Permit` is the session's place: dropping it (when the session's task ends, however
 //! it ends) frees the slot and removes the session from the registry.
+//!
+//! The phase only moves forward:
+//!
+//! | phase      | `/health/ready` | new sessions | live sessions                     | left by                                  |
+//! |------------|-----------------|--------------|-----------------------------------|------------------------------------------|
+//! | `Serving`  | 200 (unless full or providers are down) | admitted | served | `lame_duck` (SIGTERM with a grace), `drain` (without) |
+//! | `LameDuck` | 503 `draining`  | admitted, served as usual | served as usual, not told | `drain`, when the grace ends or is cut short (`end_grace`) |
+//! | `Draining` | 503 `draining`  | refused (503) | told (`DRAIN`), closed (`CLOSE`) at the deadline | never |
+//!
+//! Sessions admitted in the lame-duck phase are told nothing yet, like the older ones: telling a
+//! session makes it close after its response, and its client would reconnect through a balancer
+//! that may still send it here. Every session, old or new, is told at the same moment, when
+//! admission closes.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// `Signal` flag: the server is draining; finish the response in progress, then close.
@@ -74,6 +89,29 @@ pub(crate) struct SessionEntry {
     pub signal: Arc<Signal>,
 }
 
+/// Where the server is on its way to shutdown (the module doc has the transition table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Phase {
+    /// Ready and admitting.
+    Serving = 0,
+    /// Shutdown has begun: not ready, so balancers stop sending callers here, but the callers
+    /// that still arrive are admitted and served (`server.drain_grace_s`).
+    LameDuck = 1,
+    /// Admission is closed; the live sessions finish their responses and close.
+    Draining = 2,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Serving,
+            1 => Phase::LameDuck,
+            _ => Phase::Draining,
+        }
+    }
+}
+
 /// Why a session was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -89,11 +127,15 @@ pub struct SessionManager {
     sessions: DashMap<SessionId, SessionEntry>,
     active: AtomicUsize,
     max: usize,
-    draining: AtomicBool,
+    /// A `Phase`, only ever raised.
+    phase: AtomicU8,
     total: AtomicU64,
     refused: AtomicU64,
     /// When the drain ends and the remaining sessions are closed.
     drain_deadline: OnceLock<Instant>,
+    /// Cancelled to end the lame-duck grace early (it latches: a cut before the grace begins
+    /// skips it).
+    grace_cut: CancellationToken,
 }
 
 impl SessionManager {
@@ -103,17 +145,18 @@ impl SessionManager {
             sessions: DashMap::new(),
             active: AtomicUsize::new(0),
             max,
-            draining: AtomicBool::new(false),
+            phase: AtomicU8::new(Phase::Serving as u8),
             total: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             drain_deadline: OnceLock::new(),
+            grace_cut: CancellationToken::new(),
         })
     }
 
-    /// Admits a session, or says why not.
+    /// Admits a session, or says why not. In the lame-duck phase sessions are still admitted.
     ///
     /// # Errors
-    /// `Refusal::Full` at capacity, `Refusal::Draining` during shutdown.
+    /// `Refusal::Full` at capacity, `Refusal::Draining` once admission has closed.
     pub fn try_admit(self: &Arc<Self>) -> Result<Permit, Refusal> {
         if self.is_draining() {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -139,7 +182,7 @@ impl SessionManager {
             },
         );
         // A drain that began while this session was being inserted may have missed it.
-        if self.draining.load(Ordering::SeqCst) {
+        if self.phase() == Phase::Draining {
             signal.raise(DRAIN);
         }
         Ok(Permit {
@@ -180,16 +223,42 @@ impl SessionManager {
         self.active() >= self.max
     }
 
-    /// Whether shutdown has begun.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+    /// Where the server is on its way to shutdown.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::SeqCst))
     }
 
-    /// Starts draining: new sessions are refused from now on, and every live session is told to
-    /// finish its response in progress and close within `timeout`.
+    /// Whether admission has closed (`Phase::Draining`).
+    pub fn is_draining(&self) -> bool {
+        self.phase() == Phase::Draining
+    }
+
+    fn raise_phase(&self, to: Phase) {
+        self.phase.fetch_max(to as u8, Ordering::SeqCst);
+    }
+
+    /// Starts the lame-duck grace: readiness fails from now on, while sessions are still admitted
+    /// and served. Does nothing once admission has closed.
+    pub fn lame_duck(&self) {
+        self.raise_phase(Phase::LameDuck);
+    }
+
+    /// Ends the lame-duck grace early, or skips the next one when it has not begun (a second
+    /// SIGTERM; a test's shutdown).
+    pub fn end_grace(&self) {
+        self.grace_cut.cancel();
+    }
+
+    /// Resolves once `end_grace` has been called.
+    pub fn grace_ended(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.grace_cut.cancelled()
+    }
+
+    /// Closes admission: new sessions are refused from now on, and every live session is told to
+    /// finish its response in progress and close within `timeout`, which starts now.
     pub fn drain(&self, timeout: Duration) {
         let _ = self.drain_deadline.set(Instant::now() + timeout);
-        self.draining.store(true, Ordering::SeqCst);
+        self.raise_phase(Phase::Draining);
         for entry in &self.sessions {
             entry.signal.raise(DRAIN);
         }
@@ -204,7 +273,7 @@ impl SessionManager {
 
     /// Closes every live session now (the drain deadline has passed).
     pub fn close_all(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.raise_phase(Phase::Draining);
         for entry in &self.sessions {
             entry.signal.raise(CLOSE);
         }
@@ -268,6 +337,45 @@ mod tests {
         m.close_all();
         assert_eq!(signal.flags(), DRAIN | CLOSE);
         assert_eq!(m.try_admit().unwrap_err(), Refusal::Draining);
+    }
+
+    #[test]
+    fn the_lame_duck_admits_and_tells_nobody_until_admission_closes() {
+        let m = SessionManager::new(10);
+        let old = m.try_admit().unwrap();
+        m.lame_duck();
+        assert_eq!(m.phase(), Phase::LameDuck);
+        assert!(!m.is_draining(), "admission is still open");
+        let new = m.try_admit().expect("a lame duck admits");
+        assert_eq!(old.signal().flags(), 0, "nobody is told during the grace");
+        assert_eq!(new.signal().flags(), 0);
+        assert_eq!(
+            m.drain_remaining(),
+            Duration::ZERO,
+            "the drain clock has not started"
+        );
+        m.drain(Duration::from_secs(30));
+        assert_eq!(m.phase(), Phase::Draining);
+        assert_eq!(
+            old.signal().flags(),
+            DRAIN,
+            "old and new sessions are told alike"
+        );
+        assert_eq!(new.signal().flags(), DRAIN);
+        assert_eq!(m.try_admit().unwrap_err(), Refusal::Draining);
+        // The phase never goes back.
+        m.lame_duck();
+        assert_eq!(m.phase(), Phase::Draining);
+    }
+
+    #[tokio::test]
+    async fn ending_the_grace_latches() {
+        let m = SessionManager::new(1);
+        m.end_grace();
+        // Already ended: resolves at once, even though the grace had not begun.
+        tokio::time::timeout(Duration::from_secs(5), m.grace_ended())
+            .await
+            .expect("a grace ended before it began stays ended");
     }
 
     #[tokio::test]

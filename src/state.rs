@@ -74,6 +74,8 @@ impl AppState {
             })?;
         }
         let quotas = Quotas::from_config(&config.quotas);
+        let metrics = Metrics::new();
+        metrics.sessions_max.set(config.server.max_sessions as f64);
         Ok(Arc::new(AppState {
             auth: Auth::new(&config.auth),
             quotas: Arc::new(quotas),
@@ -81,7 +83,14 @@ impl AppState {
             config,
             providers,
             tracker: TaskTracker::new(),
-            metrics: Metrics::new(),
+            metrics,
         }))
+    }
+
+    /// Ends the drain's lame-duck grace (`server.drain_grace_s`) now: admission closes and the
+    /// live sessions are told to finish. Called before shutdown begins, the grace is skipped.
+    /// `voxd serve` calls it on a second SIGTERM or SIGINT.
+    pub fn end_drain_grace(&self) {
+        self.sessions.end_grace();
     }
 }

@@ -107,7 +107,9 @@ async fn health_probes() {
 /// the runtime's task count go back to where they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_of_a_session_ends_when_its_socket_closes() {
-    let server = TestServer::start().await;
+    // A dropped connection would park its session for `resume_window_s` (tests/resume.rs checks
+    // that a parked session ends with its window); here the sessions end with their sockets.
+    let server = TestServer::start_with("[server]\nresume_window_s = 0\n").await;
     let metrics = tokio::runtime::Handle::current().metrics();
     // One session first, so that whatever the stack spawns once, lazily, is in the baseline.
     server.connect().await.close().await;

@@ -875,7 +875,9 @@ fn event_turn(e: &Event) -> TurnId {
         | Event::ResponseDone { turn, .. }
         | Event::FalseAlarm { turn }
         | Event::ProviderError { turn, .. } => *turn,
-        Event::Truncated { turn, .. } | Event::Deleted { turn, .. } => *turn,
+        Event::Truncated { turn, .. }
+        | Event::Deleted { turn, .. }
+        | Event::Rewound { turn, .. } => *turn,
         Event::SessionUpdated { .. } | Event::Rejected(_) => TurnId(0),
     }
 }

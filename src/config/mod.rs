@@ -380,11 +380,18 @@ pub(crate) struct ServerSection {
     /// kernel's autotuning (up to `net.ipv4.tcp_wmem`, often 4 MiB). It bounds what a client that
     /// stopped reading can pin in kernel memory until `send_timeout_ms` closes it.
     pub(crate) send_buffer_bytes: usize,
-    /// On SIGTERM/SIGINT, responses in progress may finish for this long before every session is
+    /// On SIGTERM/SIGINT, `/health/ready` fails at once but new sessions are still admitted, and
+    /// served, for this long: the balancers' and the endpoints' reaction time, in seconds. 0
+    /// stops admitting at once.
+    pub(crate) drain_grace_s: u64,
+    /// After the grace, responses in progress may finish for this long before every session is
     /// closed, in seconds.
     pub(crate) drain_timeout_s: u64,
     /// Serve the browser demo page at `/` and its client, `/voxd.js`; false answers 404.
     pub(crate) demo_page: bool,
+    /// A `/ws` session whose connection drops without a close waits this long for its client
+    /// to come back (`?resume=`), in seconds; 0 ends it at once.
+    pub(crate) resume_window_s: u64,
 }
 
 impl Default for ServerSection {
@@ -396,8 +403,10 @@ impl Default for ServerSection {
             max_message_bytes: 1 << 20,
             send_timeout_ms: 10_000,
             send_buffer_bytes: 64 * 1024,
+            drain_grace_s: 5,
             drain_timeout_s: 30,
             demo_page: true,
+            resume_window_s: 30,
         }
     }
 }
@@ -713,6 +722,18 @@ impl ServerSection {
         if self.max_message_bytes < 1024 {
             return Err(invalid("server.max_message_bytes", "must be at least 1024"));
         }
+        if self.resume_window_s > 3600 {
+            return Err(invalid(
+                "server.resume_window_s",
+                format!("is {}; expected 0 to 3600", self.resume_window_s),
+            ));
+        }
+        if self.drain_grace_s > 3600 {
+            return Err(invalid(
+                "server.drain_grace_s",
+                format!("is {}; expected 0 to 3600", self.drain_grace_s),
+            ));
+        }
         if self.drain_timeout_s > 3600 {
             return Err(invalid(
                 "server.drain_timeout_s",
@@ -1007,10 +1028,14 @@ pub(crate) struct Server {
     pub(crate) send_timeout: Duration,
     /// The socket's send buffer (0: the kernel decides).
     pub(crate) send_buffer_bytes: usize,
+    /// How long a drain still admits sessions, after readiness fails.
+    pub(crate) drain_grace: Duration,
     /// How long a drain waits for responses in progress.
     pub(crate) drain_timeout: Duration,
     /// Serve the demo page and `/voxd.js`.
     pub(crate) demo_page: bool,
+    /// How long a dropped `/ws` session waits for its client (zero: not at all).
+    pub(crate) resume_window: Duration,
 }
 
 /// `[circuit_breaker]`, validated.
@@ -1162,6 +1187,12 @@ impl Config {
         self.server.drain_timeout
     }
 
+    /// How long a drain still admits new sessions after readiness fails
+    /// (`server.drain_grace_s`).
+    pub fn drain_grace(&self) -> Duration {
+        self.server.drain_grace
+    }
+
     /// Validates a parsed file: the high stage. Each section checks itself once.
     ///
     /// # Errors
@@ -1245,6 +1276,7 @@ impl Config {
             client_tool_timeout: timeouts.tool,
             // The codec's: Twilio's player drops its buffer on `clear`.
             client_discards_on_pause: false,
+            resumable: false,
             client_tools: Arc::from([]),
             voice: None,
             language: None,
@@ -1258,8 +1290,10 @@ impl Config {
                 max_message_bytes: file.server.max_message_bytes,
                 send_timeout: Duration::from_millis(file.server.send_timeout_ms),
                 send_buffer_bytes: file.server.send_buffer_bytes,
+                drain_grace: Duration::from_secs(file.server.drain_grace_s),
                 drain_timeout: Duration::from_secs(file.server.drain_timeout_s),
                 demo_page: file.server.demo_page,
+                resume_window: Duration::from_secs(file.server.resume_window_s),
             },
             metrics_enabled: file.metrics.enabled,
             limits: file.limits,

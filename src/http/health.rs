@@ -1,6 +1,9 @@
 //! The health probes, open to everyone (no key): `/health/live` (the process answers),
-//! `/health/ready` (503 while draining, full, or while every provider of a stage is skipped by
-//! its breaker) and `/health/startup`.
+//! `/health/ready` (503 from the start of shutdown, at capacity, or while every provider of a
+//! stage is skipped by its breaker) and `/health/startup`.
+//!
+//! Readiness fails at the first moment of shutdown, while admission stays open for the lame-duck
+//! grace (`registry::Phase::LameDuck`): the body's `admitting` tells the two phases apart.
 
 use std::sync::Arc;
 
@@ -10,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::registry::Phase;
 use crate::state::AppState;
 
 pub(super) async fn live() -> Response {
@@ -18,13 +22,15 @@ pub(super) async fn live() -> Response {
 
 pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let s = &state.sessions;
+    let phase = s.phase();
     let body = json!({
         "active_sessions": s.active(),
         "max_sessions": s.max(),
-        "draining": s.is_draining(),
+        "draining": phase != Phase::Serving,
+        "admitting": phase != Phase::Draining,
         "providers": state.providers.status(),
     });
-    let (status, label) = if s.is_draining() {
+    let (status, label) = if phase != Phase::Serving {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if s.is_full() {
         (StatusCode::SERVICE_UNAVAILABLE, "full")

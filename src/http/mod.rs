@@ -76,7 +76,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     } else {
         open
     };
+    // The `/ws` sessions waiting to be resumed: the upgrade handler hands them their client's
+    // new connection.
+    let parked = Arc::new(crate::session::ParkedSessions::default());
     open.merge(guarded)
+        .layer(axum::Extension(parked))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             track_http,

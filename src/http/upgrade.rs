@@ -18,7 +18,7 @@ use super::error::{error_response, quota_refused, unavailable};
 use crate::access::Identity;
 use crate::config::SUPPORTED_RATES;
 use crate::registry::Refusal;
-use crate::session;
+use crate::session::{self, ParkedSessions, ResumeRefusal};
 use crate::state::AppState;
 use crate::transport::WsUpgrade;
 use crate::wire::{Codec, RealtimeCodec, TwilioCodec, VoxdCodec, REALTIME_RATE, TWILIO_RATE};
@@ -41,6 +41,7 @@ pub(super) async fn ws_upgrade(
     Query(params): Query<HashMap<String, String>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(who): Extension<Identity>,
+    Extension(parked): Extension<Arc<ParkedSessions>>,
     headers: HeaderMap,
     ws: WsUpgrade,
 ) -> Response {
@@ -57,7 +58,72 @@ pub(super) async fn ws_upgrade(
             }
         },
     };
-    admit(state, peer, &who, &headers, ws, VoxdCodec::new(rate), rate)
+    if let Some(id) = params.get("resume") {
+        return resume(&state, &parked, id, &params, ws);
+    }
+    let codec = VoxdCodec::new(rate);
+    admit(state, peer, &who, &headers, ws, codec, rate, Some(parked))
+}
+
+/// `/ws?resume=SESSION_ID&resume_token=TOKEN&received=TURN:BYTES`: hands a new connection to a
+/// parked session (`session::resume`). It takes no new place: the parked session holds its own.
+fn resume(
+    state: &Arc<AppState>,
+    parked: &ParkedSessions,
+    id: &str,
+    params: &HashMap<String, String>,
+    ws: WsUpgrade,
+) -> Response {
+    let token = params.get("resume_token").map_or("", String::as_str);
+    let claimed = uuid::Uuid::parse_str(id)
+        .map_err(|_| ResumeRefusal::Unknown)
+        .and_then(|id| parked.claim(crate::registry::SessionId(id), token));
+    let handoff = match claimed {
+        Ok(h) => h,
+        Err(ResumeRefusal::Unknown) => {
+            state.metrics.resume("unknown");
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "resume_unknown",
+                &format!(
+                    "no session {:?} is waiting to be resumed here: it ended, its resume window \
+                     (server.resume_window_s) passed, or it lives on another instance; start a new \
+                     session",
+                    id.chars().take(64).collect::<String>()
+                ),
+            );
+        }
+        Err(ResumeRefusal::Denied) => {
+            state.metrics.resume("denied");
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "resume_denied",
+                "resume_token is not this session's: send the resume_token of its ready message",
+            );
+        }
+    };
+    state.metrics.resume("resumed");
+    let received = params
+        .get("received")
+        .and_then(|v| session::parse_received(v));
+    ws.on_upgrade(ws_config(state), move |socket| async move {
+        // The parked session takes it from here (it gave up only if it is gone).
+        let _ = handoff.send(session::Resumed { socket, received });
+    })
+}
+
+/// The WebSocket settings of a session.
+fn ws_config(state: &AppState) -> tungstenite::protocol::WebSocketConfig {
+    let max = state.config.server.max_message_bytes;
+    // tungstenite's 128 KiB default buffers would be most of a session's memory. Audio frames
+    // are a few hundred bytes and voxd flushes after every batch of outputs, so small buffers
+    // cost nothing (a larger message still arrives whole; the buffer grows for it).
+    tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER + max)
 }
 
 /// `GET /v1/realtime`: the OpenAI Realtime protocol. Auth and admission are `/ws`'s; `model`
@@ -86,6 +152,7 @@ pub(super) async fn realtime_upgrade(
         ws,
         RealtimeCodec::new(model),
         REALTIME_RATE,
+        None,
     )
 }
 
@@ -118,7 +185,7 @@ pub(super) async fn twilio_upgrade(
     }
     let who = who.map_or(Identity::Anonymous, |Extension(w)| w);
     let codec = TwilioCodec::new(twilio.parameters.clone());
-    admit(state, peer, &who, &headers, ws, codec, TWILIO_RATE)
+    admit(state, peer, &who, &headers, ws, codec, TWILIO_RATE, None)
 }
 
 /// The URL Twilio signed: the configured public one (with the request's query), or `wss://`, the
@@ -155,7 +222,9 @@ fn verify_twilio(token: &str, url: &str, signature: Option<&str>) -> Result<(), 
 }
 
 /// Admits a session (the client's quotas first, then the registry's `max_sessions`) and hands
-/// the upgraded socket to the session driver with `codec`.
+/// the upgraded socket to the session driver with `codec`. With `parked`, a dropped connection
+/// parks the session there for its client to resume.
+#[allow(clippy::too_many_arguments)]
 fn admit<C: Codec>(
     state: Arc<AppState>,
     peer: SocketAddr,
@@ -164,6 +233,7 @@ fn admit<C: Codec>(
     ws: WsUpgrade,
     codec: C,
     rate: SampleRate,
+    parked: Option<Arc<ParkedSessions>>,
 ) -> Response {
     let ip = client_ip(peer.ip(), headers, state.quotas.trust_x_forwarded_for);
     let quota = match state.quotas.admit(ip, who.key_id()) {
@@ -181,24 +251,28 @@ fn admit<C: Codec>(
             return unavailable(&state, refusal);
         }
     };
-    let max = state.config.server.max_message_bytes;
     let tracker = state.tracker.clone();
-    // tungstenite's 128 KiB default buffers would be most of a session's memory. Audio frames
-    // are a few hundred bytes and voxd flushes after every batch of outputs, so small buffers
-    // cost nothing (a larger message still arrives whole; the buffer grows for it).
-    let config = tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .max_write_buffer_size(WS_MAX_WRITE_BUFFER + max);
-    ws.on_upgrade(config, move |socket| {
+    let config = ws_config(&state);
+    // A balancer learns which instance holds the session from this header, to send its resume
+    // (`?resume=`) back here (deploy/haproxy.cfg: `stick store-response`).
+    let session_header = parked
+        .is_some()
+        .then(|| header::HeaderValue::from_str(&permit.id().to_string()).ok())
+        .flatten();
+    let mut response = ws.on_upgrade(config, move |socket| {
         tracker.track_future(async move {
-            session::run(socket, state, permit, codec, rate).await;
+            session::run(socket, state, permit, codec, rate, parked).await;
             drop(quota);
         })
-    })
+    });
+    if let Some(id) = session_header {
+        response.headers_mut().insert(SESSION_HEADER, id);
+    }
+    response
 }
+
+/// The response header of a `/ws` upgrade that names its session.
+const SESSION_HEADER: header::HeaderName = header::HeaderName::from_static("x-voxd-session");
 
 #[cfg(test)]
 mod tests {

@@ -36,6 +36,7 @@ use voxd_core::{AsrStreamEvent, Event, Output, ProviderEvent, SampleRate, Sessio
 
 use super::calls::{self, Call};
 use super::limits::{Admit, ClientLimits};
+use super::resume::{self, ParkedSessions, Resumed};
 use crate::metrics::WireCounts;
 use crate::providers::failure;
 use crate::registry::{Permit, Signal, CLOSE, DRAIN};
@@ -54,6 +55,8 @@ struct Exit {
     /// The reason for the log and the close frame.
     reason: &'static str,
     close: Option<(u16, &'static str)>,
+    /// The connection dropped without a close (1006): the client may come back.
+    dropped: bool,
 }
 
 impl Exit {
@@ -63,6 +66,15 @@ impl Exit {
             label,
             reason,
             close: None,
+            dropped: false,
+        }
+    }
+
+    /// The connection dropped without a close: a resumable session waits for its client.
+    fn dropped(label: &'static str, reason: &'static str) -> Exit {
+        Exit {
+            dropped: true,
+            ..Exit::quiet(label, reason)
         }
     }
 
@@ -72,6 +84,7 @@ impl Exit {
             label,
             reason,
             close: Some((code, reason)),
+            dropped: false,
         }
     }
 
@@ -89,6 +102,18 @@ impl Exit {
 /// How long a close handshake may take.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Most frames a parked session keeps for its client (the events of a response going on while
+/// it is away; no audio is made then). Beyond, the session ends.
+const MAX_PARKED_FRAMES: usize = 4096;
+
+/// How one connection of a session ended.
+enum End {
+    /// The session is over.
+    Over(&'static str),
+    /// The connection dropped; the session may be resumed.
+    Dropped(&'static str),
+}
+
 /// Runs one session until its socket closes or the server shuts down. `codec` speaks the client's
 /// protocol; `input_rate` is the rate of the client's audio, for its limits.
 pub(crate) async fn run<C: Codec>(
@@ -97,6 +122,7 @@ pub(crate) async fn run<C: Codec>(
     permit: Permit,
     codec: C,
     input_rate: SampleRate,
+    parked: Option<Arc<ParkedSessions>>,
 ) {
     let id = permit.id();
     let span = info_span!("session", session_id = %id);
@@ -104,8 +130,39 @@ pub(crate) async fn run<C: Codec>(
         info!(input_rate = input_rate.hz(), "session started");
         app.metrics.sessions_total.increment(1);
         app.metrics.sessions_active.increment(1.0);
-        let mut driver = Driver::new(Arc::clone(&app), codec, input_rate, permit.signal());
-        let reason = driver.run(socket, &id.to_string()).await;
+        let mut driver = Driver::new(Arc::clone(&app), codec, input_rate, permit.signal(), parked);
+        let token = driver.resumable.then(resume::new_token);
+        let session_id = id.to_string();
+        let mut socket = socket;
+        let mut resumed = false;
+        let reason = loop {
+            match driver
+                .run(socket, &session_id, token.as_deref(), resumed)
+                .await
+            {
+                End::Over(reason) => break reason,
+                End::Dropped(reason) => {
+                    let token = token.as_deref().unwrap_or_default();
+                    info!(
+                        reason,
+                        "connection dropped; waiting for the client to resume"
+                    );
+                    match driver.park(id, token).await {
+                        Some(back) => {
+                            info!("session resumed");
+                            let now = driver.now();
+                            driver.core.handle_reconnect(now, back.received);
+                            socket = back.socket;
+                            resumed = true;
+                        }
+                        None => {
+                            app.metrics.session_closed("abandoned");
+                            break "not resumed in time";
+                        }
+                    }
+                }
+            }
+        };
         app.metrics.add_wire(&mut driver.wire);
         app.metrics.sessions_active.decrement(1.0);
         info!(reason, "session ended");
@@ -138,6 +195,12 @@ struct Driver<C> {
     /// The streaming ASR's recognition streams: the utterance being captured, and utterances that
     /// ended and are finalizing (at most `voxd_core::session::MAX_STREAMS` in all).
     live: Vec<LiveStream>,
+    /// The registry's flags seen so far, and whether the session is draining.
+    seen: u8,
+    draining: bool,
+    /// A dropped connection parks the session here for `server.resume_window_s` (`/ws` only).
+    parked: Option<Arc<ParkedSessions>>,
+    resumable: bool,
 }
 
 /// One utterance's recognition stream, opened when the core asked (`Output::OpenAsrStream`). The
@@ -189,7 +252,13 @@ fn live_event(
 }
 
 impl<C: Codec> Driver<C> {
-    fn new(app: Arc<AppState>, codec: C, input_rate: SampleRate, signal: Arc<Signal>) -> Self {
+    fn new(
+        app: Arc<AppState>,
+        codec: C,
+        input_rate: SampleRate,
+        signal: Arc<Signal>,
+        parked: Option<Arc<ParkedSessions>>,
+    ) -> Self {
         let app_limits = app.config.limits.clone();
         let app_timeouts = app.config.timeouts;
         // The protocol may fix the answer's rate, and whether its player keeps its buffer.
@@ -198,7 +267,14 @@ impl<C: Codec> Driver<C> {
             cfg.output_rate = rate;
         }
         cfg.client_discards_on_pause = codec.discards_on_pause();
+        let resumable =
+            parked.is_some() && codec.resumable() && !app.config.server.resume_window.is_zero();
+        cfg.resumable = resumable;
         Driver {
+            seen: 0,
+            draining: false,
+            parked,
+            resumable,
             output_rate: cfg.output_rate,
             core: Session::new(cfg),
             app,
@@ -296,8 +372,15 @@ impl<C: Codec> Driver<C> {
         Time::from_duration(self.started.elapsed())
     }
 
-    /// The session's loop; returns why it ended.
-    async fn run(&mut self, socket: WebSocket, session_id: &str) -> &'static str {
+    /// The session's loop over one connection; returns how it ended. `token`: the resume token
+    /// to tell the client; `resumed`: the client came back to this session.
+    async fn run(
+        &mut self,
+        socket: WebSocket,
+        session_id: &str,
+        token: Option<&str>,
+        resumed: bool,
+    ) -> End {
         // One socket, not split: reads happen only inside `select!` and writes only after it, so
         // there is no need for the lock a split would take on every frame.
         let mut tx = socket;
@@ -305,8 +388,14 @@ impl<C: Codec> Driver<C> {
             session_id,
             output_rate: self.output_rate,
             server_vad: self.app.config.session.vad.is_some(),
+            resume_token: token,
+            resumed,
         };
-        self.codec.hello(&hello, &mut self.outbox);
+        // The hello first, then what a parked session kept for its client.
+        let mut first = Vec::new();
+        self.codec.hello(&hello, &mut first);
+        first.append(&mut self.outbox);
+        self.outbox = first;
         let mut hello_written = Ok(());
         for frame in self.outbox.drain(..) {
             hello_written = tx.feed(message(frame)).await;
@@ -315,8 +404,11 @@ impl<C: Codec> Driver<C> {
             }
         }
         if hello_written.is_err() || tx.flush().await.is_err() {
+            if resumed {
+                return End::Dropped("client gone before ready");
+            }
             self.app.metrics.session_closed("client_closed");
-            return "client gone before ready";
+            return End::Over("client gone before ready");
         }
         let send_timeout = self.app.config.server.send_timeout;
         // One send deadline for the session, pushed back before each output step: extending a
@@ -329,8 +421,6 @@ impl<C: Codec> Driver<C> {
         tokio::pin!(sleep);
         let mut armed: Option<Time> = None;
         let signal = Arc::clone(&self.signal);
-        let mut seen = 0u8;
-        let mut draining = false;
         // The idle timer is re-armed only when it fires (from the last message's time), so a
         // message costs a clock read, not a timer update.
         let idle_timeout = std::time::Duration::from_secs(self.app.config.limits.idle_timeout_s);
@@ -352,13 +442,13 @@ impl<C: Codec> Driver<C> {
                 // the rest back in turn: its input is rate-limited (dropped, then closed), and
                 // provider events are also polled while a write waits.
                 biased;
-                flags = signal.raised(seen) => {
-                    seen = flags;
+                flags = signal.raised(self.seen) => {
+                    self.seen = flags;
                     if flags & CLOSE != 0 {
                         break Exit::close("shutdown", 1001, "server shutting down");
                     }
-                    if flags & DRAIN != 0 && !draining {
-                        draining = true;
+                    if flags & DRAIN != 0 && !self.draining {
+                        self.draining = true;
                         let deadline_ms = self.app.sessions.drain_remaining().as_millis() as u64;
                         self.codec.notice(Notice::Shutdown { deadline_ms }, &mut self.outbox);
                     }
@@ -371,7 +461,8 @@ impl<C: Codec> Driver<C> {
                     }
                     let now = Time::from_duration(at.saturating_duration_since(self.started));
                     match msg {
-                    None => break Exit::quiet("client_closed", "client closed"),
+                    // The stream ended with no close frame: the connection dropped (1006).
+                    None => break Exit::dropped("client_closed", "connection dropped"),
                     Some(Err(e)) => {
                         debug!(error = %e, "socket error");
                         // A message over `server.max_message_bytes`: the WebSocket layer refused
@@ -383,7 +474,7 @@ impl<C: Codec> Driver<C> {
                                 "message larger than server.max_message_bytes",
                             );
                         }
-                        break Exit::quiet("socket_error", "socket error");
+                        break Exit::dropped("socket_error", "socket error");
                     }
                     Some(Ok(Message::Close(_))) => {
                         // Complete the closing handshake: the reply is queued by the WebSocket
@@ -498,7 +589,7 @@ impl<C: Codec> Driver<C> {
                 }
                 match written {
                     Some(Ok(())) => {}
-                    Some(Err(_)) => break 'session Exit::quiet("send_failed", "send failed"),
+                    Some(Err(_)) => break 'session Exit::dropped("send_failed", "send failed"),
                     // The client stopped reading: its socket buffer stayed full. The close frame
                     // is best effort (bounded by CLOSE_TIMEOUT): it reaches a client that reads
                     // again.
@@ -509,10 +600,29 @@ impl<C: Codec> Driver<C> {
                 self.app.metrics.add_wire(&mut self.wire);
             }
             // Draining: once no response is in progress, the session is done.
-            if draining && self.core.current_response().is_none() {
+            if self.draining && self.core.current_response().is_none() {
                 break Exit::close("drained", 1001, "server shutting down");
             }
         };
+        if exit.dropped && self.resumable && !self.draining {
+            // The session goes on without a connection, for now: `park`.
+            return End::Dropped(exit.reason);
+        }
+        if exit.label == "shutdown" {
+            // The drain deadline: a response still going ends first (`response_done`,
+            // interrupted, reason `shutdown`), so the client knows it was cut. Best effort.
+            let now = self.now();
+            self.core.handle_shutdown(now);
+            self.collect();
+            let frames = std::mem::take(&mut self.outbox);
+            let write = async {
+                for frame in frames {
+                    tx.feed(message(frame)).await?;
+                }
+                tx.flush().await
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, write).await;
+        }
         // The session is over: its provider calls stop now, before the closing handshake.
         self.calls = SelectAll::new();
         self.turns.clear();
@@ -536,7 +646,77 @@ impl<C: Codec> Driver<C> {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
         }
         self.app.metrics.session_closed(exit.label);
-        exit.reason
+        End::Over(exit.reason)
+    }
+
+    /// The connection dropped: the session waits, parked, for its client to come back with a
+    /// new one (`resume`). Meanwhile the response in progress is held (nothing is sent; the
+    /// core's `handle_disconnect`), its provider calls go on, and what the session has to say
+    /// is kept for the client. Returns the client's new connection, or `None` once the resume
+    /// window passes, the server drains, or too much piled up.
+    async fn park(&mut self, id: crate::registry::SessionId, token: &str) -> Option<Resumed> {
+        let now = self.now();
+        self.core.handle_disconnect(now);
+        let parked = Arc::clone(self.parked.as_ref()?);
+        let mut back = parked.park(id, token);
+        self.app.metrics.sessions_parked.increment(1.0);
+        let window = tokio::time::sleep(self.app.config.server.resume_window);
+        tokio::pin!(window);
+        let far = Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+        let sleep = tokio::time::sleep_until(far);
+        tokio::pin!(sleep);
+        let signal = Arc::clone(&self.signal);
+        let outcome = loop {
+            self.collect();
+            if self.outbox.len() > MAX_PARKED_FRAMES {
+                break None;
+            }
+            let at = self
+                .core
+                .poll_timeout()
+                .map_or(far, |t| self.started + t.since_start());
+            if sleep.deadline() != at {
+                sleep.as_mut().reset(at);
+            }
+            tokio::select! {
+                biased;
+                flags = signal.raised(self.seen) => {
+                    self.seen = flags;
+                    // The server is going away: nobody would be here to resume to.
+                    break None;
+                }
+                r = &mut back => break r.ok(),
+                () = &mut window => break None,
+                () = &mut sleep => {
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
+                Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
+                    let now = self.now();
+                    self.core.handle_provider(now, turn, event);
+                }
+                (turn, e) = live_event(&mut self.live), if !self.live.is_empty() => {
+                    self.on_live_event(turn, e);
+                }
+            }
+        };
+        let outcome = match outcome {
+            Some(r) => Some(r),
+            // A client that claimed the session just now is handing its socket over.
+            None if !parked.unpark(id) => {
+                tokio::time::timeout(std::time::Duration::from_secs(10), back)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            None => None,
+        };
+        self.app.metrics.sessions_parked.decrement(1.0);
+        if outcome.is_none() {
+            self.calls = SelectAll::new();
+            self.turns.clear();
+        }
+        outcome
     }
 
     /// A text frame: through the codec to the core (a reply, if any, to the outbox).

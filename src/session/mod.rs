@@ -9,5 +9,7 @@
 mod calls;
 mod driver;
 mod limits;
+mod resume;
 
 pub(crate) use driver::run;
+pub(crate) use resume::{parse_received, ParkedSessions, ResumeRefusal, Resumed};

@@ -1,6 +1,7 @@
 //! voxd's accept loop: HTTP/1.1 connections served by hyper, each on its own task, with the
-//! socket options every connection gets, and graceful shutdown (sessions drain first, then the
-//! listener stops, then requests in flight get one more drain timeout).
+//! socket options every connection gets, and graceful shutdown (a lame-duck grace that still
+//! admits, then sessions drain, then the listener stops, then requests in flight get one more
+//! drain timeout).
 //!
 //! It serves whatever `Router` it is given (`crate::serve` gives it `http::router`): the routes
 //! are not its business. Not `axum::serve`: that one wraps each connection in hyper-util's
@@ -26,11 +27,13 @@ use tracing::info;
 
 use crate::state::AppState;
 
-/// Serves `app` on `listener` until `shutdown` completes, then drains `state`'s sessions:
-/// `/health/ready` turns 503 and new sessions are refused at once. Every live session is told
-/// (`shutdown`), finishes the response in progress and closes with 1001. Sessions still open after
-/// `drain_timeout` are closed; then the listener stops, and HTTP requests in flight get up to one
-/// more `drain_timeout` to finish.
+/// Serves `app` on `listener` until `shutdown` completes, then drains `state`'s sessions.
+/// `/health/ready` turns 503 at once, but new sessions are still admitted and served for the
+/// config's `drain_grace` (the lame duck; `SessionManager::end_grace` cuts it short). Then new
+/// sessions are refused, and every live session is told (`shutdown`), finishes the response in
+/// progress and closes with 1001. Sessions still open `drain_timeout` after the grace are closed;
+/// then the listener stops, and HTTP requests in flight get up to one more `drain_timeout` to
+/// finish.
 ///
 /// # Errors
 /// When the listener fails.
@@ -59,6 +62,23 @@ pub(crate) async fn serve(
         let stop = stop.clone();
         tokio::spawn(async move {
             shutdown.await;
+            // The lame duck: balancers learn from the failing readiness (or from the endpoints'
+            // removal) that this instance is going, and callers who arrive meanwhile are served,
+            // not refused. The drain timeout starts when it ends, so `drain_timeout_s` keeps its
+            // meaning: how long a told session may take.
+            let grace = state.config.drain_grace();
+            if !grace.is_zero() {
+                info!(
+                    sessions = state.sessions.active(),
+                    drain_grace_s = grace.as_secs_f64(),
+                    "lame duck: not ready, still admitting new sessions"
+                );
+                state.sessions.lame_duck();
+                tokio::select! {
+                    () = tokio::time::sleep(grace) => {}
+                    () = state.sessions.grace_ended() => info!("the grace was cut short"),
+                }
+            }
             info!(
                 sessions = state.sessions.active(),
                 drain_timeout_s = drain_timeout.as_secs_f64(),

@@ -100,6 +100,10 @@ pub(crate) struct Hello<'a> {
     pub(crate) output_rate: SampleRate,
     /// Whether server VAD runs.
     pub(crate) server_vad: bool,
+    /// The token that resumes this session after a dropped connection, if it can be.
+    pub(crate) resume_token: Option<&'a str>,
+    /// The client came back to this session (`?resume=`).
+    pub(crate) resumed: bool,
 }
 
 /// A client protocol. The driver calls `hello` once, then `decode` for each frame the client
@@ -110,6 +114,12 @@ pub(crate) trait Codec: Send + 'static {
     /// `audio.output_sample_rate`).
     fn output_rate(&self) -> Option<SampleRate> {
         None
+    }
+
+    /// A dropped connection parks the session for the client to resume (`?resume=`): the
+    /// protocol's client knows how.
+    fn resumable(&self) -> bool {
+        false
     }
 
     /// The client drops the audio it has buffered when playback pauses (see

@@ -1648,6 +1648,7 @@ impl Codec for RealtimeCodec {
                 self.error(out, code, message, None, None);
             }
             Event::PlaybackPaused { .. }
+            | Event::Rewound { .. }
             | Event::PlaybackResumed { .. }
             | Event::FalseAlarm { .. }
             | Event::ToolResult { .. } => {}
@@ -1714,6 +1715,8 @@ mod tests {
                 session_id: "s1",
                 output_rate: REALTIME_RATE,
                 server_vad: true,
+                resume_token: None,
+                resumed: false,
             },
             &mut out,
         );

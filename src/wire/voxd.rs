@@ -542,6 +542,12 @@ pub(crate) enum ServerMessage<'a> {
         server_vad: bool,
         /// The audio encoding both ways.
         encoding: &'static str,
+        /// What resumes this session after a dropped connection (`?resume=`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume_token: Option<&'a str>,
+        /// The client came back to this session.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
     },
     SpeechStarted {
         turn_id: u64,
@@ -649,8 +655,12 @@ fn json_or_string(text: &str) -> Value {
 pub fn encode_event(e: &Event) -> Option<String> {
     let d = |x: std::time::Duration| ms(x.as_secs_f64() * 1000.0);
     Some(match e {
-        // /ws has no truncate or delete message: these answer another protocol's.
-        Event::FalseAlarm { .. } | Event::Truncated { .. } | Event::Deleted { .. } => return None,
+        // /ws has no truncate or delete message: these answer another protocol's. A resumed
+        // client knows what it received: the audio simply continues from there.
+        Event::FalseAlarm { .. }
+        | Event::Truncated { .. }
+        | Event::Deleted { .. }
+        | Event::Rewound { .. } => return None,
         Event::SessionUpdated {
             instructions,
             min_interruption,
@@ -945,6 +955,10 @@ fn error_frame(code: &str, message: &str) -> Frame {
 }
 
 impl Codec for VoxdCodec {
+    fn resumable(&self) -> bool {
+        true
+    }
+
     fn hello(&mut self, hello: &Hello<'_>, out: &mut Vec<Frame>) {
         let ready = ServerMessage::Ready {
             session_id: hello.session_id,
@@ -953,6 +967,8 @@ impl Codec for VoxdCodec {
             output_sample_rate: hello.output_rate.hz(),
             server_vad: hello.server_vad,
             encoding: "pcm_s16le",
+            resume_token: hello.resume_token,
+            resumed: hello.resumed,
         };
         out.push(Frame::Text(ready.to_json()));
     }
@@ -1044,6 +1060,8 @@ mod codec_tests {
             session_id: "abc",
             output_rate: SampleRate(24_000),
             server_vad: true,
+            resume_token: None,
+            resumed: false,
         };
         codec.hello(&hello, &mut out);
         let ready = json(&out[0]);

@@ -101,8 +101,10 @@ impl TestServer {
         Client::connect(&self.ws_url("")).await
     }
 
-    /// Stops the server and waits until it has closed every session.
+    /// Stops the server, without the drain's lame-duck grace, and waits until it has closed
+    /// every session.
     pub(crate) async fn stop(mut self) {
+        self.state.end_drain_grace();
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -387,6 +389,30 @@ impl Client {
 
     pub(crate) async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+
+    /// Cuts the TCP connection: a reset, no close frame (what a network blip looks like to the
+    /// server: 1006).
+    pub(crate) fn cut(self) {
+        if let MaybeTlsStream::Plain(tcp) = self.ws.get_ref() {
+            // A zero linger: the close is a reset, at once (it never blocks).
+            socket2::SockRef::from(tcp)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+    }
+
+    /// The audio received from log index `from` on, in order.
+    pub(crate) fn audio_from(&self, from: usize) -> Vec<u8> {
+        self.log[from..]
+            .iter()
+            .filter_map(|i| match i {
+                Item::Audio(b) => Some(b.as_slice()),
+                Item::Event(_) => None,
+            })
+            .flatten()
+            .copied()
+            .collect()
     }
 }
 

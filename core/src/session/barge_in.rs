@@ -44,7 +44,8 @@ impl Session {
 
     /// Pauses or resumes the response to match the user side.
     pub(super) fn sync_hold(&mut self, now: Time) {
-        let hold = self.user.holds_response();
+        // A barge-in candidate holds the answer, and so does a client that is not connected.
+        let hold = self.user.holds_response() || self.disconnected;
         let pacing = self.pacing;
         let Some(r) = &mut self.response else { return };
         if let Some(event) = r.set_held(hold, now, &pacing) {

@@ -291,6 +291,18 @@ impl Checker {
                 assert_eq!(t.done, 0, "turn {turn}: audio_start after response_done");
                 t.audio_started = true;
             }
+            Event::Rewound { turn, to } => {
+                let t = self.turns.entry(*turn).or_default();
+                let to = *to as usize * 2;
+                assert!(t.paused, "turn {turn}: rewound while playing");
+                assert!(
+                    to <= t.sent,
+                    "turn {turn}: rewound to byte {to}, past the {} sent",
+                    t.sent
+                );
+                // What the client did not receive is sent again, the same bytes.
+                t.sent = to;
+            }
             Event::PlaybackPaused { turn, rewound_to } => {
                 let t = self.turns.entry(*turn).or_default();
                 if let Some(to) = rewound_to {

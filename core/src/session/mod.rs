@@ -124,6 +124,8 @@ pub struct Session {
     response: Option<Response>,
     /// What the last response that ended said, for a client truncating it.
     last_spoken: Option<Spoken>,
+    /// The client's connection dropped and it has not come back yet (`handle_disconnect`).
+    disconnected: bool,
     /// The streaming ASR's recognition streams.
     live: LiveStreams,
     /// Audio of a turn cancelled before its transcript was known: the user had only paused, so
@@ -182,6 +184,7 @@ impl Session {
             live: LiveStreams::new(cfg.streaming_asr),
             carry_audio: Vec::new(),
             last_spoken: None,
+            disconnected: false,
             outputs: VecDeque::with_capacity(16),
             vad_events: Vec::with_capacity(4),
             pacing: Pacing::new(&cfg),
@@ -433,6 +436,42 @@ impl Session {
             name: t.name.clone(),
         }));
         true
+    }
+
+    /// The client's connection dropped without a close: it may come back
+    /// (`handle_reconnect`). Meanwhile the response in progress is held where it is, as during a
+    /// barge-in (`PlaybackPaused`): nothing is sent, the playback clock stops, and the answer
+    /// cannot end. Its words and audio are still made. Needs `SessionConfig::resumable`.
+    pub fn handle_disconnect(&mut self, now: Time) {
+        self.disconnected = true;
+        self.sync_hold(now);
+        self.pump(now);
+    }
+
+    /// The client is back, having received the first `received` samples of the current
+    /// response's audio (none, if it names another turn or none). Sending resumes from the first
+    /// sample it did not receive (no earlier than what it surely played before the drop), so it
+    /// hears every sample of the answer once; `PlaybackResumed` when the answer had started.
+    pub fn handle_reconnect(&mut self, now: Time, received: Option<(TurnId, u64)>) {
+        if !std::mem::take(&mut self.disconnected) {
+            return;
+        }
+        if let Some(r) = self.response.as_mut() {
+            let got = received.filter(|(t, _)| *t == r.turn).map_or(0, |(_, n)| n);
+            if let Some(e) = r.resend_from(got) {
+                self.emit(e);
+            }
+        }
+        self.sync_hold(now);
+        self.pump(now);
+    }
+
+    /// The server closes the session now (the drain deadline): a response in progress ends
+    /// first, `Interrupted` and `ResponseDone` (interrupted, reason `shutdown`), so the client
+    /// knows it was cut. The history keeps what was heard.
+    pub fn handle_shutdown(&mut self, now: Time) {
+        self.interrupt_response_because(now, Some("shutdown"));
+        self.pump(now);
     }
 
     /// The client played `turn`'s answer up to sample `samples` only, and dropped the rest (the

@@ -161,6 +161,9 @@ pub(super) struct Pacing {
     pub(super) backlog: u64,
     /// `SessionConfig::client_discards_on_pause`.
     pub(super) discards: bool,
+    /// Frames sent are kept until surely played: the client may drop them
+    /// (`client_discards_on_pause`) or lose them with its connection (`resumable`).
+    pub(super) retains: bool,
 }
 
 impl Pacing {
@@ -177,6 +180,7 @@ impl Pacing {
             batch: batch.min(lead.max(frame)),
             backlog: rate.samples_in(cfg.max_tts_backlog),
             discards: cfg.client_discards_on_pause,
+            retains: cfg.client_discards_on_pause || cfg.resumable,
         }
     }
 }

@@ -139,7 +139,7 @@ pub(super) struct Response {
     client_tools: Arc<[ClientTool]>,
     /// The voice it speaks with, as it was when the response began.
     voice: Option<Arc<str>>,
-    /// With `client_discards_on_pause`: the frames sent that the client may not have played,
+    /// With `Pacing::retains`: the frames sent that the client may not have played,
     /// oldest first, from sample `in_flight_at`.
     in_flight: VecDeque<Bytes>,
     in_flight_at: u64,
@@ -223,7 +223,23 @@ impl Response {
     /// back to the queue, to be sent again after a false alarm. Returns the new position.
     fn rewind(&mut self, pacing: &Pacing) -> u64 {
         self.trim_in_flight(pacing);
-        let to = self.surely_played(pacing).max(self.in_flight_at);
+        let to = self.surely_played(pacing);
+        self.rewind_to(to)
+    }
+
+    /// A client that lost its connection received the first `received` samples: while paused,
+    /// what it did not receive goes back to the queue.
+    pub(super) fn resend_from(&mut self, received: u64) -> Option<Event> {
+        (self.play.state() == PlayState::Paused).then(|| Event::Rewound {
+            turn: self.turn,
+            to: self.rewind_to(received),
+        })
+    }
+
+    /// Everything sent from sample `to` on (no earlier than the frames still kept) goes back to
+    /// the queue, to be sent again. Returns the new position.
+    pub(super) fn rewind_to(&mut self, to: u64) -> u64 {
+        let to = to.max(self.in_flight_at).min(self.sent);
         let mut pos = self.in_flight_at;
         let mut back = Vec::with_capacity(self.in_flight.len());
         for mut frame in self.in_flight.drain(..) {
@@ -332,12 +348,12 @@ impl Response {
             let pcm = self.pending.split_to(n as usize * 2);
             let at = self.sent;
             self.sent += n;
-            if pacing.discards {
+            if pacing.retains {
                 self.in_flight.push_back(pcm.clone());
             }
             out.extend([Output::Audio { turn, pcm, at }]);
         }
-        if pacing.discards {
+        if pacing.retains {
             self.trim_in_flight(pacing);
         }
     }
@@ -971,6 +987,11 @@ impl Session {
 impl Session {
     /// Cancels the response in progress, if any: `interrupted`, then `response_done`.
     pub(super) fn interrupt_response(&mut self, now: Time) {
+        self.interrupt_response_because(now, None);
+    }
+
+    /// `interrupt_response`, with the `ResponseDone` reason.
+    pub(super) fn interrupt_response_because(&mut self, now: Time, reason: Option<&'static str>) {
         let Some(mut r) = self.response.take() else {
             return;
         };
@@ -992,7 +1013,7 @@ impl Session {
             played_ms: self.cfg.output_rate.ms_of(played),
             heard_text: r.heard_text(played, true, self.samples_per_char),
         });
-        self.finish(now, r, ResponseStatus::Interrupted, None);
+        self.finish(now, r, ResponseStatus::Interrupted, reason);
     }
 
     pub(super) fn fail_response(&mut self, now: Time, stage: Stage, failure: ProviderFailure) {

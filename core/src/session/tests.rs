@@ -2462,3 +2462,81 @@ fn a_response_with_settings_of_its_own_leaves_the_sessions_alone() {
         Some(Event::Rejected(Rejection::ToolNameClash { .. }))
     ));
 }
+
+#[test]
+fn a_client_back_from_a_dropped_connection_hears_the_rest_of_the_answer_exactly_once() {
+    let mut reference = Sim::new();
+    reference.text("tell me a story");
+    reference.settle();
+    let full = reference.audio_of(TurnId(1));
+
+    let mut sim = Sim::with(SessionConfig {
+        vad: None,
+        resumable: true,
+        ..SessionConfig::default()
+    });
+    let t1 = TurnId(1);
+    sim.text("tell me a story");
+    sim.run_ms(1500);
+    let sent_before = sim.audio_of(t1).len();
+    assert!(sent_before > 0);
+    // The connection drops; the last two frames sent never reached the client.
+    let frames: Vec<(u64, usize)> = sim
+        .log
+        .iter()
+        .filter_map(|s| match &s.output {
+            Output::Audio { turn, pcm, at } if *turn == t1 => Some((*at, pcm.len())),
+            _ => None,
+        })
+        .collect();
+    let received = frames[frames.len() - 3].0 + frames[frames.len() - 3].1 as u64 / 2;
+    sim.s.handle_disconnect(sim.now);
+    sim.drain();
+    let mark = sim.log.len();
+    // Away for ten seconds: nothing is sent, and the answer does not end.
+    sim.run_ms(10_000);
+    assert!(
+        !sim.log[mark..]
+            .iter()
+            .any(|s| matches!(s.output, Output::Audio { .. })),
+        "no audio while the client is away"
+    );
+    assert_eq!(sim.s.current_response(), Some(t1));
+    sim.s.handle_reconnect(sim.now, Some((t1, received)));
+    sim.drain();
+    sim.settle();
+    assert!(sim.has(|e| matches!(e, Event::PlaybackResumed { turn } if *turn == t1)));
+    assert_eq!(sim.done_of(t1).0, ResponseStatus::Completed);
+    // What the client has: what it received before, then everything sent after it came back.
+    let mut heard = Vec::new();
+    for s in &sim.log {
+        if let Output::Audio { turn, pcm, at } = &s.output {
+            if *turn == t1 {
+                if s.at < sim.log[mark].at && at + (pcm.len() as u64 / 2) <= received {
+                    heard.extend_from_slice(pcm);
+                } else if s.at >= sim.log[mark].at {
+                    assert_eq!(*at as usize * 2, heard.len(), "no gap, no repeat");
+                    heard.extend_from_slice(pcm);
+                }
+            }
+        }
+    }
+    assert_eq!(heard.len(), full.len());
+    assert!(heard == full, "the client hears the uninterrupted answer");
+}
+
+#[test]
+fn a_session_closed_at_the_drain_deadline_ends_its_answer_with_a_reason() {
+    let mut sim = Sim::new();
+    sim.text("tell me a story");
+    sim.run_ms(800);
+    sim.s.handle_shutdown(sim.now);
+    sim.drain();
+    let (status, _, reason) = sim.done_of(TurnId(1));
+    assert_eq!(
+        (status, reason),
+        (ResponseStatus::Interrupted, Some("shutdown"))
+    );
+    assert!(sim.has(|e| matches!(e, Event::Interrupted { .. })));
+    sim.assert_all_done();
+}

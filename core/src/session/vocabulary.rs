@@ -64,6 +64,10 @@ pub struct SessionConfig {
     /// sends the rest again from there. Otherwise the client keeps its buffer and audio resumes
     /// at the first unsent byte.
     pub client_discards_on_pause: bool,
+    /// The client may lose its connection and come back (`Session::handle_disconnect`,
+    /// `handle_reconnect`): the audio sent is kept until surely played, to be sent again from
+    /// what the client received.
+    pub resumable: bool,
     /// How long a client-side tool may take to answer its `ToolCall` before it counts as failed.
     pub client_tool_timeout: Duration,
     /// The names of the server's own tools: a client-side tool may not take one.
@@ -105,6 +109,7 @@ impl Default for SessionConfig {
             min_clause_chars: 60,
             streaming_asr: false,
             client_discards_on_pause: false,
+            resumable: false,
             client_tool_timeout: Duration::from_secs(10),
             server_tools: Arc::from([]),
             client_tools: Arc::from([]),
@@ -361,6 +366,14 @@ pub enum Event {
         played_ms: f64,
         /// What was heard up to there.
         heard_text: String,
+    },
+    /// A client back from a dropped connection (`Session::handle_reconnect`) gets `turn`'s
+    /// audio again from sample `to`, what it had received; `PlaybackResumed` follows.
+    Rewound {
+        /// The turn.
+        turn: TurnId,
+        /// The first sample sent again.
+        to: u64,
     },
     /// A part of a turn left the conversation (`Session::handle_delete`).
     Deleted {
