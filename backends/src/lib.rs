@@ -17,6 +17,7 @@ pub mod http;
 pub mod mock;
 pub mod openai;
 mod pcm;
+mod proxy;
 pub mod stream_asr;
 pub mod tools;
 

@@ -24,7 +24,6 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
-use rustls_platform_verifier::ConfigVerifierExt;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -38,6 +37,8 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn};
 use voxd_core::SampleRate;
 
+use crate::http::ProxyUrl;
+use crate::proxy::Route;
 use crate::{
     Asr, AsrStream, AsrUpdate, BuildError, ProviderError, RecognitionStream, StreamingAsr,
     Transcript,
@@ -111,6 +112,13 @@ pub struct StreamAsrConfig {
     /// How much audio may wait to be sent, in milliseconds, before the stream fails as slower
     /// than real time. Default 5000.
     pub max_backlog_ms: u64,
+    /// A PEM file of CA certificates (relative to the config file's folder) trusted for `wss://`
+    /// beside the platform's roots: for a server behind a private CA. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP proxy the WebSocket goes through, as a `CONNECT` tunnel (`http://host:port`);
+    /// without one, `HTTPS_PROXY` (`wss://`), `HTTP_PROXY` (`ws://`), `ALL_PROXY` and `NO_PROXY`
+    /// apply. Default: none.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Default for StreamAsrConfig {
@@ -127,6 +135,8 @@ impl Default for StreamAsrConfig {
             connect_timeout_ms: 5000,
             finalize_timeout_ms: 2000,
             max_backlog_ms: 5000,
+            ca_file: None,
+            proxy: None,
         }
     }
 }
@@ -141,11 +151,13 @@ pub struct StreamAsrProvider {
 struct Shared {
     /// The endpoint with voxd's query. It carries no secret, so it may be logged.
     url: String,
-    /// `host:port`, for error messages.
+    /// `host:port`: where the connection goes, and what error messages name.
     host: String,
+    /// Directly or through a proxy, decided once from the config and the environment.
+    route: Route,
     /// `Token <key>`, marked sensitive.
     authorization: Option<HeaderValue>,
-    /// TLS for `wss://` (the platform's roots, built once), plain TCP for `ws://`.
+    /// TLS for `wss://` (the platform's roots and `ca_file`'s, built once), plain TCP for `ws://`.
     connector: Connector,
     keepalive: Duration,
     connect_timeout: Duration,
@@ -157,6 +169,7 @@ impl std::fmt::Debug for StreamAsrProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamAsrProvider")
             .field("url", &self.shared.url)
+            .field("route", &self.shared.route)
             .field("authorization", &self.shared.authorization.is_some())
             .finish_non_exhaustive()
     }
@@ -169,7 +182,9 @@ impl StreamAsrProvider {
     /// # Errors
     /// `BuildError::Invalid` naming the key at fault: a URL that is not `ws(s)://`,
     /// a query parameter that repeats one voxd sets, a zero duration, an unset key env var or a
-    /// key that cannot be a header value; `BuildError::Io` for an unreadable key file.
+    /// key that cannot be a header value, an unreadable or empty `ca_file`, a `proxy` that is
+    /// not an `http://` URL (or a proxy from the environment that cannot tunnel);
+    /// `BuildError::Io` for an unreadable key file.
     pub fn new(config: StreamAsrConfig, base_dir: &Path) -> Result<StreamAsrProvider, BuildError> {
         let invalid = |field: &str, message: String| BuildError::Invalid {
             key: field.to_owned(),
@@ -242,18 +257,32 @@ impl StreamAsrProvider {
         )?;
 
         let connector = if url.scheme() == "wss" {
-            crate::http::install_crypto();
-            let tls = <rustls::ClientConfig as ConfigVerifierExt>::with_platform_verifier()
-                .map_err(|e| invalid("url", format!("cannot set up TLS: {e}")))?;
-            Connector::Rustls(Arc::new(tls))
+            Connector::Rustls(Arc::new(crate::http::tls_config(
+                config.ca_file.as_deref(),
+                base_dir,
+                crate::http::ALPN_WEBSOCKET,
+            )?))
         } else {
+            if config.ca_file.is_some() {
+                return Err(invalid(
+                    "ca_file",
+                    "applies to wss:// URLs only; this url is ws://".to_owned(),
+                ));
+            }
             Connector::Plain
         };
+        let route = Route::decide(
+            url.scheme(),
+            &host,
+            config.proxy.as_ref(),
+            &hyper_util::client::proxy::matcher::Matcher::from_env(),
+        )?;
 
         Ok(StreamAsrProvider {
             shared: Arc::new(Shared {
                 url: url.into(),
                 host,
+                route,
                 authorization,
                 connector,
                 keepalive: Duration::from_millis(config.keepalive_ms),
@@ -351,8 +380,8 @@ fn with_language(url: &str, language: &str) -> String {
     parsed.into()
 }
 
-/// Connects one stream: TCP, TLS for `wss://`, and the WebSocket upgrade, within the connect
-/// timeout.
+/// Connects one stream: TCP (to the server, or a tunnel through the proxy), TLS for `wss://`,
+/// and the WebSocket upgrade, all within the connect timeout.
 async fn connect(shared: &Shared, language: Option<&str>) -> Result<WsStream, ProviderError> {
     let url = match language {
         Some(language) => with_language(&shared.url, language),
@@ -376,15 +405,20 @@ async fn connect(shared: &Shared, language: Option<&str>) -> Result<WsStream, Pr
         .write_buffer_size(0)
         .max_message_size(Some(MAX_INCOMING_MESSAGE))
         .max_frame_size(Some(MAX_INCOMING_MESSAGE));
-    let connecting = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(config),
-        true, // no Nagle: 20 ms frames should leave at once
-        Some(shared.connector.clone()),
-    );
+    let connecting = async {
+        let tcp = shared.route.connect(&shared.host).await.map_err(failed)?;
+        tokio_tungstenite::client_async_tls_with_config(
+            request,
+            tcp,
+            Some(config),
+            Some(shared.connector.clone()),
+        )
+        .await
+        .map_err(|e| handshake_error(&shared.host, e))
+    };
     let (ws, response) = match tokio::time::timeout(shared.connect_timeout, connecting).await {
         Ok(Ok(connected)) => connected,
-        Ok(Err(e)) => return Err(handshake_error(&shared.host, e)),
+        Ok(Err(e)) => return Err(e),
         Err(_) => {
             warn!(provider = PROVIDER_NAME, host = %shared.host, "connect timed out");
             return Err(failed(format!(
@@ -403,8 +437,11 @@ async fn connect(shared: &Shared, language: Option<&str>) -> Result<WsStream, Pr
     Ok(WsStream::new(ws, shared))
 }
 
-/// Maps a failed connect or upgrade to a message that says what to check.
+/// Maps a failed TLS handshake or upgrade to a message that says what to check.
 fn handshake_error(host: &str, e: WsError) -> ProviderError {
+    if let Some(why) = crate::http::tls_failure(&e) {
+        return failed(format!("TLS with {host} failed: {why}"));
+    }
     match e {
         WsError::Http(response) => {
             let status = response.status().as_u16();

@@ -16,7 +16,9 @@ use serde::Deserialize;
 use tracing::warn;
 use voxd_core::SampleRate;
 
-use crate::http::{check_base_url, client, join, read_secret, status_error, transport_error};
+use crate::http::{
+    check_base_url, client, join, read_secret, status_error, transport_error, ProxyUrl,
+};
 use crate::{Asr, BuildError, ProviderError, Transcript};
 
 /// The name this provider reports (`Asr::name` and `ProviderError`s).
@@ -46,6 +48,12 @@ pub struct OpenAiAsrConfig {
     pub timeout_ms: u64,
     /// The longest connecting (TCP and TLS) may take, in milliseconds. Default 5000.
     pub connect_timeout_ms: u64,
+    /// A PEM file of CA certificates (relative to the config file's folder) trusted for this
+    /// provider beside the platform's roots: for a server behind a private CA. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP proxy for this provider's connections (`http://host:port`); without one,
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` apply. Default: none.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Default for OpenAiAsrConfig {
@@ -59,6 +67,8 @@ impl Default for OpenAiAsrConfig {
             prompt: None,
             timeout_ms: 30_000,
             connect_timeout_ms: 5_000,
+            ca_file: None,
+            proxy: None,
         }
     }
 }
@@ -75,6 +85,8 @@ impl std::fmt::Debug for OpenAiAsrConfig {
             .field("prompt", &self.prompt)
             .field("timeout_ms", &self.timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("ca_file", &self.ca_file)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -116,8 +128,8 @@ impl OpenAiAsr {
     ///
     /// # Errors
     /// `BuildError::Invalid` naming the key at fault (`base_url`, `model`, `language`,
-    /// `timeout_ms`, `connect_timeout_ms`, `api_key_env`, `api_key_file`); `BuildError::Io` when
-    /// the key file cannot be read.
+    /// `timeout_ms`, `connect_timeout_ms`, `api_key_env`, `api_key_file`, `ca_file`, `proxy`);
+    /// `BuildError::Io` when the key file cannot be read.
     pub fn new(config: OpenAiAsrConfig, base_dir: &Path) -> Result<OpenAiAsr, BuildError> {
         let invalid = |field: &str, message: &str| BuildError::Invalid {
             key: field.to_owned(),
@@ -151,7 +163,12 @@ impl OpenAiAsr {
             config.api_key_file.as_deref(),
             base_dir,
         )?;
-        let client = client(Duration::from_millis(config.connect_timeout_ms))?;
+        let client = client(
+            Duration::from_millis(config.connect_timeout_ms),
+            config.ca_file.as_deref(),
+            config.proxy.as_ref(),
+            base_dir,
+        )?;
         Ok(OpenAiAsr {
             client,
             url: join(&config.base_url, "audio/transcriptions"),

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use voxd_core::{ChatMessage, ToolCall};
 
 use super::sse::{EventTooLarge, SseParser, MAX_EVENT_BYTES};
-use crate::http::{check_base_url, client, join, status_error, transport_error};
+use crate::http::{check_base_url, client, join, status_error, transport_error, ProxyUrl};
 use crate::{BuildError, Llm, LlmEvent, LlmRequest, ProviderError, ToolSpec};
 
 /// The name this provider reports (`Llm::name` and its `ProviderError`s).
@@ -73,6 +73,12 @@ pub struct OpenAiLlmConfig {
     /// long reply that keeps streaming never times out; a server that stalls longer fails the
     /// reply with `ProviderError::Timeout`. Default 30000.
     pub read_timeout_ms: u64,
+    /// A PEM file of CA certificates (relative to the config file's folder) trusted for this
+    /// provider beside the platform's roots: for a server behind a private CA. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP proxy for this provider's connections (`http://host:port`); without one,
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` apply. Default: none.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Default for OpenAiLlmConfig {
@@ -87,6 +93,8 @@ impl Default for OpenAiLlmConfig {
             max_completion_tokens: None,
             connect_timeout_ms: 5000,
             read_timeout_ms: 30_000,
+            ca_file: None,
+            proxy: None,
         }
     }
 }
@@ -115,8 +123,9 @@ impl OpenAiLlm {
     /// `BuildError::Invalid`, naming the key, when `base_url` is not an http(s) URL, `model` is
     /// empty, `temperature` is outside `0..=2`, a token limit or a timeout is 0, both
     /// `max_tokens` and `max_completion_tokens` or both `api_key_env` and `api_key_file` are set,
-    /// the key's env var is unset or empty, or the key cannot be sent in a header.
-    /// `BuildError::Io` when `api_key_file` cannot be read.
+    /// the key's env var is unset or empty, or the key cannot be sent in a header; `ca_file`
+    /// when the file is unreadable or holds no PEM certificate; `proxy` when it is not an
+    /// `http://` URL. `BuildError::Io` when `api_key_file` cannot be read.
     pub fn new(config: OpenAiLlmConfig, base_dir: &Path) -> Result<OpenAiLlm, BuildError> {
         let invalid = |field: &str, message: String| BuildError::Invalid {
             key: field.to_owned(),
@@ -172,7 +181,12 @@ impl OpenAiLlm {
             config.api_key_file.as_deref(),
             base_dir,
         )?;
-        let client = client(Duration::from_millis(config.connect_timeout_ms))?;
+        let client = client(
+            Duration::from_millis(config.connect_timeout_ms),
+            config.ca_file.as_deref(),
+            config.proxy.as_ref(),
+            base_dir,
+        )?;
         Ok(OpenAiLlm {
             client,
             url: join(&config.base_url, "chat/completions"),

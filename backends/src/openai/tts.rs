@@ -23,7 +23,9 @@ use tracing::warn;
 use voxd_core::resample::{MAX_RATE_HZ, MIN_RATE_HZ};
 use voxd_core::SampleRate;
 
-use crate::http::{check_base_url, client, join, read_secret, status_error, transport_error};
+use crate::http::{
+    check_base_url, client, join, read_secret, status_error, transport_error, ProxyUrl,
+};
 use crate::pcm::{PcmError, PcmPipeline};
 use crate::{BuildError, ProviderError, Tts};
 
@@ -55,6 +57,12 @@ pub struct OpenAiTtsConfig {
     /// The longest wait for the reply's headers, and then for each next piece of its body, in
     /// milliseconds. Default 10000.
     pub read_timeout_ms: u64,
+    /// A PEM file of CA certificates (relative to the config file's folder) trusted for this
+    /// provider beside the platform's roots: for a server behind a private CA. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP proxy for this provider's connections (`http://host:port`); without one,
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` apply. Default: none.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Default for OpenAiTtsConfig {
@@ -69,6 +77,8 @@ impl Default for OpenAiTtsConfig {
             source_rate: 24_000,
             connect_timeout_ms: 5_000,
             read_timeout_ms: 10_000,
+            ca_file: None,
+            proxy: None,
         }
     }
 }
@@ -86,6 +96,8 @@ impl std::fmt::Debug for OpenAiTtsConfig {
             .field("source_rate", &self.source_rate)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("read_timeout_ms", &self.read_timeout_ms)
+            .field("ca_file", &self.ca_file)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -123,8 +135,8 @@ impl OpenAiTts {
     ///
     /// # Errors
     /// `BuildError::Invalid` naming the key at fault (`base_url`, `model`, `voice`, `speed`,
-    /// `source_rate`, `connect_timeout_ms`, `read_timeout_ms`, `api_key_env`, `api_key_file`);
-    /// `BuildError::Io` when the key file cannot be read.
+    /// `source_rate`, `connect_timeout_ms`, `read_timeout_ms`, `api_key_env`, `api_key_file`,
+    /// `ca_file`, `proxy`); `BuildError::Io` when the key file cannot be read.
     pub fn new(config: OpenAiTtsConfig, base_dir: &Path) -> Result<OpenAiTts, BuildError> {
         let invalid = |field: &str, message: String| BuildError::Invalid {
             key: field.to_owned(),
@@ -172,7 +184,12 @@ impl OpenAiTts {
             config.api_key_file.as_deref(),
             base_dir,
         )?;
-        let client = client(Duration::from_millis(config.connect_timeout_ms))?;
+        let client = client(
+            Duration::from_millis(config.connect_timeout_ms),
+            config.ca_file.as_deref(),
+            config.proxy.as_ref(),
+            base_dir,
+        )?;
         Ok(OpenAiTts {
             client,
             url: join(&config.base_url, "audio/speech"),

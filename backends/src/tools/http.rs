@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{clip, empty_object_schema, spec, Tool, ToolSpec};
+use crate::http::ProxyUrl;
 use crate::{BuildError, ProviderError};
 
 /// The longest reply body kept, in bytes: a result is read back to the LLM, so it stays small.
@@ -48,6 +49,12 @@ pub struct HttpToolConfig {
     /// This tool's own deadline, in ms; the session's `timeouts.tool_ms` applies as well.
     /// Default: that one alone.
     pub timeout_ms: Option<u64>,
+    /// A PEM file of CA certificates (relative to the config file) trusted for this tool beside
+    /// the platform's roots. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP proxy for this tool (`http://host:port`); without one, `HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` apply. Default: none.
+    pub proxy: Option<ProxyUrl>,
 }
 
 /// A tool answered by an HTTP endpoint. See the module docs.
@@ -65,7 +72,7 @@ impl HttpTool {
     ///
     /// # Errors
     /// `BuildError::Invalid` naming the key at fault, relative to the tool's table (`url`,
-    /// `headers`, `api_key_env`, `timeout_ms`, `parameters`).
+    /// `headers`, `api_key_env`, `timeout_ms`, `parameters`, `ca_file`, `proxy`).
     pub fn new(name: &str, config: HttpToolConfig, base_dir: &Path) -> Result<Self, BuildError> {
         let invalid = |key: &str, message: String| BuildError::Invalid {
             key: key.to_owned(),
@@ -111,7 +118,12 @@ impl HttpTool {
             url,
             headers,
             timeout: config.timeout_ms.map(Duration::from_millis),
-            client: crate::http::client(Duration::from_secs(5))?,
+            client: crate::http::client(
+                Duration::from_secs(5),
+                config.ca_file.as_deref(),
+                config.proxy.as_ref(),
+                base_dir,
+            )?,
         })
     }
 
@@ -261,6 +273,8 @@ mod tests {
             api_key_env: None,
             api_key_file: None,
             timeout_ms,
+            ca_file: None,
+            proxy: None,
         };
         HttpTool::new("order_status", config, Path::new(".")).expect("valid")
     }
@@ -291,6 +305,8 @@ mod tests {
                 api_key_env: None,
                 api_key_file: None,
                 timeout_ms: None,
+                ca_file: None,
+                proxy: None,
             }
         };
         let t = HttpTool::new("order_status", config, &dir).unwrap();
@@ -391,6 +407,8 @@ mod tests {
                 api_key_env: None,
                 api_key_file: None,
                 timeout_ms: None,
+                ca_file: None,
+                proxy: None,
             }),
         )]);
         let e = ToolRegistry::from_config(&bad_url, Path::new("."))

@@ -16,6 +16,12 @@
 //!
 //! A result is the tool's structured content when it gives one, else its text blocks (JSON when
 //! the text is JSON).
+//!
+//! Over HTTP, each server has its own pooled client, built as every provider's is
+//! (`http::client_builder`: `ca_file`, `proxy`, keep-alive with `TCP_NODELAY`), so calls reuse a
+//! kept-alive connection instead of a TCP and TLS handshake each (rmcp's default client keeps
+//! none). Redirects are followed as rmcp's own client follows them: 307 and 308 within the same
+//! origin only, so the session id and key never go to another host.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,15 +29,45 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::service::{ClientInitializeError, RunningService};
+use rmcp::transport::streamable_http_client::{
+    StreamableHttpClientTransportConfig, StreamableHttpError,
+};
+use rmcp::transport::DynamicTransportError;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::ServiceError;
 use rmcp::{RoleClient, ServiceExt};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{clip, spec, Tool, ToolSpec};
+use crate::http::ProxyUrl;
 use crate::{BuildError, ProviderError};
+
+/// The most redirects one request follows.
+const MAX_REDIRECTS: usize = 10;
+
+/// Follows 307 and 308 (which keep the request's body) within the origin of the first request;
+/// any other redirect is handed back as the answer, as rmcp's own client does.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let keeps_body = matches!(
+            attempt.status(),
+            reqwest::StatusCode::TEMPORARY_REDIRECT | reqwest::StatusCode::PERMANENT_REDIRECT
+        );
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if !keeps_body || !same_origin {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
 
 /// `[mcp.NAME]`: one MCP server.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -53,6 +89,12 @@ pub struct McpServerConfig {
     /// How long connecting and listing may take at start-up, in ms. Default 10000.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// A PEM file of CA certificates (relative to the config file) trusted for this server beside
+    /// the platform's roots (HTTP only). Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP proxy for this server (`http://host:port`, HTTP only); without one,
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` apply. Default: none.
+    pub proxy: Option<ProxyUrl>,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -87,6 +129,34 @@ fn cause(e: &(dyn std::error::Error + 'static)) -> String {
         text.replace_range(open..=open + len, "");
     }
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The TLS failure under an rmcp error, worded by `http::tls_failure`, or `None`. rmcp keeps
+/// the HTTP client's error out of the `source()` chain (in a field named `error`, and as the
+/// `Client` case of its HTTP error), so it is looked for by type.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(why) = crate::http::tls_failure(e) {
+        return Some(why);
+    }
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let transport = match (
+            err.downcast_ref::<ClientInitializeError>(),
+            err.downcast_ref::<ServiceError>(),
+        ) {
+            (Some(ClientInitializeError::TransportError { error, .. }), _) => Some(error),
+            (_, Some(ServiceError::TransportSend(error))) => Some(error),
+            _ => err.downcast_ref::<DynamicTransportError>(),
+        };
+        if let Some(StreamableHttpError::Client(client)) = transport.and_then(|t| {
+            t.error
+                .downcast_ref::<StreamableHttpError<reqwest::Error>>()
+        }) {
+            return crate::http::tls_failure(client);
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// One tool of an MCP server.
@@ -136,6 +206,14 @@ pub async fn connect(
                         format!("expected an http:// or https:// URL, found {url:?}"),
                     )
                 })?;
+            let http = crate::http::client_builder(
+                limit,
+                config.ca_file.as_deref(),
+                config.proxy.as_ref(),
+                base_dir,
+            )?
+            .redirect(same_origin_redirects());
+            let http = crate::http::build(http)?;
             let mut transport = StreamableHttpClientTransportConfig::with_uri(parsed.as_str());
             if let Some(key) = crate::http::read_secret(
                 config.api_key_env.as_deref(),
@@ -144,13 +222,24 @@ pub async fn connect(
             )? {
                 transport = transport.auth_header(key);
             }
-            let transport = StreamableHttpClientTransport::from_config(transport);
+            let transport = StreamableHttpClientTransport::with_client(http, transport);
             (
                 tokio::time::timeout(limit, ().serve(transport)).await,
                 "url",
             )
         }
         (None, Some(command)) => {
+            for (key, set) in [
+                ("ca_file", config.ca_file.is_some()),
+                ("proxy", config.proxy.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key,
+                        "applies to a server reached by url, not to a command".into(),
+                    ));
+                }
+            }
             let Some((program, args)) = command.split_first() else {
                 return Err(invalid("command", "is empty; name a program".into()));
             };
@@ -173,10 +262,16 @@ pub async fn connect(
     let client = match client {
         Ok(Ok(c)) => Arc::new(c),
         Ok(Err(e)) => {
-            return Err(invalid(
-                key,
-                format!("cannot start an MCP session: {}", cause(&e)),
-            ))
+            let why = match (tls_failure(&e), &config.url) {
+                (Some(tls), Some(url)) => {
+                    let host = reqwest::Url::parse(url)
+                        .map(|u| crate::http::host_port(&u))
+                        .unwrap_or_default();
+                    format!("TLS with {host} failed: {tls}")
+                }
+                _ => cause(&e),
+            };
+            return Err(invalid(key, format!("cannot start an MCP session: {why}")));
         }
         Err(_) => {
             return Err(invalid(
@@ -247,12 +342,20 @@ impl Tool for McpTool {
         };
         let mut params = CallToolRequestParams::new(self.remote.clone());
         params.arguments = arguments.as_object().cloned();
-        let result = self.client.call_tool(params).await.map_err(|e| {
-            failed(format!(
-                "the MCP server {:?} did not answer: {e}",
-                self.server
-            ))
-        })?;
+        let result = self
+            .client
+            .call_tool(params)
+            .await
+            .map_err(|e| match tls_failure(&e) {
+                Some(tls) => failed(format!(
+                    "TLS with the MCP server {:?} failed: {tls}",
+                    self.server
+                )),
+                None => failed(format!(
+                    "the MCP server {:?} did not answer: {e}",
+                    self.server
+                )),
+            })?;
         let text: Vec<&str> = result
             .content
             .iter()
