@@ -529,8 +529,8 @@ impl RealtimeCodec {
             "conversation.item.truncate" => self.truncate(map, out, input, eid),
             "conversation.item.delete" => self.delete(map, out, input, eid),
             "conversation.item.retrieve" => {
-                let Some(item_id) = map.get("item_id").and_then(Value::as_str) else {
-                    return self.error(out, "invalid_value", "conversation.item.retrieve needs an \"item_id\"".into(), Some("item_id"), eid);
+                let Some(item_id) = self.item_id(map, ty, out, eid) else {
+                    return;
                 };
                 match self.find_item(item_id) {
                     Some(item) => self.send(out, "conversation.item.retrieved", json!({"item": item})),
@@ -585,6 +585,27 @@ impl RealtimeCodec {
             .map(|i| i.json.clone())
     }
 
+    /// An item event's `item_id`, or an error saying the event needs one.
+    fn item_id<'m>(
+        &mut self,
+        map: &'m Map<String, Value>,
+        event: &str,
+        out: &mut Vec<Frame>,
+        eid: Option<&str>,
+    ) -> Option<&'m str> {
+        let id = map.get("item_id").and_then(Value::as_str);
+        if id.is_none() {
+            self.error(
+                out,
+                "invalid_value",
+                format!("{event} needs an \"item_id\""),
+                Some("item_id"),
+                eid,
+            );
+        }
+        id
+    }
+
     fn item_not_found(&mut self, out: &mut Vec<Frame>, item_id: &str, eid: Option<&str>) {
         self.error(
             out,
@@ -607,14 +628,8 @@ impl RealtimeCodec {
         input: &mut dyn FnMut(Input<'_>),
         eid: Option<&str>,
     ) {
-        let Some(item_id) = map.get("item_id").and_then(Value::as_str) else {
-            return self.error(
-                out,
-                "invalid_value",
-                "conversation.item.truncate needs an \"item_id\"".into(),
-                Some("item_id"),
-                eid,
-            );
+        let Some(item_id) = self.item_id(map, "conversation.item.truncate", out, eid) else {
+            return;
         };
         let Some(audio_end_ms) = map.get("audio_end_ms").and_then(Value::as_u64) else {
             return self.error(
@@ -695,14 +710,8 @@ impl RealtimeCodec {
         input: &mut dyn FnMut(Input<'_>),
         eid: Option<&str>,
     ) {
-        let Some(item_id) = map.get("item_id").and_then(Value::as_str) else {
-            return self.error(
-                out,
-                "invalid_value",
-                "conversation.item.delete needs an \"item_id\"".into(),
-                Some("item_id"),
-                eid,
-            );
+        let Some(item_id) = self.item_id(map, "conversation.item.delete", out, eid) else {
+            return;
         };
         if let Some(open) = &self.open {
             if open.message.as_ref().is_some_and(|m| m.id == item_id) {
