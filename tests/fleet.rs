@@ -381,7 +381,12 @@ async fn a_cut_connection_resumes_on_its_own_instance_behind_haproxy() {
         format!("{url}?resume={id}&resume_token={token}&received={turn}:{received}")
     };
     // HAProxy routes even a wrong credential to the session's instance, which refuses it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     let refused = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cut session was never parked"
+        );
         match tokio_tungstenite::connect_async(resume("wrong", 0)).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 404 => {
                 // Not parked yet: the server has not seen the cut.
