@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The per-session cost of each client protocol, one run: /ws, the OpenAI Realtime protocol
 # (/v1/realtime) and Twilio Media Streams (/twilio). For each, idle callers (server VAD over
-# silence: RSS and CPU per session) and real-speech callers taking simple turns (the only
-# scenario the Realtime and Twilio callers play, so /ws plays it alone too). Two rounds,
+# silence: RSS and CPU per session) and real-speech callers taking simple turns only (every
+# protocol plays the same turns, so the figures compare the protocols, not the mix). Two rounds,
 # the protocols alternating. Server pinned to CPU 0, the load tool to CPU 1, a fresh server per
 # point. Writes bench-results/protocols/ and prints the summary lines that BENCHMARKS.md ("The
 # client protocols") quotes.
@@ -72,7 +72,7 @@ for round in $(seq "$ROUNDS"); do
     fi
     for n in $SPEECH; do
       start_server
-      # Simple turns for every protocol (`realtime` and `twilio` play no other scenario).
+      # Simple turns for every protocol, as BENCHMARKS.md's table was measured.
       bench "speech-$p-$n-$round" "$p" -c "$n" --duration "$DURATION" --ramp-up 10 \
         --tools 0 --interruptions 0 --false-alarms 0
       stop_server

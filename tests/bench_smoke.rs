@@ -6,8 +6,12 @@ use common::{TestServer, TEST_CONFIG};
 use voxd_bench::{BenchArgs, Mode};
 
 fn args(server: &TestServer, server_vad: bool) -> BenchArgs {
+    // A directory per call: the tests run at once, and one must not read the config while
+    // another writes it.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
-        "voxd-bench-smoke-{}-{server_vad}",
+        "voxd-bench-smoke-{}-{server_vad}-{call}",
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
@@ -154,34 +158,70 @@ async fn transcribe_mode_posts_at_a_fixed_rate() {
     server.stop().await;
 }
 
-/// `--protocol realtime` and `--protocol twilio`: the same callers over the OpenAI Realtime
-/// protocol (manual turns, then server VAD) and Twilio Media Streams (server VAD).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_realtime_and_twilio_protocols_take_simple_turns() {
+/// `--protocol realtime` and `--protocol twilio` play the whole mix, read from each protocol's own
+/// messages. Every turn must succeed: an interruption that was not cut or not answered anew, stale
+/// audio, a false alarm that was not held, did not resume, or resumed past what the caller had
+/// heard, all fail it.
+async fn plays_every_scenario(protocol: voxd_bench::Protocol, path: &str, server_vad: bool) {
     let server = TestServer::start().await;
-    for (protocol, path, server_vad) in [
-        (
-            voxd_bench::Protocol::Realtime,
-            "v1/realtime?model=bench",
-            false,
-        ),
-        (
-            voxd_bench::Protocol::Realtime,
-            "v1/realtime?model=bench",
-            true,
-        ),
-        (voxd_bench::Protocol::Twilio, "twilio", true),
-    ] {
-        let args = BenchArgs {
-            server: format!("ws://{}/{path}", server.addr),
-            protocol,
-            ..args(&server, server_vad)
-        };
-        let report = voxd_bench::run(&args).await.unwrap();
-        let step = &report.steps[0];
-        assert_eq!(step.turns_ok, 12, "{protocol:?}: {}", report.table());
-        assert_eq!(step.scenarios.len(), 1, "simple only: {}", report.table());
-        assert_eq!(step.overall.ttft.unwrap().count, 12);
+    let args = BenchArgs {
+        server: format!("ws://{}/{path}", server.addr),
+        protocol,
+        ..args(&server, server_vad)
+    };
+    let report = voxd_bench::run(&args).await.unwrap();
+    let step = &report.steps[0];
+    let what = report.table();
+    assert_eq!(step.turns_ok, 12, "{what}");
+    assert_eq!(step.success_rate, 1.0, "{what}");
+    assert!(step.failures.is_empty(), "{what}");
+    let ok = |name: &str| step.scenarios.get(name).map_or(0, |s| s.ok);
+    for name in ["simple", "tools", "interruption", "false_alarm"] {
+        assert!(ok(name) > 0, "no {name} turn: {what}");
     }
+    assert_eq!(step.overall.ttft.unwrap().count, 12, "{what}");
+    // Every interruption stopped the answer and was answered anew.
+    let interruption = &step.scenarios["interruption"].figures;
+    let cut = ok("interruption");
+    assert_eq!(interruption.barge_in.unwrap().count, cut, "{what}");
+    assert_eq!(interruption.recovery_ttft.unwrap().count, cut, "{what}");
+    // With server VAD a false alarm holds the answer until it resumes; with manual turns the
+    // caller's "mhm" holds nothing (its client judged it).
+    let held = step.scenarios["false_alarm"]
+        .figures
+        .barge_in
+        .map_or(0, |b| b.count);
+    let expected = if server_vad { ok("false_alarm") } else { 0 };
+    assert_eq!(held, expected, "{what}");
     server.stop().await;
+}
+
+/// The OpenAI Realtime protocol with manual turns: `commit` and `response.create`, and
+/// `response.cancel` to barge in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_realtime_protocol_plays_every_scenario_with_manual_turns() {
+    plays_every_scenario(
+        voxd_bench::Protocol::Realtime,
+        "v1/realtime?model=bench",
+        false,
+    )
+    .await;
+}
+
+/// The OpenAI Realtime protocol with server VAD: `speech_started` holds the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_realtime_protocol_plays_every_scenario_with_server_vad() {
+    plays_every_scenario(
+        voxd_bench::Protocol::Realtime,
+        "v1/realtime?model=bench",
+        true,
+    )
+    .await;
+}
+
+/// Twilio Media Streams (server VAD), with a simulated Twilio that plays the answer at real time,
+/// echoes each mark once played and drops its buffer on `clear`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_twilio_protocol_plays_every_scenario() {
+    plays_every_scenario(voxd_bench::Protocol::Twilio, "twilio", true).await;
 }

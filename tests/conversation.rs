@@ -551,3 +551,80 @@ async fn client_side_tools_round_trip_time_out_and_refuse_stray_results() {
     assert_ne!(updated["instructions"], "Never mind.");
     server.stop().await;
 }
+
+/// `turn`'s answer policy and idle timeout over `/ws`: a turn that is not answered is transcribed
+/// and waits for `respond`; speech that does not interrupt lets the answer play on and is
+/// answered after it; silence after an answer makes the bot speak again (`idle_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_policy_and_the_idle_timeout_are_the_clients_to_set() {
+    let server = TestServer::start().await;
+    let mut c = server.connect().await;
+    c.send(json!({"type": "session_update", "turn": {"answer_turns": false}}))
+        .await;
+    let turn = c.until("session_updated").await["turn"].clone();
+    assert_eq!(
+        (
+            &turn["answer_turns"],
+            &turn["interrupt_on_speech"],
+            &turn["idle_timeout_ms"]
+        ),
+        (&json!(false), &json!(true), &Value::Null)
+    );
+    c.say(2000).await;
+    let t = c.until("transcript").await;
+    assert_eq!(t["text"], "what's the weather like today");
+    // Unanswered until asked: `respond` answers the words.
+    c.send(json!({"type": "respond"})).await;
+    let first = c.until("response_text").await;
+    assert!(first["text"].as_str().unwrap().contains("sunny"), "{first}");
+    assert_eq!(c.until("response_done").await["status"], "completed");
+    let before: Vec<_> = c.log.iter().filter(|i| i.is("response_done")).collect();
+    assert_eq!(before.len(), 1, "nothing answered the turn itself");
+
+    // Speech over an answer that it does not interrupt.
+    c.send(json!({"type": "session_update",
+        "turn": {"answer_turns": true, "interrupt_on_speech": false}}))
+        .await;
+    c.until("session_updated").await;
+    c.send(json!({"type": "text", "text": "tell me a story"}))
+        .await;
+    let story = c.until("audio_start").await["turn_id"].clone();
+    c.say(1000).await;
+    let done = c.until("response_done").await;
+    assert_eq!(
+        (&done["turn_id"], &done["status"]),
+        (&story, &json!("completed"))
+    );
+    assert!(!c.log.iter().any(|i| i.is("playback_paused")));
+    let next = c.until("response_text").await;
+    assert!(next["text"].as_str().unwrap().contains("omorrow"), "{next}");
+    assert_eq!(c.until("response_done").await["status"], "completed");
+
+    // An idle timeout: the bot speaks again after the answer, unasked.
+    c.send(json!({"type": "session_update",
+        "turn": {"interrupt_on_speech": true, "idle_timeout_ms": 1000}}))
+        .await;
+    c.until("session_updated").await;
+    let idle = c.until("idle_timeout").await;
+    let spoke = c.until("response_done").await;
+    assert_eq!(spoke["turn_id"], idle["turn_id"]);
+    assert_eq!(spoke["status"], "completed");
+    c.send(json!({"type": "session_update", "turn": {"idle_timeout_ms": null}}))
+        .await;
+    assert_eq!(
+        c.until("session_updated").await["turn"]["idle_timeout_ms"],
+        Value::Null
+    );
+    // Out of range: an error naming the field.
+    c.send(json!({"type": "session_update", "turn": {"idle_timeout_ms": 10}}))
+        .await;
+    let e = c.until("error").await;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("turn.idle_timeout_ms"),
+        "{e}"
+    );
+    server.stop().await;
+}

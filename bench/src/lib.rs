@@ -1,4 +1,5 @@
-//! `voxd bench`: a load generator that drives thousands of real-time voice sessions over `/ws`.
+//! `voxd bench`: a load generator that drives thousands of real-time voice sessions over `/ws`
+//! (or the OpenAI Realtime protocol, or Twilio Media Streams: `--protocol`).
 //!
 //! Every session is a caller whose microphone streams 20 ms frames in real time, driven by **one
 //! shared ticker** (a `watch` channel ticking every 20 ms), not a timer per session. Callers play
@@ -12,8 +13,9 @@
 //! (N → M → N, a table per phase) and `stress` (doubling until a bound breaks; reports the knee).
 //! The run reports its own CPU use, so a saturated client is never mistaken for a slow server.
 //!
-//! Boundary: this crate knows only the `/ws` protocol, and the few keys of the mock providers'
-//! config it reads to compute the pipeline minimum (`CONFIG_DEFAULTS`). It depends on no crate of
+//! Boundary: this crate knows only the client protocols (`/ws`, the OpenAI Realtime protocol,
+//! Twilio Media Streams; `wire` reads each), and the few keys of the mock providers' config it
+//! reads to compute the pipeline minimum (`CONFIG_DEFAULTS`). It depends on no crate of
 //! the server (neither `voxd` nor its providers), so it measures voxd as any client would.
 
 pub mod failif;
@@ -22,6 +24,7 @@ pub mod session;
 pub mod stats;
 pub mod sysstat;
 pub mod transcribe;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -125,8 +128,12 @@ pub struct BenchArgs {
     pub server_vad: bool,
     /// The protocol the callers speak: voxd's `/ws`, the OpenAI Realtime protocol (point
     /// `--server` at `/v1/realtime`) or Twilio Media Streams (`/twilio`; needs `--server-vad`).
-    /// `realtime` and `twilio` play the simple scenario only: their barge-in signals differ from
-    /// `/ws`'s, and Twilio's server tools are invisible to the caller.
+    /// Every protocol plays the same scenario mix, each read from the protocol's own messages:
+    /// a barge-in is Realtime's `speech_started` then `response.done` `cancelled`, or Twilio's
+    /// `clear`s; a false alarm's resume is the held answer's audio coming again. voxd's tools
+    /// are invisible to Realtime and Twilio callers, so their tool turn is a turn whose answer
+    /// comes after the tool. Without `--server-vad`, Realtime callers take manual turns:
+    /// `commit` and `response.create`, and `response.cancel` to barge in.
     #[arg(long, value_enum, default_value = "ws")]
     pub protocol: Protocol,
     /// Noisy callers: between utterances (and in --idle) the microphone carries pink noise at
@@ -140,7 +147,8 @@ pub struct BenchArgs {
     /// The server's PID, to sample its CPU and RSS from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Seconds a turn may take before it fails (tool calls get 3x).
+    /// Seconds a turn may take before it fails (tool calls get 3x, interruptions 2x: they wait
+    /// for two answers).
     #[arg(long, default_value_t = 15.0)]
     pub timeout: f64,
     /// Write the report as JSON.
@@ -499,21 +507,17 @@ pub fn default_steps(max: usize) -> Vec<usize> {
 /// # Errors
 /// Usage errors (bad weights, bad `--fail-if`, unreadable mock config).
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
-    let mix = if args.protocol == Protocol::Ws {
-        Mix::new([
-            args.simple,
-            args.tools,
-            args.interruptions,
-            args.false_alarms,
-        ])?
-    } else {
-        if args.protocol == Protocol::Twilio && !args.server_vad && !args.idle {
-            return Err(BenchError::Usage(
-                "--protocol twilio needs --server-vad: Twilio has no speech signals".into(),
-            ));
-        }
-        Mix::new([1.0, 0.0, 0.0, 0.0])?
-    };
+    if args.protocol == Protocol::Twilio && !args.server_vad && !args.idle {
+        return Err(BenchError::Usage(
+            "--protocol twilio needs --server-vad: Twilio has no speech signals".into(),
+        ));
+    }
+    let mix = Mix::new([
+        args.simple,
+        args.tools,
+        args.interruptions,
+        args.false_alarms,
+    ])?;
     if let Some(f) = &args.fail_if {
         failif::parse(f).map_err(|e| BenchError::Usage(e.to_string()))?;
     }

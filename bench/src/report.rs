@@ -196,7 +196,7 @@ pub struct Figures {
     pub overhead: Option<Summary>,
     /// Server `ttft_ms` − pipeline minimum (simple queries).
     pub server_overhead: Option<Summary>,
-    /// Barge-in → `playback_paused`.
+    /// Barge-in → the answer held (`playback_paused`, or the protocol's own sign of it).
     pub barge_in: Option<Summary>,
     /// After an interruption: end of the new speech → the new answer's first audio.
     pub recovery_ttft: Option<Summary>,

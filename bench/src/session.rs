@@ -2,6 +2,7 @@
 //! frame per tick of the shared ticker) and plays the four scenarios of a classic voice-bot load
 //! test, measuring each turn.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::wire::{ws_seen, Done, RealtimeReader, Seen, TwilioPhone};
 
 /// Each caller's WebSocket read buffer, in bytes.
 const READ_BUFFER: usize = 8 * 1024;
@@ -226,7 +229,9 @@ pub struct TurnResult {
     /// The server's own `ttft_ms` minus the pipeline's minimum: the overhead without the
     /// network and the load tool's own delays.
     pub server_overhead_ms: Option<f64>,
-    /// Barge-in signal (or first speech frame) to `playback_paused`.
+    /// The barge-in's first speech frame (or signal) to the answer's hold: `/ws`'s
+    /// `playback_paused`, Realtime's `input_audio_buffer.speech_started` (with manual turns the
+    /// `response.done` of the cancelled answer), Twilio's first `clear`.
     pub barge_in: Option<Duration>,
     /// After an interruption: end of the new speech to the new answer's first audio.
     pub recovery_ttft: Option<Duration>,
@@ -252,31 +257,34 @@ pub struct Caller {
     speech_ended_at: Option<Instant>,
     /// The next frame of the background.
     background_next: usize,
-    speech_started_at: Option<Instant>,
     timeout: Duration,
-    /// Twilio sends no events: when the last answer audio came, and whether its end was told.
-    last_media: Option<Instant>,
-    media_done: bool,
+    /// What the protocol's reader saw and the turn logic has not taken yet (a message can mean
+    /// several things: a Realtime `response.done` `cancelled` is a hold, an interruption and an
+    /// end). Its capacity is kept from message to message.
+    seen: VecDeque<Seen>,
+    /// The readers of the Realtime and Twilio protocols (the one of the caller's protocol is used).
+    realtime: RealtimeReader,
+    phone: TwilioPhone,
 }
 
-/// How long a Twilio answer's audio must pause to count as done (voxd sends it paced, with no
-/// gap longer than a pacing interval while it speaks).
-const TWILIO_QUIET: Duration = Duration::from_millis(700);
-
-/// An utterance being spoken: its frames, the next one, and the control message to send after
+/// An utterance being spoken: its frames, the next one, and the control messages to send after
 /// the last one.
 struct Utterance {
     frames: Arc<[Message]>,
     next: usize,
-    after: Option<&'static str>,
+    after: &'static [&'static str],
 }
 
-/// What one step of the caller brought.
-enum Step {
-    Tick,
-    Event(Value),
-    Audio(usize),
-}
+/// The Realtime messages that end a manual turn: the buffer becomes the user's turn, and the
+/// client asks for its answer (the protocol's `turn_detection: null`).
+const REALTIME_MANUAL_TURN: &[&str] = &[
+    r#"{"type":"input_audio_buffer.commit"}"#,
+    r#"{"type":"response.create"}"#,
+];
+
+/// A manual Realtime turn that is not one: the words join the conversation, and nobody asks for
+/// an answer to them.
+const REALTIME_MANUAL_COMMIT: &[&str] = &[r#"{"type":"input_audio_buffer.commit"}"#];
 
 impl Caller {
     /// Connects and waits for `ready`; returns the caller and the connect time.
@@ -303,6 +311,7 @@ impl Caller {
                 e => format!("connect: {e}"),
             })?;
         let last_tick = *ticks.borrow();
+        let server_vad = voice.server_vad;
         let mut caller = Caller {
             ws,
             ticks,
@@ -311,16 +320,15 @@ impl Caller {
             speech: None,
             speech_ended_at: None,
             background_next: 0,
-            speech_started_at: None,
             timeout,
-            last_media: None,
-            media_done: true,
+            seen: VecDeque::with_capacity(8),
+            realtime: RealtimeReader::new(server_vad),
+            phone: TwilioPhone::default(),
         };
         let connect = match caller.voice.protocol {
             Protocol::Ws | Protocol::Realtime => loop {
-                match caller.step().await? {
-                    Step::Event(v) if v["type"] == "ready" => break started.elapsed(),
-                    _ => {}
+                if let Seen::Ready = caller.step().await? {
+                    break started.elapsed();
                 }
             },
             Protocol::Twilio => {
@@ -336,13 +344,18 @@ impl Caller {
                 started.elapsed()
             }
         };
-        if caller.voice.protocol == Protocol::Realtime && !caller.voice.server_vad {
-            // Explicit turns are manual turns: appends, then a commit.
+        if caller.manual_realtime() {
+            // Explicit turns are manual turns: appends, then a commit and a response.create.
             caller
                 .send_text(r#"{"type":"session.update","session":{"type":"realtime","audio":{"input":{"turn_detection":null}}}}"#)
                 .await?;
         }
         Ok((caller, connect))
+    }
+
+    /// A Realtime caller that takes its own turns (`turn_detection: null`).
+    fn manual_realtime(&self) -> bool {
+        self.voice.protocol == Protocol::Realtime && !self.voice.server_vad
     }
 
     /// Streams silence (the microphone of a caller who says nothing) until `t`.
@@ -360,8 +373,12 @@ impl Caller {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
     }
 
-    /// Waits for a tick (then sends this tick's frames) or a message from the server.
-    async fn step(&mut self) -> Result<Step, String> {
+    /// What the reader saw last, or else: waits for a tick (then sends this tick's frames) or a
+    /// message from the server.
+    async fn step(&mut self) -> Result<Seen, String> {
+        if let Some(s) = self.seen.pop_front() {
+            return Ok(s);
+        }
         tokio::select! {
             changed = self.ticks.changed() => {
                 changed.map_err(|_| "ticker stopped".to_owned())?;
@@ -372,34 +389,35 @@ impl Caller {
                 for _ in 0..due {
                     self.send_frame().await?;
                 }
-                if self.voice.protocol == Protocol::Twilio
-                    && !self.media_done
-                    && self.last_media.is_some_and(|t| t.elapsed() >= TWILIO_QUIET)
-                {
-                    self.media_done = true;
-                    return Ok(Step::Event(
-                        serde_json::json!({"type": "response_done", "status": "completed"}),
-                    ));
+                if self.voice.protocol == Protocol::Twilio {
+                    self.phone.tick(Instant::now(), &mut self.seen);
+                    self.send_echoes().await?;
                 }
-                Ok(Step::Tick)
             }
             msg = self.ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(t.as_str())
-                        .map_err(|e| format!("bad JSON from server: {e}"))?;
-                    match self.voice.protocol {
-                        Protocol::Ws => Ok(Step::Event(v)),
-                        Protocol::Realtime => Ok(realtime_step(&v)),
-                        Protocol::Twilio => self.twilio_step(&v).await,
+                Some(Ok(Message::Text(t))) => match self.voice.protocol {
+                    Protocol::Ws => {
+                        let v: Value = serde_json::from_str(t.as_str())
+                            .map_err(|e| format!("bad JSON from server: {e}"))?;
+                        return Ok(ws_seen(&v));
                     }
+                    Protocol::Realtime => self.realtime.read(t.as_str(), &mut self.seen)?,
+                    Protocol::Twilio => {
+                        let speaking = self.speech.is_some();
+                        self.phone.read(t.as_str(), Instant::now(), speaking, &mut self.seen)?;
+                        self.send_echoes().await?;
+                    }
+                },
+                Some(Ok(Message::Binary(b))) => {
+                    return Ok(Seen::Audio { bytes: b.len(), turn: None });
                 }
-                Some(Ok(Message::Binary(b))) => Ok(Step::Audio(b.len())),
-                Some(Ok(Message::Close(f))) => Err(format!("server closed: {f:?}")),
-                Some(Ok(_)) => Ok(Step::Tick),
-                Some(Err(e)) => Err(format!("socket: {e}")),
-                None => Err("server closed the connection".to_owned()),
+                Some(Ok(Message::Close(f))) => return Err(format!("server closed: {f:?}")),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("socket: {e}")),
+                None => return Err("server closed the connection".to_owned()),
             }
         }
+        Ok(self.seen.pop_front().unwrap_or(Seen::Nothing))
     }
 
     async fn send_frame(&mut self) -> Result<(), String> {
@@ -411,7 +429,7 @@ impl Caller {
                     let after = u.after;
                     self.speech = None;
                     self.send_frame_bytes(f).await?;
-                    if let Some(msg) = after {
+                    for msg in after {
                         self.send_text(msg).await?;
                     }
                     self.speech_ended_at = Some(Instant::now());
@@ -433,28 +451,12 @@ impl Caller {
         self.ws.send(f).await.map_err(|e| format!("send: {e}"))
     }
 
-    /// A Twilio message: answer audio, or a mark (echoed at once: the load tool does not play).
-    async fn twilio_step(&mut self, v: &Value) -> Result<Step, String> {
-        match v["event"].as_str() {
-            Some("media") => {
-                let n = v["media"]["payload"].as_str().map_or(0, str::len) / 4 * 3;
-                self.last_media = Some(Instant::now());
-                self.media_done = false;
-                Ok(Step::Audio(n))
-            }
-            Some("mark") => {
-                let name = v["mark"]["name"].as_str().unwrap_or_default();
-                let echo = format!(
-                    r#"{{"event":"mark","streamSid":"MZbench","mark":{{"name":"{name}"}}}}"#
-                );
-                self.ws
-                    .send(Message::Text(echo.into()))
-                    .await
-                    .map_err(|e| format!("send: {e}"))?;
-                Ok(Step::Tick)
-            }
-            _ => Ok(Step::Tick),
+    /// Sends the marks the simulated Twilio has played (or dropped) back to voxd.
+    async fn send_echoes(&mut self) -> Result<(), String> {
+        while let Some(echo) = self.phone.poll_echo() {
+            self.ws.send(echo).await.map_err(|e| format!("send: {e}"))?;
         }
+        Ok(())
     }
 
     async fn send_text(&mut self, t: &'static str) -> Result<(), String> {
@@ -464,35 +466,57 @@ impl Caller {
             .map_err(|e| format!("send: {e}"))
     }
 
-    /// Starts speaking `frames` from the next tick; with explicit signals, `speech_start` now and
-    /// `speech_end` after the last frame.
-    async fn speak(&mut self, frames: Arc<[Message]>) -> Result<(), String> {
-        let explicit = !self.voice.server_vad;
-        if explicit && self.voice.protocol == Protocol::Ws {
-            self.send_text(r#"{"type":"speech_start"}"#).await?;
-        }
-        if explicit && self.voice.protocol == Protocol::Realtime {
-            // The input buffer holds what the microphone carried since the last turn.
-            self.send_text(r#"{"type":"input_audio_buffer.clear"}"#)
-                .await?;
-        }
-        let after = match self.voice.protocol {
-            Protocol::Ws => r#"{"type":"speech_end"}"#,
-            // A manual turn starts with its first append and ends with a commit.
-            Protocol::Realtime => r#"{"type":"input_audio_buffer.commit"}"#,
-            Protocol::Twilio => "",
-        };
-        self.speech_started_at = Some(Instant::now());
+    /// Starts speaking `frames` from the next tick. With explicit signals: `speech_start` now
+    /// and `speech_end` after the last frame (`/ws`), or the input buffer cleared now and `after`
+    /// sent after the last frame (manual Realtime turns).
+    async fn speak(
+        &mut self,
+        frames: Arc<[Message]>,
+        after: &'static [&'static str],
+    ) -> Result<(), String> {
         self.speech_ended_at = None;
+        let explicit = !self.voice.server_vad;
+        let after = match self.voice.protocol {
+            Protocol::Ws if explicit => {
+                self.send_text(r#"{"type":"speech_start"}"#).await?;
+                &[r#"{"type":"speech_end"}"#][..]
+            }
+            Protocol::Realtime if explicit => {
+                // The input buffer holds what the microphone carried since the last turn.
+                self.send_text(r#"{"type":"input_audio_buffer.clear"}"#)
+                    .await?;
+                after
+            }
+            _ => &[],
+        };
         self.speech = Some(Utterance {
             frames,
             next: 0,
-            after: (explicit && !after.is_empty()).then_some(after),
+            after,
         });
         Ok(())
     }
 
     /// Plays one scenario and measures it. `Err` means the connection broke.
+    ///
+    /// The scenarios read the same in every protocol (`wire` maps each protocol's messages onto
+    /// one vocabulary), with these differences:
+    /// - **Tool calls.** voxd runs its tools itself and only `/ws` tells of them (`tool_call`):
+    ///   over Realtime and Twilio the tool turn is a turn whose answer comes after the tool, its
+    ///   TTFT including the tool's time.
+    /// - **Manual Realtime turns** (no server VAD) are the client's to take: a query is appended,
+    ///   committed and answered on `response.create`. voxd hears nothing before a commit, so the
+    ///   caller's client barges in as the protocol asks of a client with its own turn-taking: it
+    ///   cancels the answer (`response.cancel`) as its caller starts to talk, then commits the
+    ///   words and asks for their answer. Its barge-in reaction is the time to that
+    ///   `response.done` (`cancelled`, `client_cancelled`). A false alarm is the client's call
+    ///   too: the "mhm" is committed without `response.create`, and the answer must play on
+    ///   unheld to its end (no hold, so no reaction to measure).
+    /// - **What is checked after a false alarm.** `/ws` says the answer's length
+    ///   (`audio_ms`): every byte must have come. Twilio's marks say where each frame lies in
+    ///   the answer: the resumed audio must start no later than what the caller had heard when
+    ///   the `clear` came. Realtime's deltas say neither, so its resumed answer is checked to
+    ///   come after the judgement and to complete.
     ///
     /// # Errors
     /// When the connection breaks; the turn's own failures are in `TurnResult::error`.
@@ -506,13 +530,15 @@ impl Caller {
         let deadline = Instant::now()
             + match scenario {
                 Scenario::Tools => self.timeout * 3,
+                // Two answers, and the words that cut the first.
+                Scenario::Interruption => self.timeout * 2,
                 _ => self.timeout,
             };
         let query = match scenario {
             Scenario::Tools => self.voice.tool_query.clone(),
             _ => self.voice.query.clone(),
         };
-        self.speak(query).await?;
+        self.speak(query, REALTIME_MANUAL_TURN).await?;
         let mut w = Watch::default();
         // Phase 1: the answer starts.
         let outcome = self
@@ -534,10 +560,13 @@ impl Caller {
                 }
                 let done = w.done.clone().unwrap_or_default();
                 t.total = w.done_at.map(|d| d.saturating_duration_since(end));
-                t.server_ttft_ms = done["ttft_ms"].as_f64();
-                if done["status"] != "completed" {
-                    t.error = Some(format!("response {}", done["status"]));
-                } else if scenario == Scenario::Tools && !w.tool_called {
+                t.server_ttft_ms = done.ttft_ms;
+                if done.status != "completed" {
+                    t.error = Some(format!("response {}", done.status));
+                } else if scenario == Scenario::Tools
+                    && self.voice.protocol == Protocol::Ws
+                    && !w.tool_called
+                {
                     t.error = Some("no tool_call".to_owned());
                 } else if scenario == Scenario::Simple {
                     let min = w
@@ -572,14 +601,20 @@ impl Caller {
                     t.error = Some("the answer ended before the barge-in".to_owned());
                     return Ok(t);
                 }
-                let frames = if scenario == Scenario::Interruption {
-                    self.voice.interrupt.clone()
-                } else {
-                    self.voice.backchannel.clone()
-                };
                 w.barge_in_sent = true;
-                self.speak(frames).await?;
-                let barge_at = self.speech_started_at.unwrap_or_else(Instant::now);
+                let barge_at = Instant::now();
+                let manual = self.manual_realtime();
+                if scenario == Scenario::Interruption {
+                    if manual {
+                        // Cancelled as the caller starts to talk (see above).
+                        self.send_text(r#"{"type":"response.cancel"}"#).await?;
+                    }
+                    self.speak(self.voice.interrupt.clone(), REALTIME_MANUAL_TURN)
+                        .await?;
+                } else {
+                    self.speak(self.voice.backchannel.clone(), REALTIME_MANUAL_COMMIT)
+                        .await?;
+                }
                 if scenario == Scenario::Interruption {
                     let turn = w.turn;
                     let r = self
@@ -601,16 +636,25 @@ impl Caller {
                     let first_status = w.done_turns.first().map(|(_, s)| s.as_str());
                     let last_status = w.done_turns.last().map(|(_, s)| s.as_str());
                     let stale = w.stale_audio + w.audio_while_paused;
+                    // Realtime says why a response was cancelled.
+                    let reason = w.done.as_ref().and_then(|d| d.reason.as_deref());
+                    let expected = if manual {
+                        "client_cancelled"
+                    } else {
+                        "turn_detected"
+                    };
                     if !w.interrupted {
                         t.error = Some("no interrupted event".to_owned());
                     } else if stale > 0 {
-                        t.error = Some(format!(
-                            "{stale} bytes of stale audio after playback_paused"
-                        ));
+                        t.error = Some(format!("{stale} bytes of stale audio after the pause"));
                     } else if first_status != Some("interrupted")
                         || last_status != Some("completed")
                     {
                         t.error = Some(format!("statuses {first_status:?} then {last_status:?}"));
+                    } else if reason.is_some_and(|r| r != expected) {
+                        t.error = Some(format!("cancelled for {reason:?}, not {expected}"));
+                    } else if w.second_audio.is_none() {
+                        t.error = Some("no audio in the new answer".to_owned());
                     }
                 } else {
                     if let Some(e) = self.until(deadline, &mut w, |w| w.done.is_some()).await? {
@@ -620,25 +664,8 @@ impl Caller {
                     let done = w.done.clone().unwrap_or_default();
                     t.barge_in = w.paused_at.map(|p| p.saturating_duration_since(barge_at));
                     t.total = w.done_at.map(|d| d.saturating_duration_since(end));
-                    t.server_ttft_ms = done["ttft_ms"].as_f64();
-                    let expected = done["audio_ms"].as_f64().unwrap_or(0.0) * 32.0;
-                    if w.paused_at.is_none() {
-                        t.error = Some("no playback_paused".to_owned());
-                    } else if !w.resumed {
-                        t.error = Some("no playback_resumed".to_owned());
-                    } else if w.audio_while_paused > 0 {
-                        t.error = Some(format!(
-                            "{} bytes of audio while paused",
-                            w.audio_while_paused
-                        ));
-                    } else if done["status"] != "completed" {
-                        t.error = Some(format!("response {}", done["status"]));
-                    } else if (w.audio_bytes as f64 - expected).abs() > 2.0 {
-                        t.error = Some(format!(
-                            "incomplete answer after resume: {} of {expected} bytes",
-                            w.audio_bytes
-                        ));
-                    }
+                    t.server_ttft_ms = done.ttft_ms;
+                    t.error = false_alarm_error(&w, &done, manual);
                 }
             }
         }
@@ -671,46 +698,47 @@ impl Caller {
     }
 }
 
-/// A Realtime event as the `/ws` event the turn logic reads (`Step::Audio` for audio).
-fn realtime_step(v: &Value) -> Step {
-    let turn = |key: &str| {
-        v[key]
-            .as_str()
-            .and_then(|id| id.split('_').nth(1))
-            .and_then(|n| n.parse::<u64>().ok())
-    };
-    let event = match v["type"].as_str().unwrap_or("") {
-        "session.created" => serde_json::json!({"type": "ready"}),
-        "response.output_audio.delta" => {
-            return Step::Audio(v["delta"].as_str().map_or(0, str::len) / 4 * 3);
+/// Why a false alarm failed, if it did: the answer was not held and resumed (or, with manual
+/// Realtime turns, was held), audio came while it was held, the resumed audio skipped some of
+/// the answer, or the answer did not complete whole.
+fn false_alarm_error(w: &Watch, done: &Done, manual: bool) -> Option<String> {
+    if manual {
+        // The client's call: the answer plays on, unheld.
+        if w.paused_at.is_some() {
+            return Some("the answer was held for a committed mhm".to_owned());
         }
-        "conversation.item.input_audio_transcription.completed" => {
-            serde_json::json!({"type": "transcript", "turn_id": turn("item_id")})
-        }
-        "response.output_audio_transcript.delta" => serde_json::json!({
-            "type": "response_text", "turn_id": turn("response_id"), "text": v["delta"]}),
-        "response.done" => {
-            let r = &v["response"];
-            let status = match r["status"].as_str() {
-                Some("cancelled") => "interrupted",
-                Some(s) => s,
-                None => "failed",
-            };
-            let turn = r["id"]
-                .as_str()
-                .and_then(|id| id.split('_').nth(1))
-                .and_then(|n| n.parse::<u64>().ok());
-            serde_json::json!({"type": "response_done", "turn_id": turn, "status": status})
-        }
-        "error" => serde_json::json!({"type": "error", "code": v["error"]["code"]}),
-        _ => return Step::Tick,
-    };
-    Step::Event(event)
+    } else if w.paused_at.is_none() {
+        return Some("the answer was not held".to_owned());
+    } else if !w.resumed {
+        return Some("the answer did not resume".to_owned());
+    } else if w.audio_while_paused > 0 {
+        return Some(format!(
+            "{} bytes of audio while held",
+            w.audio_while_paused
+        ));
+    } else if w.skipped > 0 {
+        return Some(format!(
+            "resumed {} samples past what the caller had heard",
+            w.skipped
+        ));
+    }
+    if done.status != "completed" {
+        return Some(format!("response {}", done.status));
+    }
+    // `/ws` says the answer's length: every byte of it must have come.
+    let expected = done.audio_ms? * 32.0;
+    ((w.audio_bytes as f64 - expected).abs() > 2.0).then(|| {
+        format!(
+            "incomplete answer after resume: {} of {expected} bytes",
+            w.audio_bytes
+        )
+    })
 }
 
 /// What a turn has seen so far.
 #[derive(Debug, Default)]
 struct Watch {
+    /// The answer's turn: named by `/ws`'s `transcript`, else by the answer itself.
     turn: Option<u64>,
     first_sentence: Option<String>,
     sentences: usize,
@@ -725,77 +753,80 @@ struct Watch {
     interrupted: bool,
     audio_while_paused: usize,
     stale_audio: usize,
-    done: Option<Value>,
+    /// Samples of the answer the caller never heard after a resume.
+    skipped: u64,
+    /// The turn an interruption ended: its audio from then on is stale.
+    cut_turn: Option<u64>,
+    done: Option<Done>,
     done_at: Option<Instant>,
     done_turns: Vec<(u64, String)>,
 }
 
 impl Watch {
-    /// Takes in one step; returns a failure reason for a fatal server error.
-    fn see(&mut self, step: Step) -> Option<String> {
-        match step {
-            Step::Tick => {}
-            Step::Audio(n) => {
+    /// Takes in what the caller saw; returns a failure reason for a server error.
+    fn see(&mut self, seen: Seen) -> Option<String> {
+        match seen {
+            Seen::Audio { bytes, turn } => {
                 let now = Instant::now();
+                if turn.is_some() && turn == self.cut_turn {
+                    self.stale_audio += bytes;
+                    return None;
+                }
                 if self.interrupted && self.done_turns.len() == 1 {
                     self.second_audio.get_or_insert(now);
                 } else {
                     self.first_audio.get_or_insert(now);
                     if self.paused {
                         if self.interrupted {
-                            self.stale_audio += n;
+                            self.stale_audio += bytes;
                         } else {
-                            self.audio_while_paused += n;
+                            self.audio_while_paused += bytes;
                         }
                     } else {
-                        self.audio_bytes += n;
+                        self.audio_bytes += bytes;
                     }
                 }
             }
-            Step::Event(v) => {
-                let ty = v["type"].as_str().unwrap_or("");
-                match ty {
-                    "transcript" if !self.barge_in_sent => {
-                        self.turn = v["turn_id"].as_u64();
-                    }
-                    "response_text" if Some(v["turn_id"].as_u64().unwrap_or(0)) == self.turn => {
-                        if self.first_sentence.is_none() {
-                            self.first_sentence = v["text"].as_str().map(str::to_owned);
-                        }
-                        self.sentences += 1;
-                    }
-                    "tool_call" => self.tool_called = true,
-                    "playback_paused" => {
-                        self.paused = true;
-                        self.paused_at.get_or_insert_with(Instant::now);
-                    }
-                    "playback_resumed" => {
-                        self.paused = false;
-                        self.resumed = true;
-                    }
-                    "interrupted" => self.interrupted = true,
-                    "response_done" => {
-                        let id = v["turn_id"].as_u64().unwrap_or(0);
-                        let status = v["status"].as_str().unwrap_or("").to_owned();
-                        self.done_turns.push((id, status));
-                        self.done_at = Some(Instant::now());
-                        if self.turn.is_none() || Some(id) == self.turn {
-                            self.done = Some(v);
-                        }
-                        // A new answer after an interruption: audio from here is its own.
-                        if self.interrupted {
-                            self.paused = false;
-                        }
-                    }
-                    "error" if v["fatal"] == true => {
-                        return Some(format!("fatal error {}", v["code"]));
-                    }
-                    "error" => {
-                        return Some(format!("error {}", v["code"]));
-                    }
-                    _ => {}
+            Seen::Transcript { turn } if !self.barge_in_sent => self.turn = turn,
+            Seen::Answer { turn } if !self.barge_in_sent && self.turn.is_none() => {
+                self.turn = Some(turn);
+            }
+            Seen::ResponseText { turn, text } if turn.is_some() && turn == self.turn => {
+                if self.first_sentence.is_none() {
+                    self.first_sentence = Some(text);
+                }
+                self.sentences += 1;
+            }
+            Seen::ToolCall => self.tool_called = true,
+            // A hold before the barge-in is not the barge-in's.
+            Seen::Held if self.barge_in_sent => {
+                self.paused = true;
+                self.paused_at.get_or_insert_with(Instant::now);
+            }
+            Seen::Resumed if self.paused => {
+                self.paused = false;
+                self.resumed = true;
+            }
+            Seen::Interrupted => self.interrupted = true,
+            Seen::Done(d) => {
+                self.done_turns
+                    .push((d.turn.unwrap_or(0), d.status.clone()));
+                self.done_at = Some(Instant::now());
+                if d.status == "interrupted" {
+                    self.cut_turn = d.turn;
+                }
+                // A new answer after an interruption: audio from here is its own.
+                if self.interrupted {
+                    self.paused = false;
+                }
+                if self.turn.is_none() || d.turn == self.turn {
+                    self.done = Some(d);
                 }
             }
+            Seen::Skipped { samples } => self.skipped += samples,
+            Seen::Error { code, fatal: true } => return Some(format!("fatal error {code}")),
+            Seen::Error { code, .. } => return Some(format!("error {code}")),
+            _ => {}
         }
         None
     }
@@ -830,19 +861,5 @@ mod tests {
         assert_eq!(v["event"], "media");
         // 20 ms at 8 kHz: 160 bytes of μ-law.
         assert_eq!(v["media"]["payload"].as_str().unwrap().len(), 216);
-    }
-
-    #[test]
-    fn realtime_events_read_as_the_turn_logic_expects() {
-        let done = serde_json::json!({"type": "response.done", "response": {"id": "resp_3", "status": "cancelled"}});
-        let Step::Event(e) = realtime_step(&done) else {
-            panic!()
-        };
-        assert_eq!(
-            (e["turn_id"].as_u64(), e["status"].as_str()),
-            (Some(3), Some("interrupted"))
-        );
-        let audio = serde_json::json!({"type": "response.output_audio.delta", "delta": "AAAA"});
-        assert!(matches!(realtime_step(&audio), Step::Audio(3)));
     }
 }

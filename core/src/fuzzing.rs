@@ -226,6 +226,18 @@ enum Step {
         silence_ms: Option<u16>,
         prefix_padding_ms: Option<u16>,
     },
+    /// Whether turns are answered and speech interrupts, and the idle timeout (ms; `Some(None)`
+    /// turns it off).
+    Policy {
+        answer_turns: Option<bool>,
+        interrupt_on_speech: Option<bool>,
+        idle_timeout_ms: Option<Option<u16>>,
+    },
+    /// An audio message (the Realtime protocol's audio item) of this many samples (×16).
+    UserAudio {
+        sound: Sound,
+        samples: u16,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -643,6 +655,9 @@ impl Driver {
                     voice: voice.map(|w| w.text()),
                     language: None,
                     vad: None,
+                    answer_turns: None,
+                    interrupt_on_speech: None,
+                    idle_timeout: None,
                 };
                 self.s.handle_update(self.now, update);
                 self.drain();
@@ -724,6 +739,27 @@ impl Driver {
                     ..SessionUpdate::default()
                 };
                 self.s.handle_update(self.now, update);
+                self.drain();
+            }
+            Step::Policy {
+                answer_turns,
+                interrupt_on_speech,
+                idle_timeout_ms,
+            } => {
+                let update = SessionUpdate {
+                    answer_turns,
+                    interrupt_on_speech,
+                    idle_timeout: idle_timeout_ms
+                        .map(|ms| ms.map(|n| Duration::from_millis(u64::from(n)))),
+                    ..SessionUpdate::default()
+                };
+                self.s.handle_update(self.now, update);
+                self.drain();
+            }
+            Step::UserAudio { sound, samples } => {
+                let len = u64::from(samples % 4096) * 16;
+                let audio: Vec<i16> = (0..len).map(|i| sample(sound, i)).collect();
+                self.s.handle_user_audio(self.now, &audio);
                 self.drain();
             }
             Step::Provider { to, event } => {
@@ -878,6 +914,7 @@ fn event_turn(e: &Event) -> TurnId {
         Event::Truncated { turn, .. }
         | Event::Deleted { turn, .. }
         | Event::Rewound { turn, .. } => *turn,
+        Event::AudioMessage { turn, .. } | Event::IdleTimeout { turn, .. } => *turn,
         Event::SessionUpdated { .. } | Event::Rejected(_) => TurnId(0),
     }
 }

@@ -1280,6 +1280,10 @@ impl Config {
             client_tools: Arc::from([]),
             voice: None,
             language: None,
+            // A client's to change (the Realtime protocol's `turn_detection`).
+            answer_turns: true,
+            interrupt_on_speech: true,
+            idle_timeout: None,
         };
         Ok(Config {
             base_dir: base_dir.to_owned(),

@@ -491,6 +491,7 @@ impl<C: Codec> Driver<C> {
                                 self.limits.audio_text(t.len(), bytes)
                             }
                             TextKind::Echo => self.limits.echo_text(t.len()),
+                            TextKind::Recording => self.limits.recording(),
                         };
                         match verdict {
                             Admit::Yes => self.on_text(now, t.as_str()),
@@ -914,6 +915,7 @@ fn apply(core: &mut Session, now: Time, input: Input<'_>) {
         Input::SpeechEnd => core.handle_speech_end(now),
         Input::Text(text) => core.handle_text(now, &text),
         Input::UserMessage(text) => core.handle_user_message(now, &text),
+        Input::UserAudio(samples) => core.handle_user_audio(now, samples),
         Input::Say(text) => core.handle_say(now, &text),
         Input::Respond(overrides) => core.handle_respond_with(now, overrides),
         Input::Cancel => core.handle_cancel(now),

@@ -83,6 +83,12 @@ impl ClientLimits {
         if len > self.max_text {
             return Admit::Close(1009, "text message too big");
         }
+        self.recording()
+    }
+
+    /// Checks a control message that carries a whole recording: its size is bounded by the
+    /// WebSocket layer (`server.max_message_bytes`) alone, and it counts as one control message.
+    pub(super) fn recording(&mut self) -> Admit {
         let ok = self.control.check().is_ok();
         let rate = self.control_rate;
         let message = move || {

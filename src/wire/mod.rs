@@ -53,6 +53,9 @@ pub(crate) enum Input<'a> {
     Text(String),
     /// A user message added to the conversation, with no reply until one is asked for.
     UserMessage(String),
+    /// A user message as audio (mono PCM16 at 16 kHz), transcribed into the conversation with
+    /// no reply until one is asked for.
+    UserAudio(&'a [i16]),
     /// Words the bot says verbatim, as a turn of its own.
     Say(String),
     /// A reply now, from the history as it stands, with settings of its own where given.
@@ -167,6 +170,10 @@ pub(crate) enum TextKind {
     /// The echo of something the server sent (a Twilio mark): as many as the server sent, so
     /// only its size is checked.
     Echo,
+    /// A control message that carries a whole recording (a Realtime audio item): one control
+    /// message against `limits.max_control_per_s`, as large as `server.max_message_bytes`
+    /// allows rather than `limits.max_text_bytes`.
+    Recording,
 }
 
 /// What the server says outside the session's own events.

@@ -11,7 +11,7 @@
 //! client's `response.create` for it is taken as already answered.
 
 use std::borrow::Cow;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -43,6 +43,9 @@ const CLIENT_EVENTS: &str =
 /// How many items of the conversation the codec remembers for `conversation.item.truncate`,
 /// `.delete` and `.retrieve` (the oldest go first).
 const ITEMS_KEPT: usize = 128;
+
+/// How many of the last spoken turns the codec remembers as spoken.
+const SPOKEN_KEPT: usize = 64;
 
 /// Samples of response audio (24 kHz) in a millisecond.
 const SAMPLES_PER_MS: u64 = REALTIME_RATE.0 as u64 / 1000;
@@ -150,6 +153,13 @@ struct PendingUser {
     item: Value,
 }
 
+/// An audio message handed to the session, until the session names its turn.
+#[derive(Debug)]
+struct PendingAudio {
+    id: String,
+    event_id: Option<String>,
+}
+
 /// `turn_detection`'s settings.
 #[derive(Clone, Debug, PartialEq)]
 struct TurnDetection {
@@ -160,6 +170,12 @@ struct TurnDetection {
     threshold: f64,
     prefix_padding_ms: u32,
     silence_duration_ms: u32,
+    /// A finished turn is answered (else it joins the conversation unanswered).
+    create_response: bool,
+    /// Speech interrupts a response (else the response plays on).
+    interrupt_response: bool,
+    /// `server_vad`'s idle timeout.
+    idle_timeout_ms: Option<u32>,
 }
 
 impl Default for TurnDetection {
@@ -170,6 +186,9 @@ impl Default for TurnDetection {
             threshold: 0.5,
             prefix_padding_ms: 300,
             silence_duration_ms: 500,
+            create_response: true,
+            interrupt_response: true,
+            idle_timeout_ms: None,
         }
     }
 }
@@ -178,13 +197,28 @@ impl TurnDetection {
     fn json(&self) -> Value {
         if self.semantic {
             json!({"type": "semantic_vad", "eagerness": self.eagerness,
-                "create_response": true, "interrupt_response": true})
+                "create_response": self.create_response,
+                "interrupt_response": self.interrupt_response})
         } else {
             json!({"type": "server_vad", "threshold": self.threshold,
                 "prefix_padding_ms": self.prefix_padding_ms,
                 "silence_duration_ms": self.silence_duration_ms,
-                "idle_timeout_ms": null, "create_response": true, "interrupt_response": true})
+                "idle_timeout_ms": self.idle_timeout_ms,
+                "create_response": self.create_response,
+                "interrupt_response": self.interrupt_response})
         }
+    }
+
+    /// Who answers and interrupts, and the idle timeout, as the session takes them; `None` is
+    /// manual turns, where the client does both (`input_audio_buffer.commit`, then
+    /// `response.create`; `response.cancel`).
+    fn policy(td: Option<&TurnDetection>, u: &mut SessionUpdate) {
+        u.answer_turns = Some(td.is_some_and(|t| t.create_response));
+        u.interrupt_on_speech = Some(td.is_some_and(|t| t.interrupt_response));
+        u.idle_timeout = Some(
+            td.and_then(|t| t.idle_timeout_ms)
+                .map(|ms| std::time::Duration::from_millis(u64::from(ms))),
+        );
     }
 
     fn tuning(&self) -> VadTuning {
@@ -212,6 +246,10 @@ pub(crate) struct RealtimeCodec {
     items: VecDeque<Item>,
     pending_edit: Option<PendingEdit>,
     pending_user: VecDeque<PendingUser>,
+    /// Audio messages handed to the session, until it names their turn (`AudioMessage`).
+    pending_audio: VecDeque<PendingAudio>,
+    /// Audio messages the session took, by turn, until their transcript.
+    audio_items: Vec<(TurnId, String)>,
     /// `metadata` for the next response.
     pending_metadata: Option<Value>,
     /// With manual turns, the audio appended since the last commit or clear (16 kHz): the
@@ -229,8 +267,10 @@ pub(crate) struct RealtimeCodec {
     open: Option<Open>,
     /// How many responses each turn has had (a function call ends one).
     parts: std::collections::HashMap<TurnId, u32>,
-    /// Turns the user spoke (their transcript is an audio transcription).
-    spoken: HashSet<TurnId>,
+    /// The last turns the user spoke (their transcript is an audio transcription), newest
+    /// last, at most `SPOKEN_KEPT`: a turn transcribed without an answer has no `response.done`
+    /// to forget it by.
+    spoken: VecDeque<TurnId>,
     /// A function call ended the protocol's response while the turn goes on: the client's next
     /// `response.create` asks for what the turn does anyway.
     absorb_create: bool,
@@ -253,6 +293,8 @@ impl RealtimeCodec {
             items: VecDeque::new(),
             pending_edit: None,
             pending_user: VecDeque::new(),
+            pending_audio: VecDeque::new(),
+            audio_items: Vec::new(),
             pending_metadata: None,
             buffer: Vec::new(),
             input_format: Format::Pcm,
@@ -265,7 +307,7 @@ impl RealtimeCodec {
             b64: String::new(),
             open: None,
             parts: std::collections::HashMap::new(),
-            spoken: HashSet::new(),
+            spoken: VecDeque::new(),
             absorb_create: false,
             cancelled: false,
         }
@@ -434,6 +476,49 @@ impl RealtimeCodec {
         );
     }
 
+    /// The user's audio of `turn` committed as an item (`input_audio_buffer.committed`,
+    /// `conversation.item.added`, its transcript to come); its id.
+    fn commit_user_item(&mut self, out: &mut Vec<Frame>, turn: TurnId) -> String {
+        let item_id = format!("item_{}", turn.0);
+        self.send(
+            out,
+            "input_audio_buffer.committed",
+            json!({"item_id": item_id}),
+        );
+        let item = user_audio_item(&item_id, None);
+        self.send(out, "conversation.item.added", json!({"item": item}));
+        self.remember(Item {
+            id: item_id.clone(),
+            turn,
+            kind: ItemKind::User,
+            json: item,
+        });
+        item_id
+    }
+
+    /// A user audio item's final transcript: `completed` (with transcripts on) and the item,
+    /// done.
+    fn transcribed(&mut self, out: &mut Vec<Frame>, turn: TurnId, item_id: String, text: &str) {
+        let transcribed = self.transcription.is_some();
+        if transcribed {
+            self.send(
+                out,
+                "conversation.item.input_audio_transcription.completed",
+                json!({
+                "item_id": item_id, "content_index": 0, "transcript": text,
+                "usage": {"type": "duration", "seconds": 0}}),
+            );
+        }
+        let item = user_audio_item(&item_id, transcribed.then_some(text));
+        self.send(out, "conversation.item.done", json!({"item": item}));
+        self.remember(Item {
+            id: item_id,
+            turn,
+            kind: ItemKind::User,
+            json: item,
+        });
+    }
+
     /// `response.done` for the open response.
     fn end_response(&mut self, out: &mut Vec<Frame>, status: &str, details: Value) {
         let Some(open) = self.open.take() else { return };
@@ -512,6 +597,21 @@ impl RealtimeCodec {
                 };
                 if std::mem::take(&mut self.absorb_create) {
                     return;
+                }
+                if let Some(open) = &self.open {
+                    // As the API: one response at a time (`response.cancel` stops it).
+                    let message = format!(
+                        "response {} is in progress; wait for its response.done or cancel it \
+                         (response.cancel)",
+                        open.id
+                    );
+                    return self.error(
+                        out,
+                        "conversation_already_has_active_response",
+                        message,
+                        None,
+                        eid,
+                    );
                 }
                 self.pending_metadata = map
                     .get("response")
@@ -874,6 +974,18 @@ impl RealtimeCodec {
             .and_then(Value::as_str)
             .unwrap_or("message");
         match ty {
+            "message"
+                if item
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .is_some_and(|parts| {
+                        parts
+                            .iter()
+                            .any(|p| p.get("type").and_then(Value::as_str) == Some("input_audio"))
+                    }) =>
+            {
+                self.audio_item(item, out, input, eid);
+            }
             "message" => {
                 let role = item.get("role").and_then(Value::as_str).unwrap_or_default();
                 let text: String = item
@@ -888,7 +1000,13 @@ impl RealtimeCodec {
                     })
                     .unwrap_or_default();
                 if text.trim().is_empty() {
-                    return self.error(out, "invalid_value", "the message has no input_text content; voxd takes text messages (send audio with input_audio_buffer.append)".into(), Some("item.content"), eid);
+                    return self.error(
+                        out,
+                        "invalid_value",
+                        "the message has no input_text or input_audio content".into(),
+                        Some("item.content"),
+                        eid,
+                    );
                 }
                 if role != "user" && role != "system" {
                     return self.error(
@@ -978,6 +1096,94 @@ impl RealtimeCodec {
                 eid,
             ),
         }
+    }
+
+    /// A user message with audio content: decoded from the session's input format and handed
+    /// to the session, which transcribes it into the conversation with no reply (the client
+    /// asks for one with `response.create`). Its item is told once the session takes it
+    /// (`AudioMessage`), and done with its transcript.
+    fn audio_item(
+        &mut self,
+        item: &Value,
+        out: &mut Vec<Frame>,
+        input: &mut dyn FnMut(Input<'_>),
+        eid: Option<&str>,
+    ) {
+        let role = item.get("role").and_then(Value::as_str).unwrap_or_default();
+        if role != "user" {
+            return self.error(
+                out,
+                "invalid_value",
+                format!("audio content is for user messages, got role {role:?}"),
+                Some("item.role"),
+                eid,
+            );
+        }
+        let parts = item.get("content").and_then(Value::as_array);
+        let mut audio = AudioIn::new(self.input_format.rate());
+        let mut samples: Vec<i16> = Vec::new();
+        for (i, part) in parts.into_iter().flatten().enumerate() {
+            let param = format!("item.content[{i}]");
+            if part.get("type").and_then(Value::as_str) != Some("input_audio") {
+                return self.error(out, "invalid_value", "a message holds audio or text, not both: send the text as a message of its own".into(), Some(&param), eid);
+            }
+            let Some(b64) = part.get("audio").and_then(Value::as_str) else {
+                return self.error(
+                    out,
+                    "invalid_value",
+                    "input_audio content needs \"audio\": base64 in the session's input format"
+                        .into(),
+                    Some(&format!("{param}.audio")),
+                    eid,
+                );
+            };
+            self.decoded.clear();
+            let decoded = B64.decode_vec(b64.as_bytes(), &mut self.decoded).is_ok();
+            let odd = self.input_format == Format::Pcm && self.decoded.len() % 2 == 1;
+            if !decoded || odd {
+                return self.error(
+                    out,
+                    "invalid_value",
+                    format!(
+                        "\"audio\" is not base64 {} audio",
+                        self.input_format.json()["type"]
+                    ),
+                    Some(&format!("{param}.audio")),
+                    eid,
+                );
+            }
+            samples.extend_from_slice(match self.input_format {
+                Format::Pcm => audio.pcm16le(&self.decoded),
+                Format::G711(law) => audio.g711(law, &self.decoded),
+            });
+            if samples.len() > MAX_BUFFER {
+                return self.error(
+                    out,
+                    "invalid_value",
+                    format!("an audio message holds at most {} s", MAX_BUFFER / 16_000),
+                    Some(&param),
+                    eid,
+                );
+            }
+        }
+        if samples.is_empty() {
+            return self.error(
+                out,
+                "invalid_value",
+                "the message's audio is empty".into(),
+                Some("item.content"),
+                eid,
+            );
+        }
+        let id = item
+            .get("id")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("item_c{}", self.events + 1), str::to_owned);
+        self.pending_audio.push_back(PendingAudio {
+            id,
+            event_id: eid.map(str::to_owned),
+        });
+        input(Input::UserAudio(&samples));
     }
 
     /// A `session.update`'s `session`: what voxd applies, or the parameter at fault. Nothing
@@ -1099,6 +1305,9 @@ impl RealtimeCodec {
                 u.vad = Some(td.tuning());
             }
         }
+        if turn_detection != self.turn_detection {
+            TurnDetection::policy(turn_detection.as_ref(), &mut u);
+        }
         self.turn_detection = turn_detection;
         self.transcription = transcription;
         Ok(u)
@@ -1170,26 +1379,29 @@ fn parse_turn_detection(
             ))
         }
     }
-    for flag in ["create_response", "interrupt_response"] {
-        if t.get(flag).is_some_and(|v| v == &Value::Bool(false)) {
-            return Err((
-                at(flag),
-                format!(
-                    "voxd always {}; {flag} false is not supported",
-                    if flag == "create_response" {
-                        "answers a finished turn"
-                    } else {
-                        "lets the user interrupt (a false alarm resumes)"
-                    }
-                ),
-            ));
+    for (flag, value) in [
+        ("create_response", &mut td.create_response),
+        ("interrupt_response", &mut td.interrupt_response),
+    ] {
+        match t.get(flag) {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(b)) => *value = *b,
+            Some(_) => return Err((at(flag), "must be true or false".into())),
         }
     }
-    if t.get("idle_timeout_ms").is_some_and(|v| !v.is_null()) {
-        return Err((
-            at("idle_timeout_ms"),
-            "idle timeouts are not supported; set it to null".into(),
-        ));
+    match t.get("idle_timeout_ms") {
+        None => {}
+        Some(Value::Null) => td.idle_timeout_ms = None,
+        Some(_) if td.semantic => {
+            return Err((
+                at("idle_timeout_ms"),
+                "an idle timeout is for server_vad only".into(),
+            ))
+        }
+        Some(_) => td.idle_timeout_ms = ms("idle_timeout_ms", 1000, 600_000)?,
+    }
+    if td.semantic {
+        td.idle_timeout_ms = None;
     }
     Ok(td)
 }
@@ -1323,6 +1535,10 @@ impl Codec for RealtimeCodec {
                 Format::Pcm => bytes,
                 Format::G711(_) => bytes * 6,
             })
+        } else if frame.contains(r#""conversation.item.create""#)
+            && frame.contains(r#""input_audio""#)
+        {
+            TextKind::Recording
         } else {
             TextKind::Control
         }
@@ -1383,37 +1599,40 @@ impl Codec for RealtimeCodec {
                 self.send(out, "session.updated", json!({"session": session}));
             }
             Event::SpeechStarted { turn, at } => {
-                self.spoken.insert(*turn);
-                self.send(out, "input_audio_buffer.speech_started", json!({
-                    "audio_start_ms": at.as_millis_f64() as u64, "item_id": format!("item_{}", turn.0)}));
+                if self.spoken.len() == SPOKEN_KEPT {
+                    self.spoken.pop_front();
+                }
+                self.spoken.push_back(*turn);
+                // With manual turns no VAD runs: a commit is a commit, as the API says it.
+                if self.turn_detection.is_some() {
+                    self.send(out, "input_audio_buffer.speech_started", json!({
+                        "audio_start_ms": at.as_millis_f64() as u64, "item_id": format!("item_{}", turn.0)}));
+                }
             }
             Event::SpeechStopped { turn, at, .. } => {
-                let item_id = format!("item_{}", turn.0);
-                self.send(
-                    out,
-                    "input_audio_buffer.speech_stopped",
-                    json!({
-                    "audio_end_ms": at.as_millis_f64() as u64, "item_id": item_id}),
-                );
-                self.send(
-                    out,
-                    "input_audio_buffer.committed",
-                    json!({"item_id": item_id}),
-                );
-                let item = user_audio_item(&item_id, None);
-                self.send(out, "conversation.item.added", json!({"item": item}));
-                self.remember(Item {
-                    id: item_id,
-                    turn: *turn,
-                    kind: ItemKind::User,
-                    json: item,
-                });
+                if self.turn_detection.is_some() {
+                    let item_id = format!("item_{}", turn.0);
+                    self.send(
+                        out,
+                        "input_audio_buffer.speech_stopped",
+                        json!({
+                        "audio_end_ms": at.as_millis_f64() as u64, "item_id": item_id}),
+                    );
+                }
+                self.commit_user_item(out, *turn);
             }
             Event::Transcript {
                 turn,
                 text,
                 is_final,
             } => {
+                if let Some(at) = self.audio_items.iter().position(|(t, _)| t == turn) {
+                    if *is_final {
+                        let (_, id) = self.audio_items.swap_remove(at);
+                        self.transcribed(out, *turn, id, text);
+                    }
+                    return;
+                }
                 if !self.spoken.contains(turn) {
                     // A text message's turn: its item was told when it was created.
                     if let Some(p) = self.pending_user.pop_front() {
@@ -1428,26 +1647,9 @@ impl Codec for RealtimeCodec {
                     return;
                 }
                 let item_id = format!("item_{}", turn.0);
-                let transcribed = self.transcription.is_some();
                 if *is_final {
-                    if transcribed {
-                        self.send(
-                            out,
-                            "conversation.item.input_audio_transcription.completed",
-                            json!({
-                            "item_id": item_id, "content_index": 0, "transcript": text,
-                            "usage": {"type": "duration", "seconds": 0}}),
-                        );
-                    }
-                    let item = user_audio_item(&item_id, transcribed.then_some(text.as_str()));
-                    self.send(out, "conversation.item.done", json!({"item": item}));
-                    self.remember(Item {
-                        id: item_id,
-                        turn: *turn,
-                        kind: ItemKind::User,
-                        json: item,
-                    });
-                } else if transcribed {
+                    self.transcribed(out, *turn, item_id, text);
+                } else if self.transcription.is_some() {
                     self.send(
                         out,
                         "conversation.item.input_audio_transcription.delta",
@@ -1563,7 +1765,7 @@ impl Codec for RealtimeCodec {
                     }
                 }
                 self.parts.remove(turn);
-                self.spoken.remove(turn);
+                self.spoken.retain(|t| t != turn);
                 self.absorb_create = false;
             }
             Event::ProviderError { stage, failure, .. } => {
@@ -1628,6 +1830,19 @@ impl Codec for RealtimeCodec {
                     edit.event_id.as_deref(),
                 );
             }
+            Event::Rejected(Rejection::TranscriptionsBusy { max }) => {
+                let event_id = self.pending_audio.pop_front().and_then(|p| p.event_id);
+                self.error(
+                    out,
+                    "too_many_audio_messages",
+                    format!(
+                        "{max} audio messages are still being transcribed; send this one again \
+                         once their transcripts have come"
+                    ),
+                    Some("item"),
+                    event_id.as_deref(),
+                );
+            }
             Event::Rejected(r) => {
                 let (code, message) = match r {
                     Rejection::UnknownCall { call_id } => (
@@ -1653,8 +1868,38 @@ impl Codec for RealtimeCodec {
                     Rejection::NotInHistory { turn } | Rejection::InProgress { turn } => {
                         ("invalid_value", format!("turn {turn}: nothing to change"))
                     }
+                    Rejection::TranscriptionsBusy { max } => (
+                        "too_many_audio_messages",
+                        format!("{max} audio messages are still being transcribed"),
+                    ),
                 };
                 self.error(out, code, message, None, None);
+            }
+            Event::AudioMessage { turn, .. } => {
+                let Some(p) = self.pending_audio.pop_front() else {
+                    return;
+                };
+                let item = user_audio_item(&p.id, None);
+                self.send(out, "conversation.item.added", json!({"item": item}));
+                self.remember(Item {
+                    id: p.id.clone(),
+                    turn: *turn,
+                    kind: ItemKind::User,
+                    json: item,
+                });
+                self.audio_items.push((*turn, p.id));
+            }
+            Event::IdleTimeout { turn, since, at } => {
+                // The silence is committed as an empty user audio item, and answered.
+                let item_id = format!("item_{}", turn.0);
+                self.send(
+                    out,
+                    "input_audio_buffer.timeout_triggered",
+                    json!({"audio_start_ms": since.as_millis_f64() as u64,
+                        "audio_end_ms": at.as_millis_f64() as u64, "item_id": item_id}),
+                );
+                let item_id = self.commit_user_item(out, *turn);
+                self.transcribed(out, *turn, item_id, "");
             }
             Event::PlaybackPaused { .. }
             | Event::Rewound { .. }
@@ -1713,8 +1958,11 @@ impl Codec for RealtimeCodec {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
-    use voxd_core::{Timings, ToolCall, ToolRunner};
+    use voxd_core::{Time, Timings, ToolCall, ToolRunner};
 
     fn codec() -> RealtimeCodec {
         let mut c = RealtimeCodec::new("gpt-realtime".into());
@@ -2014,5 +2262,271 @@ mod tests {
             json!({"type": "conversation.item.retrieve", "item_id": "item_3_f0"}),
         );
         assert_eq!(values(&out)[0]["error"]["code"], "item_not_found");
+    }
+
+    fn event(c: &mut RealtimeCodec, e: &Event) -> Vec<Value> {
+        let mut out = Vec::new();
+        c.event(e, &mut out);
+        values(&out)
+    }
+
+    #[test]
+    fn turn_detection_sets_who_answers_and_interrupts_and_the_idle_timeout() {
+        let mut c = codec();
+        let (out, inputs) = send(
+            &mut c,
+            json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+                "turn_detection": {"type": "server_vad", "create_response": false,
+                    "interrupt_response": false, "idle_timeout_ms": 6000}}}}}),
+        );
+        assert_eq!(inputs.len(), 1, "{out:?}");
+        assert!(
+            inputs[0].contains("answer_turns: Some(false), interrupt_on_speech: Some(false), idle_timeout: Some(Some(6s))"),
+            "{}",
+            inputs[0]
+        );
+        let v = event(
+            &mut c,
+            &Event::SessionUpdated {
+                instructions: String::new(),
+                min_interruption: Duration::ZERO,
+                false_interruption_timeout: Duration::ZERO,
+                backchannels: Vec::new(),
+                history_messages: 0,
+                tools: Arc::from([]),
+                voice: None,
+                language: None,
+                answer_turns: false,
+                interrupt_on_speech: false,
+                idle_timeout: None,
+            },
+        );
+        let td = &v[0]["session"]["audio"]["input"]["turn_detection"];
+        assert_eq!(
+            (
+                &td["create_response"],
+                &td["interrupt_response"],
+                &td["idle_timeout_ms"]
+            ),
+            (&json!(false), &json!(false), &json!(6000))
+        );
+        // Manual turns: the client commits, asks for answers and cancels them itself.
+        let (_, inputs) = send(
+            &mut c,
+            json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+                "turn_detection": null}}}}),
+        );
+        assert!(
+            inputs[0].contains("answer_turns: Some(false), interrupt_on_speech: Some(false), idle_timeout: Some(None)"),
+            "{}",
+            inputs[0]
+        );
+        for (td, param) in [
+            (
+                json!({"type": "semantic_vad", "idle_timeout_ms": 6000}),
+                "idle_timeout_ms",
+            ),
+            (
+                json!({"type": "server_vad", "idle_timeout_ms": 10}),
+                "idle_timeout_ms",
+            ),
+            (
+                json!({"type": "server_vad", "create_response": "no"}),
+                "create_response",
+            ),
+        ] {
+            let (out, inputs) = send(
+                &mut c,
+                json!({"type": "session.update", "session": {"type": "realtime",
+                    "audio": {"input": {"turn_detection": td}}}}),
+            );
+            assert!(inputs.is_empty());
+            assert_eq!(
+                values(&out)[0]["error"]["param"],
+                format!("session.audio.input.turn_detection.{param}")
+            );
+        }
+    }
+
+    #[test]
+    fn an_audio_item_is_transcribed_into_the_conversation_under_the_clients_id() {
+        let mut c = codec();
+        let pcm = B64.encode(vec![0u8; 4800]); // 100 ms at 24 kHz
+        let (out, inputs) = send(
+            &mut c,
+            json!({"type": "conversation.item.create", "event_id": "e1", "item": {
+                "id": "mine", "type": "message", "role": "user",
+                "content": [{"type": "input_audio", "audio": pcm}]}}),
+        );
+        assert!(out.is_empty(), "told once the session takes it");
+        assert_eq!(inputs.len(), 1);
+        assert!(inputs[0].starts_with("UserAudio(["), "{}", inputs[0]);
+        let v = event(
+            &mut c,
+            &Event::AudioMessage {
+                turn: TurnId(4),
+                duration: Duration::from_millis(100),
+            },
+        );
+        assert_eq!(v[0]["type"], "conversation.item.added");
+        assert_eq!(v[0]["item"]["id"], "mine");
+        assert_eq!(v[0]["item"]["content"][0]["type"], "input_audio");
+        let v = event(
+            &mut c,
+            &Event::Transcript {
+                turn: TurnId(4),
+                text: "hello there".into(),
+                is_final: true,
+            },
+        );
+        let t: Vec<_> = v.iter().map(|v| v["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            t,
+            [
+                "conversation.item.input_audio_transcription.completed",
+                "conversation.item.done"
+            ]
+        );
+        assert_eq!(v[0]["item_id"], "mine");
+        assert_eq!(v[1]["item"]["content"][0]["transcript"], "hello there");
+        let (out, _) = send(
+            &mut c,
+            json!({"type": "conversation.item.retrieve", "item_id": "mine"}),
+        );
+        assert_eq!(
+            values(&out)[0]["item"]["content"][0]["transcript"],
+            "hello there"
+        );
+
+        // Refused: audio and text together, bad base64, an assistant's audio; too many waiting.
+        for (content, role, param) in [
+            (
+                json!([{"type": "input_audio", "audio": pcm}, {"type": "input_text", "text": "hi"}]),
+                "user",
+                "item.content[1]",
+            ),
+            (
+                json!([{"type": "input_audio", "audio": "%%"}]),
+                "user",
+                "item.content[0].audio",
+            ),
+            (
+                json!([{"type": "input_audio", "audio": pcm}]),
+                "assistant",
+                "item.role",
+            ),
+        ] {
+            let (out, inputs) = send(
+                &mut c,
+                json!({"type": "conversation.item.create", "item": {
+                    "type": "message", "role": role, "content": content}}),
+            );
+            assert!(inputs.is_empty());
+            assert_eq!(values(&out)[0]["error"]["param"], param);
+        }
+        send(
+            &mut c,
+            json!({"type": "conversation.item.create", "event_id": "e9", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": pcm}]}}),
+        );
+        let v = event(
+            &mut c,
+            &Event::Rejected(Rejection::TranscriptionsBusy { max: 8 }),
+        );
+        assert_eq!(v[0]["error"]["code"], "too_many_audio_messages");
+        assert_eq!(v[0]["error"]["event_id"], "e9");
+    }
+
+    #[test]
+    fn an_idle_timeout_commits_the_silence_as_an_item() {
+        let mut c = codec();
+        let v = event(
+            &mut c,
+            &Event::IdleTimeout {
+                turn: TurnId(7),
+                since: Time::ZERO + Duration::from_secs(3),
+                at: Time::ZERO + Duration::from_secs(9),
+            },
+        );
+        let t: Vec<_> = v.iter().map(|v| v["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            t,
+            [
+                "input_audio_buffer.timeout_triggered",
+                "input_audio_buffer.committed",
+                "conversation.item.added",
+                "conversation.item.input_audio_transcription.completed",
+                "conversation.item.done"
+            ]
+        );
+        assert_eq!(
+            (
+                &v[0]["audio_start_ms"],
+                &v[0]["audio_end_ms"],
+                &v[0]["item_id"]
+            ),
+            (&json!(3000), &json!(9000), &json!("item_7"))
+        );
+    }
+
+    #[test]
+    fn one_response_at_a_time_and_a_manual_commit_is_no_speech_event() {
+        let mut c = codec();
+        event(
+            &mut c,
+            &Event::ResponseText {
+                turn: TurnId(1),
+                text: "Once upon a time.".into(),
+            },
+        );
+        let (out, inputs) = send(&mut c, json!({"type": "response.create", "event_id": "e5"}));
+        assert!(inputs.is_empty());
+        let e = &values(&out)[0]["error"];
+        assert_eq!(
+            (&e["code"], &e["event_id"]),
+            (
+                &json!("conversation_already_has_active_response"),
+                &json!("e5")
+            )
+        );
+        event(
+            &mut c,
+            &Event::ResponseDone {
+                turn: TurnId(1),
+                status: ResponseStatus::Completed,
+                audio_ms: 0.0,
+                timings: Timings::default(),
+                reason: None,
+            },
+        );
+        let (_, inputs) = send(&mut c, json!({"type": "response.create"}));
+        assert_eq!(inputs.len(), 1);
+
+        // Manual turns: a commit is committed, with no VAD events.
+        send(
+            &mut c,
+            json!({"type": "session.update", "session": {"type": "realtime",
+                "audio": {"input": {"turn_detection": null}}}}),
+        );
+        let mut v = event(
+            &mut c,
+            &Event::SpeechStarted {
+                turn: TurnId(2),
+                at: Time::ZERO,
+            },
+        );
+        v.extend(event(
+            &mut c,
+            &Event::SpeechStopped {
+                turn: TurnId(2),
+                at: Time::ZERO,
+                duration: Duration::from_secs(1),
+            },
+        ));
+        let t: Vec<_> = v.iter().map(|v| v["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            t,
+            ["input_audio_buffer.committed", "conversation.item.added"]
+        );
     }
 }

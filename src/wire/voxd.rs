@@ -80,10 +80,14 @@ pub(crate) const MAX_TOOL_RESULT_BYTES: usize = 64 * 1024;
 const MAX_CALL_ID_CHARS: usize = 128;
 const MAX_VOICE_CHARS: usize = 64;
 const MAX_LANGUAGE_CHARS: usize = 16;
-const TURN_FIELDS: &str = "min_interruption_ms, false_interruption_timeout_ms, backchannels";
+const TURN_FIELDS: &str = "min_interruption_ms, false_interruption_timeout_ms, backchannels, \
+     answer_turns, interrupt_on_speech, idle_timeout_ms";
 const MAX_INSTRUCTIONS_CHARS: usize = 16_000;
 const MAX_HISTORY_MESSAGES: usize = 200;
 const MAX_BACKCHANNELS: usize = 64;
+/// `turn.idle_timeout_ms`'s range (as the Realtime protocol's `idle_timeout_ms`).
+const MIN_IDLE_TIMEOUT_MS: u64 = 1000;
+const MAX_IDLE_TIMEOUT_MS: u64 = 600_000;
 const MAX_BACKCHANNEL_CHARS: usize = 64;
 
 /// Parses a text frame.
@@ -199,6 +203,31 @@ fn session_update(map: &serde_json::Map<String, Value>) -> Result<SessionUpdate,
                         "min_interruption_ms" => u.min_interruption = Some(ms(10_000)?),
                         "false_interruption_timeout_ms" => {
                             u.false_interruption_timeout = Some(ms(60_000)?);
+                        }
+                        "answer_turns" | "interrupt_on_speech" => {
+                            let b = v.as_bool().ok_or_else(|| {
+                                invalid(format!("\"turn.{k}\" must be true or false"))
+                            })?;
+                            if k == "answer_turns" {
+                                u.answer_turns = Some(b);
+                            } else {
+                                u.interrupt_on_speech = Some(b);
+                            }
+                        }
+                        "idle_timeout_ms" => {
+                            u.idle_timeout = Some(if v.is_null() {
+                                None
+                            } else {
+                                let range = MIN_IDLE_TIMEOUT_MS..=MAX_IDLE_TIMEOUT_MS;
+                                let n =
+                                    v.as_u64().filter(|n| range.contains(n)).ok_or_else(|| {
+                                        invalid(format!(
+                                            "\"turn.idle_timeout_ms\" must be null or an integer \
+                                         from {MIN_IDLE_TIMEOUT_MS} to {MAX_IDLE_TIMEOUT_MS}"
+                                        ))
+                                    })?;
+                                Some(std::time::Duration::from_millis(n))
+                            });
                         }
                         "backchannels" => {
                             let words = v
@@ -526,6 +555,9 @@ pub(crate) struct TurnJson<'a> {
     min_interruption_ms: u64,
     false_interruption_timeout_ms: u64,
     backchannels: &'a [String],
+    answer_turns: bool,
+    interrupt_on_speech: bool,
+    idle_timeout_ms: Option<u64>,
 }
 
 /// A message to the client.
@@ -598,6 +630,12 @@ pub(crate) enum ServerMessage<'a> {
         played_ms: f64,
         heard_text: &'a str,
     },
+    /// The user said nothing for `turn.idle_timeout_ms` after the last answer: response
+    /// `turn_id` follows (the bot speaks again).
+    IdleTimeout {
+        turn_id: u64,
+        silent_ms: f64,
+    },
     ResponseDone {
         turn_id: u64,
         status: &'static str,
@@ -660,7 +698,13 @@ pub fn encode_event(e: &Event) -> Option<String> {
         Event::FalseAlarm { .. }
         | Event::Truncated { .. }
         | Event::Deleted { .. }
-        | Event::Rewound { .. } => return None,
+        | Event::Rewound { .. }
+        | Event::AudioMessage { .. } => return None,
+        Event::IdleTimeout { turn, since, at } => ServerMessage::IdleTimeout {
+            turn_id: turn.0,
+            silent_ms: d(*at - *since),
+        }
+        .to_json(),
         Event::SessionUpdated {
             instructions,
             min_interruption,
@@ -670,6 +714,9 @@ pub fn encode_event(e: &Event) -> Option<String> {
             tools,
             voice,
             language,
+            answer_turns,
+            interrupt_on_speech,
+            idle_timeout,
         } => ServerMessage::SessionUpdated {
             instructions,
             voice: voice.as_deref(),
@@ -679,6 +726,9 @@ pub fn encode_event(e: &Event) -> Option<String> {
                 min_interruption_ms: min_interruption.as_millis() as u64,
                 false_interruption_timeout_ms: false_interruption_timeout.as_millis() as u64,
                 backchannels,
+                answer_turns: *answer_turns,
+                interrupt_on_speech: *interrupt_on_speech,
+                idle_timeout_ms: idle_timeout.map(|t| t.as_millis() as u64),
             },
             history_messages: *history_messages,
         }
@@ -862,6 +912,10 @@ fn rejected(r: &Rejection) -> (&'static str, String) {
         Rejection::InProgress { turn } => (
             "turn_in_progress",
             format!("turn {turn} is still being answered; cancel it first"),
+        ),
+        Rejection::TranscriptionsBusy { max } => (
+            "too_many_audio_messages",
+            format!("{max} audio messages are still being transcribed"),
         ),
     }
 }

@@ -12,6 +12,7 @@ failure, with what was expected and what came.
 import asyncio
 import base64
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import TypeAdapter
 
 SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
 PATIENCE = 30.0
+DEBUG = os.environ.get("VOXD_DEBUG_EVENTS") == "1"
 
 
 class Failure(Exception):
@@ -41,6 +43,8 @@ class Session:
         except Exception as e:
             raise Failure(f"{data.get('type')} does not match the SDK's model: {e}\n{data}")
         self.seen.append(data)
+        if DEBUG:
+            print(f"  <- {data['type']} {data.get('response', {}).get('status', '')}", file=sys.stderr)
         return data
 
     async def until(self, ty, *, fail_on=()):
@@ -215,11 +219,11 @@ async def main(base_url, fixtures):
         expect("input_audio_buffer.speech_stopped" in t, "the turn ends", ev)
         expect("conversation.item.input_audio_transcription.completed" not in t, "no transcript", ev)
         expect(ev[-1]["response"]["status"] == "completed", "answered", ev)
-        await conn.send({"type": "session.update", "event_id": "evt_no_reply", "session": {"type": "realtime",
-            "audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}}})
+        await conn.send({"type": "session.update", "event_id": "evt_idle_vad", "session": {"type": "realtime",
+            "audio": {"input": {"turn_detection": {"type": "semantic_vad", "idle_timeout_ms": 5000}}}}})
         ev = await s.until("error")
-        expect(ev[-1]["error"]["param"] == "session.audio.input.turn_detection.create_response",
-               f"unsupported, said so: {ev[-1]}")
+        expect(ev[-1]["error"]["param"] == "session.audio.input.turn_detection.idle_timeout_ms"
+               and ev[-1]["error"]["event_id"] == "evt_idle_vad", f"idle timeouts are server_vad's: {ev[-1]}")
         await conn.session.update(session={"type": "realtime", "audio": {"input": {
             "turn_detection": {"type": "semantic_vad", "eagerness": "medium"},
             "transcription": {"model": "whisper-1", "language": "en"}}}})
@@ -228,6 +232,73 @@ async def main(base_url, fixtures):
         expect(inp["turn_detection"]["type"] == "semantic_vad" and inp["transcription"]["language"] == "en",
                f"semantic_vad and transcription back on: {inp}")
         print("ok turn detection")
+
+        # create_response false: the turn joins the conversation, transcribed, unanswered, until
+        # response.create (which a running answer would have made a cancelled one first).
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "create_response": False}}}})
+        ev = await s.until("session.updated", fail_on=("error",))
+        expect(ev[-1]["session"]["audio"]["input"]["turn_detection"]["create_response"] is False,
+               "create_response false reported")
+        await s.append(silence[: 24 * 2 * 300] + weather + silence)
+        ev = await s.until("conversation.item.done", fail_on=("error", "response.created"))
+        heard = [e for e in ev if e["type"] == "conversation.item.input_audio_transcription.completed"]
+        expect(heard and "weather" in heard[0]["transcript"], "transcribed", ev)
+        await conn.response.create()
+        ev = await s.until("response.done", fail_on=("error",))
+        expect(types(ev).count("response.created") == 1 and ev[-1]["response"]["status"] == "completed",
+               "one response, asked for", ev)
+        said = [e["transcript"] for e in ev if e["type"] == "response.output_audio_transcript.done"]
+        expect(said and "sunny" in said[0], f"it answers the turn: {said}")
+        print("ok create_response false")
+
+        # An audio item: transcribed into the conversation, answered on response.create.
+        await conn.conversation.item.create(item={"id": "item_mine", "type": "message", "role": "user",
+            "content": [{"type": "input_audio", "audio": base64.b64encode(weather).decode()}]})
+        ev = await s.until("conversation.item.done", fail_on=("error", "response.created"))
+        expect(ev[0]["type"] == "conversation.item.added" and ev[0]["item"]["id"] == "item_mine", "added", ev)
+        expect(ev[-1]["item"]["id"] == "item_mine" and "weather" in ev[-1]["item"]["content"][0]["transcript"],
+               f"its transcript: {ev[-1]}")
+        await conn.response.create()
+        ev = await s.until("response.done", fail_on=("error",))
+        said = [e["transcript"] for e in ev if e["type"] == "response.output_audio_transcript.done"]
+        expect(ev[-1]["response"]["status"] == "completed" and said and "sunny" in said[0], f"answered: {said}")
+        print("ok audio item")
+
+        # interrupt_response false: speech during an answer does not stop it; it is answered after.
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "create_response": True, "interrupt_response": False}}}})
+        await s.until("session.updated", fail_on=("error",))
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "tell me a story"}]})
+        await conn.response.create()
+        await s.until("response.output_audio.delta", fail_on=("error",))
+        await s.append(interrupt + silence)
+        ev = await s.until("response.done", fail_on=("error",))
+        t = types(ev)
+        expect("input_audio_buffer.speech_started" in t, "the speech is heard", ev)
+        expect(ev[-1]["response"]["status"] == "completed" and "conversation.item.truncated" not in t,
+               "the story plays to its end", ev)
+        ev = await s.until("response.done", fail_on=("error",))
+        expect(ev[-1]["response"]["status"] == "completed" and audio_bytes(ev) > 0,
+               "then the speech is answered", ev)
+        print("ok interrupt_response false")
+
+        # idle_timeout_ms: silence after an answer makes the bot speak again.
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "interrupt_response": True, "idle_timeout_ms": 1000}}}})
+        await s.until("session.updated", fail_on=("error",))
+        ev = await s.until("response.done", fail_on=("error", "input_audio_buffer.speech_started"))
+        t = types(ev)
+        expect("input_audio_buffer.timeout_triggered" in t and t.index("input_audio_buffer.timeout_triggered")
+               < t.index("response.created"), "timeout_triggered, then the answer", ev)
+        trig = ev[t.index("input_audio_buffer.timeout_triggered")]
+        expect(trig["audio_end_ms"] >= trig["audio_start_ms"], f"the silent segment: {trig}")
+        expect(ev[-1]["response"]["status"] == "completed", "spoken", ev)
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "idle_timeout_ms": None}}}})
+        await s.until("session.updated", fail_on=("error",))
+        print("ok idle timeout")
 
         # Barge-in: the user speaks into a long answer.
         await conn.conversation.item.create(item={"type": "message", "role": "user",
@@ -269,6 +340,20 @@ async def main(base_url, fixtures):
         ev = await s.until("error")
         expect(ev[-1]["error"]["event_id"] == "evt_bad_2", "bad base64")
         print("ok bad events")
+
+        # Manual turns: commit makes the buffer a turn, response.create answers it.
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+        await s.until("session.updated", fail_on=("error",))
+        await s.append(weather)
+        await conn.input_audio_buffer.commit()
+        ev = await s.until("conversation.item.done", fail_on=("error", "response.created"))
+        expect("input_audio_buffer.committed" in types(ev), "committed", ev)
+        await conn.response.create()
+        ev = await s.until("response.done", fail_on=("error",))
+        said = [e["transcript"] for e in ev if e["type"] == "response.output_audio_transcript.done"]
+        expect(ev[-1]["response"]["status"] == "completed" and said and "sunny" in said[0],
+               f"the committed turn answered: {said}")
+        print("ok manual turn")
 
         # G.711 μ-law out: 8 kHz, one byte a sample.
         await conn.session.update(session={"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcmu"}}}})

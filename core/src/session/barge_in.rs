@@ -123,7 +123,18 @@ impl Session {
             return;
         }
         self.interrupt_response(now);
-        if self.carry_audio.is_empty() {
+        if !self.cfg.answer_turns {
+            // Words for the history only (the client answers turns itself).
+            let mut audio = std::mem::take(&mut self.carry_audio);
+            if audio.is_empty() {
+                self.release_turn(j.turn);
+                self.add_unanswered_words(now, j.turn, text);
+            } else {
+                let carried = audio.len();
+                audio.extend_from_slice(&j.audio);
+                self.start_transcription(j.turn, audio, carried);
+            }
+        } else if self.carry_audio.is_empty() {
             self.start_text_response(j.turn, j.ended_at, now, &text);
         } else {
             // The cancelled turn's words are unknown: transcribe both utterances together.

@@ -395,6 +395,8 @@ impl Checker {
             | Event::Transcript { .. }
             | Event::FalseAlarm { .. }
             | Event::ProviderError { .. }
+            | Event::AudioMessage { .. }
+            | Event::IdleTimeout { .. }
             | Event::Rejected(_) => {}
             // The client rewrote the history (seeded it, cut or removed a part): it is checked
             // for its shape only, this once.

@@ -19,8 +19,9 @@
 //! |---|---|---|---|
 //! | `Silent` | speech starts (a VAD onset, `speech_start`), no response | `Speaking` | `SpeechStarted` |
 //! | `Silent` | speech starts during a response | `Candidate` | `SpeechStarted`; the response is held (`PlaybackPaused` once audio started) |
+//! | `Silent` | speech starts during a response, without `interrupt_on_speech` | `Speaking` | `SpeechStarted`; the response plays on |
 //! | `Judging` | speech starts | `Speaking` or `Candidate`, the judged audio joined to it | `CancelTurn` (the judged turn), `SpeechStarted` |
-//! | `Speaking` | speech ends (VAD, `speech_end`, `max_utterance`, a stream's endpoint) | `Silent` | `SpeechStopped`; a response in progress is interrupted; a new response transcribes the utterance |
+//! | `Speaking` | speech ends (VAD, `speech_end`, `max_utterance`, a stream's endpoint) | `Silent` | `SpeechStopped`; a response in progress is interrupted; a new response transcribes the utterance (without `answer_turns`, or over a response it does not interrupt: transcribed for the history only, `unanswered`) |
 //! | `Candidate` | it has voiced `min_interruption` | `Speaking` | the response is interrupted |
 //! | `Candidate` | `false_interruption_timeout` after it began | `Silent` | `CancelTurn`, `FalseAlarm`; the response resumes |
 //! | `Candidate` | speech ends | `Judging` | `SpeechStopped`, `StartAsr` (or its stream finalizes) |
@@ -41,7 +42,10 @@
 //! |---|---|---|---|
 //! | none | `Speaking` ends | `Transcribing` | `StartAsr` (or the stream finalizes) |
 //! | none | a `text`, or a judged candidate's words | `Generating` | `Transcript`, `StartLlm` |
-//! | any | `respond` (the response in progress, if any, is interrupted first) | `Generating` | `StartLlm` with the history as it stands |
+//! | any | `respond` (the response in progress, if any, is interrupted first) | `Generating` (`Waiting` while user turns are transcribed for the history) | `StartLlm` with the history as it stands |
+//! | `Waiting` | the last of those turns' words are in the history | `Generating` | `StartLlm` |
+//! | none | a turn spoken over an answer it did not interrupt waits (with `answer_turns`), the user is silent | `Generating` or `Waiting` | as `respond` |
+//! | none | `idle_timeout` since the last response played out, nothing else going on | `Generating` | `IdleTimeout`, `StartLlm` |
 //! | any | `say` (likewise) | `Complete` | `ResponseText` per sentence, then `StartTts`: the words verbatim |
 //! | any | `cancel` | none | as an interruption, below |
 //! | `Transcribing` | the transcript | `Generating` | `Transcript`, `StartLlm`; empty: `ResponseDone` (`no_speech`) |
@@ -62,7 +66,8 @@
 //! ASR's policy is `live_asr`, with its own table.
 //!
 //! The files: `vocabulary` (the settings, inputs and outputs), `user`, `barge_in`, `response`,
-//! `playback` (the clock, pacing and the queue of audio to send), `live_asr`, and `invariants`
+//! `playback` (the clock, pacing and the queue of audio to send), `live_asr`, `unanswered` (user
+//! turns transcribed for the history only, with their own table), and `invariants`
 //! (the promises below as a `Checker`, with the `invariants` feature).
 //!
 //! Invariants (checked by the tests):
@@ -91,6 +96,7 @@ mod playback;
 mod response;
 #[cfg(test)]
 mod tests;
+mod unanswered;
 mod user;
 mod vocabulary;
 
@@ -98,6 +104,8 @@ pub use live_asr::{AsrStreamEvent, MAX_STREAMS};
 use live_asr::{LiveStreams, Then};
 use playback::Pacing;
 use response::{Response, Spoken};
+use unanswered::Unanswered;
+pub use unanswered::MAX_TRANSCRIBING;
 use user::{Source, User};
 pub use vocabulary::{
     ClientTool, Event, Output, ProviderEvent, ProviderFailure, Rejection, ResponseOverrides,
@@ -122,6 +130,14 @@ pub struct Session {
     user: User,
     /// The bot side.
     response: Option<Response>,
+    /// User turns being transcribed for the history only, in turn order (`unanswered`).
+    transcribing: VecDeque<Unanswered>,
+    /// A turn spoken during a response it did not interrupt waits for that response to end,
+    /// to be answered then (`SessionConfig::interrupt_on_speech` off).
+    answer_pending: bool,
+    /// The last response played out then, and the user has not spoken since
+    /// (`SessionConfig::idle_timeout`).
+    idle_since: Option<Time>,
     /// What the last response that ended said, for a client truncating it.
     last_spoken: Option<Spoken>,
     /// The client's connection dropped and it has not come back yet (`handle_disconnect`).
@@ -181,6 +197,9 @@ impl Session {
             preroll_cap,
             user: User::Silent,
             response: None,
+            transcribing: VecDeque::new(),
+            answer_pending: false,
+            idle_since: None,
             live: LiveStreams::new(cfg.streaming_asr),
             carry_audio: Vec::new(),
             last_spoken: None,
@@ -215,10 +234,21 @@ impl Session {
             .response
             .as_ref()
             .and_then(|r| r.next_timeout(&self.pacing, self.cfg.client_tool_timeout));
-        match (candidate, response) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [candidate, response, self.idle_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the user's silence after the last response is an idle timeout, if it can be: no
+    /// response, nothing being said or transcribed, and nothing waiting to be answered.
+    fn idle_deadline(&self) -> Option<Time> {
+        let quiet = self.response.is_none()
+            && matches!(self.user, User::Silent)
+            && self.transcribing.is_empty()
+            && !self.answer_pending;
+        let since = self.idle_since.filter(|_| quiet)?;
+        Some(since + self.cfg.idle_timeout?)
     }
 
     /// The language asked of the ASR for the next utterance, if the client chose one.
@@ -353,6 +383,7 @@ impl Session {
         if text.is_empty() {
             return;
         }
+        self.idle_since = None;
         self.interrupt_response(now);
         // A text turn is self-contained: audio of a turn cancelled before its transcript is dropped.
         self.carry_audio.clear();
@@ -373,6 +404,7 @@ impl Session {
     pub fn handle_user_message(&mut self, now: Time, text: &str) {
         let text = text.trim();
         if !text.is_empty() {
+            self.idle_since = None;
             let turn = self.new_turn();
             self.history.push_user(text, Some(turn));
             self.emit(Event::Transcript {
@@ -380,6 +412,32 @@ impl Session {
                 text: text.to_owned(),
                 is_final: true,
             });
+        }
+        self.pump(now);
+    }
+
+    /// A user message as audio (mono PCM16 at 16 kHz; the Realtime protocol's audio item): a
+    /// turn of its own, transcribed into the history with no reply until one is asked for
+    /// (`handle_respond`, which waits for its words). Nothing in progress is interrupted.
+    /// `AudioMessage` names its turn, and its final `Transcript` follows. With
+    /// `MAX_TRANSCRIBING` turns already waiting for their words, it is refused
+    /// (`Rejection::TranscriptionsBusy`).
+    pub fn handle_user_audio(&mut self, now: Time, samples: &[i16]) {
+        if samples.is_empty() {
+            return;
+        }
+        if self.transcribing.len() >= MAX_TRANSCRIBING {
+            self.emit(Event::Rejected(Rejection::TranscriptionsBusy {
+                max: MAX_TRANSCRIBING,
+            }));
+        } else {
+            self.idle_since = None;
+            let turn = self.new_turn();
+            self.emit(Event::AudioMessage {
+                turn,
+                duration: SampleRate::INTERNAL.duration_of(samples.len() as u64),
+            });
+            self.start_transcription(turn, samples.to_vec(), 0);
         }
         self.pump(now);
     }
@@ -515,7 +573,8 @@ impl Session {
     /// not hold is `Rejected` (`NotInHistory`).
     pub fn handle_delete(&mut self, now: Time, turn: TurnId, part: HistoryPart) {
         let in_progress = self.response.as_ref().is_some_and(|r| r.turn == turn)
-            || self.user.utterance().is_some_and(|u| u.turn == turn);
+            || self.user.utterance().is_some_and(|u| u.turn == turn)
+            || self.is_transcribing(turn);
         if in_progress {
             self.emit(Event::Rejected(Rejection::InProgress { turn }));
         } else if self.history.remove(turn, &part) {
@@ -551,6 +610,9 @@ impl Session {
             voice,
             language,
             vad,
+            answer_turns,
+            interrupt_on_speech,
+            idle_timeout,
         } = update;
         if let Some(i) = instructions {
             self.cfg.system_prompt = i;
@@ -581,6 +643,15 @@ impl Session {
         if let Some(t) = vad {
             self.tune_vad(t);
         }
+        if let Some(a) = answer_turns {
+            self.cfg.answer_turns = a;
+        }
+        if let Some(i) = interrupt_on_speech {
+            self.cfg.interrupt_on_speech = i;
+        }
+        if let Some(t) = idle_timeout {
+            self.cfg.idle_timeout = t;
+        }
         if let Some(messages) = history {
             self.history = History::new(self.cfg.max_history_messages);
             for m in messages {
@@ -604,6 +675,9 @@ impl Session {
             tools: Arc::clone(&self.cfg.client_tools),
             voice: self.cfg.voice.clone(),
             language: self.cfg.language.clone(),
+            answer_turns: self.cfg.answer_turns,
+            interrupt_on_speech: self.cfg.interrupt_on_speech,
+            idle_timeout: self.cfg.idle_timeout,
         });
         match greeting {
             Some(text) => self.handle_say(now, &text),
@@ -646,6 +720,10 @@ impl Session {
             if let ProviderEvent::Transcript(result) = event {
                 self.resolve_judged(now, result);
             }
+        } else if self.is_transcribing(turn) {
+            if let ProviderEvent::Transcript(result) = event {
+                self.on_unanswered_transcript(now, turn, result);
+            }
         } else if self.response.as_ref().is_some_and(|r| r.turn == turn) {
             self.on_response_event(now, event);
         }
@@ -667,6 +745,17 @@ impl Session {
         self.time_out_candidate(now);
         self.time_out_client_tools(now);
         self.speak_filler_if_due(now);
+        if self.idle_deadline().is_some_and(|at| now >= at) {
+            if let Some(since) = self.idle_since.take() {
+                let turn = self.new_turn();
+                self.emit(Event::IdleTimeout {
+                    turn,
+                    since,
+                    at: now,
+                });
+                self.start_llm_response(turn, now, ResponseOverrides::default());
+            }
+        }
         self.pump(now);
     }
 

@@ -48,6 +48,9 @@ enum Reply {
     /// The user's words are being transcribed. The utterance is kept until its transcript
     /// arrives, so that it can be carried into the next turn if this one is cancelled first.
     Transcribing { utterance: Arc<[i16]> },
+    /// A reply from the history, waiting for the user's words still being transcribed into it
+    /// (`unanswered`): its LLM round starts once they are all there.
+    Waiting,
     /// An LLM round is streaming; `tools` are the calls it made so far (some may have answered).
     Generating { tools: Vec<PendingTool> },
     /// The round's stream ended with tool calls, and some have not answered yet.
@@ -61,14 +64,14 @@ impl Reply {
     fn tools(&self) -> &[PendingTool] {
         match self {
             Reply::Generating { tools } | Reply::AwaitingTools { tools } => tools,
-            Reply::Transcribing { .. } | Reply::Complete => &[],
+            Reply::Transcribing { .. } | Reply::Waiting | Reply::Complete => &[],
         }
     }
 
     fn tools_mut(&mut self) -> &mut [PendingTool] {
         match self {
             Reply::Generating { tools } | Reply::AwaitingTools { tools } => tools,
-            Reply::Transcribing { .. } | Reply::Complete => &mut [],
+            Reply::Transcribing { .. } | Reply::Waiting | Reply::Complete => &mut [],
         }
     }
 }
@@ -173,6 +176,11 @@ impl Response {
             sent: 0,
             play: Playback::default(),
         }
+    }
+
+    /// Whether it waits for the user's words to reach the history (`Reply::Waiting`).
+    pub(super) fn is_waiting(&self) -> bool {
+        matches!(self.reply, Reply::Waiting)
     }
 
     /// No more audio will be produced.
@@ -504,6 +512,7 @@ impl Session {
         let reply = Reply::Transcribing {
             utterance: audio.clone(),
         };
+        self.idle_since = None;
         self.response = Some(Response::new(turn, speech_end, &self.cfg, reply));
         if let Some(after_stream) = self.live.end(turn, &audio, carried, &mut self.outputs) {
             self.outputs.push_back(Output::StartAsr {
@@ -525,6 +534,7 @@ impl Session {
         let reply = Reply::Generating { tools: Vec::new() };
         let mut r = Response::new(turn, speech_end, &self.cfg, reply);
         r.timings.asr_done = Some(now);
+        self.idle_since = None;
         self.response = Some(r);
         self.commit_user_text(text);
     }
@@ -534,6 +544,7 @@ impl Session {
     /// like any answer.
     pub(super) fn start_spoken_response(&mut self, turn: TurnId, now: Time, text: &str) {
         let mut r = Response::new(turn, now, &self.cfg, Reply::Complete);
+        self.idle_since = None;
         let mut sentences = Vec::new();
         r.splitter.push(text, |s| sentences.push(s));
         sentences.extend(r.splitter.finish());
@@ -544,15 +555,16 @@ impl Session {
     }
 
     /// A reply now from the history as it stands (`respond`: the bot speaks first, or again),
-    /// with no new user words (→ `Generating`).
+    /// with no new user words (→ `Generating`; `Waiting` while user turns are still being
+    /// transcribed into the history).
     pub(super) fn start_llm_response(
         &mut self,
         turn: TurnId,
         now: Time,
         overrides: ResponseOverrides,
     ) {
-        let reply = Reply::Generating { tools: Vec::new() };
-        let mut r = Response::new(turn, now, &self.cfg, reply);
+        self.idle_since = None;
+        let mut r = Response::new(turn, now, &self.cfg, Reply::Waiting);
         let ResponseOverrides {
             instructions,
             tools,
@@ -567,20 +579,31 @@ impl Session {
         if let Some(v) = voice {
             r.voice = Some(v.into());
         }
-        let client_tools = Arc::clone(&r.client_tools);
         self.response = Some(r);
-        let messages = self.llm_messages();
-        self.outputs.push_back(Output::StartLlm {
-            turn,
-            messages,
-            client_tools,
-        });
+        if self.transcribing.is_empty() {
+            self.ask_llm();
+        }
+    }
+
+    /// A `Waiting` response: the user's words it waited for are in the history (→
+    /// `Generating`).
+    pub(super) fn run_waiting_response(&mut self, now: Time) {
+        let Some(r) = &mut self.response else { return };
+        if matches!(r.reply, Reply::Waiting) {
+            r.timings.asr_done = Some(now);
+            self.ask_llm();
+        }
     }
 
     /// Adds the user's words to the history and asks the LLM (→ `Generating`).
     fn commit_user_text(&mut self, text: &str) {
         let turn = self.response.as_ref().map(|r| r.turn);
         self.history.push_user(text, turn);
+        self.ask_llm();
+    }
+
+    /// Asks the LLM for the response's reply, from the history as it stands (→ `Generating`).
+    fn ask_llm(&mut self) {
         let messages = self.llm_messages();
         let Some(r) = &mut self.response else { return };
         r.reply = Reply::Generating { tools: Vec::new() };
@@ -965,6 +988,21 @@ impl Session {
     /// Moves the response forward: sends the audio that is due, starts the next sentence's TTS,
     /// and ends the response when its last sample has been heard.
     pub(super) fn pump(&mut self, now: Time) {
+        self.pump_response(now);
+        self.answer_if_pending(now);
+    }
+
+    /// A turn spoken during a response it did not interrupt is answered once that response has
+    /// ended and the user is not speaking (`SessionConfig::interrupt_on_speech` off).
+    fn answer_if_pending(&mut self, now: Time) {
+        if self.answer_pending && self.response.is_none() && self.user.utterance().is_none() {
+            self.answer_pending = false;
+            let turn = self.new_turn();
+            self.start_llm_response(turn, now, ResponseOverrides::default());
+        }
+    }
+
+    fn pump_response(&mut self, now: Time) {
         let pacing = self.pacing;
         let Some(r) = &mut self.response else { return };
         r.send_due_audio(now, &pacing, &mut self.outputs);
@@ -1059,6 +1097,10 @@ impl Session {
             timings: r.timings,
             reason,
         });
+        if status == ResponseStatus::Completed {
+            // Played out: the user's silence from here on may be an idle timeout.
+            self.idle_since = Some(now);
+        }
         self.release_turn(r.turn);
         // As far as the history says it was heard.
         let heard = match status {
@@ -1074,6 +1116,8 @@ impl Session {
             produced: r.produced,
             heard,
         });
+        // The user's words spoken over it follow it into the history.
+        self.flush_transcriptions(now);
     }
 }
 

@@ -1650,6 +1650,8 @@ mod properties {
         Text(u8),
         Wait(u64),
         LlmFails(bool),
+        UserAudio(u64),
+        Respond,
     }
 
     fn action() -> impl Strategy<Value = Action> {
@@ -1661,6 +1663,8 @@ mod properties {
             (0u8..4).prop_map(Action::Text),
             (1u64..3000).prop_map(Action::Wait),
             any::<bool>().prop_map(Action::LlmFails),
+            (1u64..150).prop_map(|n| Action::UserAudio(n * 20)),
+            Just(Action::Respond),
         ]
     }
 
@@ -1674,8 +1678,15 @@ mod properties {
             server_vad in any::<bool>(),
             tts_realtime in any::<bool>(),
             asr_ms in 10u64..1500,
+            answer_turns in any::<bool>(),
+            interrupt_on_speech in any::<bool>(),
         ) {
-            let mut sim = if server_vad { Sim::with(webrtc_vad()) } else { Sim::new() };
+            let cfg = if server_vad {
+                webrtc_vad()
+            } else {
+                SessionConfig { vad: None, ..SessionConfig::default() }
+            };
+            let mut sim = Sim::with(SessionConfig { answer_turns, interrupt_on_speech, ..cfg });
             if slow_tools {
                 sim.tool_ms = 1500;
             }
@@ -1690,6 +1701,14 @@ mod properties {
                     Action::Text(i) => sim.text(["tell me a story", "balance", "tomorrow", "hi"][i as usize]),
                     Action::Wait(ms) => sim.run_ms(ms),
                     Action::LlmFails(fails) => sim.llm_fails = fails,
+                    Action::UserAudio(ms) => {
+                        sim.s.handle_user_audio(sim.now, &vec![0; ms as usize * 16]);
+                        sim.drain();
+                    }
+                    Action::Respond => {
+                        sim.s.handle_respond(sim.now);
+                        sim.drain();
+                    }
                 }
             }
             sim.speech_end();
@@ -2539,4 +2558,260 @@ fn a_session_closed_at_the_drain_deadline_ends_its_answer_with_a_reason() {
     );
     assert!(sim.has(|e| matches!(e, Event::Interrupted { .. })));
     sim.assert_all_done();
+}
+
+fn unanswered_sim() -> Sim {
+    Sim::with(SessionConfig {
+        vad: None,
+        answer_turns: false,
+        ..SessionConfig::default()
+    })
+}
+
+/// Every final `Transcript`'s turn and text, in order.
+fn final_transcripts(sim: &Sim) -> Vec<(TurnId, String)> {
+    sim.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Transcript {
+                turn,
+                text,
+                is_final: true,
+            } => Some((*turn, text.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_turn_not_answered_enters_the_history_and_waits_for_respond() {
+    let mut sim = unanswered_sim();
+    sim.say(2000);
+    sim.settle();
+    assert!(sim.started.is_empty(), "no answer until one is asked for");
+    assert_eq!(
+        final_transcripts(&sim),
+        [(TurnId(1), "what's the weather like today".to_owned())]
+    );
+    assert!(sim
+        .log
+        .iter()
+        .any(|s| s.output == Output::TurnReleased(TurnId(1))));
+    assert_eq!(
+        sim.s.history(),
+        [ChatMessage::User("what's the weather like today".into())]
+    );
+    sim.s.handle_respond(sim.now);
+    sim.drain();
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(2)).0, ResponseStatus::Completed);
+    assert_eq!(
+        sim.texts().concat().replace(' ', ""),
+        WEATHER.replace(' ', "")
+    );
+    sim.assert_all_done();
+}
+
+#[test]
+fn respond_waits_for_the_words_still_being_transcribed() {
+    let mut sim = unanswered_sim();
+    sim.asr_ms = 400;
+    sim.say(1000);
+    let asked = sim.now;
+    sim.s.handle_respond(sim.now);
+    sim.drain();
+    sim.run_ms(300);
+    assert!(sim.started.is_empty(), "the LLM waits for the user's words");
+    sim.settle();
+    // The reply answers the words, which were in the history before the LLM was asked.
+    assert!(sim.texts().concat().contains("Tomorrow it rains."));
+    let llm_at = sim
+        .first_at(|o| matches!(o, Output::StartLlm { .. }))
+        .unwrap();
+    assert_eq!(llm_at - asked, Duration::from_millis(400));
+    let (status, timings, _) = sim.done_of(TurnId(2));
+    assert_eq!(status, ResponseStatus::Completed);
+    assert_eq!(timings.asr_done, Some(llm_at));
+    assert_eq!(
+        sim.s.history()[0],
+        ChatMessage::User("what about tomorrow".into())
+    );
+}
+
+#[test]
+fn a_barge_in_that_is_not_answered_still_interrupts_and_its_words_enter_the_history() {
+    let mut sim = unanswered_sim();
+    sim.s.handle_user_message(sim.now, "tell me a story");
+    sim.s.handle_respond(sim.now);
+    sim.drain();
+    sim.run_ms(1500);
+    sim.say(1000);
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(2)).0, ResponseStatus::Interrupted);
+    assert_eq!(sim.started.len(), 1, "the barge-in is not answered");
+    let h = sim.s.history();
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert_eq!(h[2], ChatMessage::User("what about tomorrow".into()));
+    // A short barge-in with words (judged by its transcript) also interrupts, unanswered.
+    sim.s.handle_respond(sim.now);
+    sim.drain();
+    sim.run_ms(1500);
+    let before = sim.started.len();
+    sim.asr_answers = vec!["stop right there"];
+    sim.say(300);
+    sim.settle();
+    assert_eq!(sim.started.len(), before);
+    let h = sim.s.history();
+    assert_eq!(
+        h.last(),
+        Some(&ChatMessage::User("stop right there".into()))
+    );
+    sim.assert_all_done();
+}
+
+#[test]
+fn audio_messages_enter_the_history_in_the_order_they_were_sent() {
+    let mut sim = Sim::new();
+    sim.asr_ms = 300;
+    sim.s.handle_user_audio(sim.now, &vec![0; 32_000]);
+    sim.drain();
+    sim.asr_ms = 50;
+    sim.s.handle_user_audio(sim.now, &vec![0; 16_000]);
+    sim.drain();
+    sim.run_ms(100);
+    assert!(
+        final_transcripts(&sim).is_empty(),
+        "the second waits for the first"
+    );
+    sim.settle();
+    assert!(sim.started.is_empty(), "an audio message is not answered");
+    let messages: Vec<_> = sim
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::AudioMessage { turn, duration } => Some((*turn, *duration)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            (TurnId(1), Duration::from_secs(2)),
+            (TurnId(2), Duration::from_secs(1))
+        ]
+    );
+    assert_eq!(
+        final_transcripts(&sim),
+        [
+            (TurnId(1), "what's the weather like today".to_owned()),
+            (TurnId(2), "what about tomorrow".to_owned())
+        ]
+    );
+    // One user message, as consecutive user words always are, in the order spoken.
+    assert_eq!(
+        sim.s.history(),
+        [ChatMessage::User(
+            "what's the weather like today what about tomorrow".into()
+        )]
+    );
+}
+
+#[test]
+fn an_audio_message_during_an_answer_interrupts_nothing_and_follows_it_in_the_history() {
+    let mut sim = Sim::new();
+    sim.text("tell me a story");
+    sim.run_ms(1500);
+    sim.s.handle_user_audio(sim.now, &vec![0; 16_000]);
+    sim.drain();
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    assert_eq!(sim.audio_of(TurnId(1)).len(), expected_samples(STORY) * 2);
+    let h = sim.s.history();
+    assert!(matches!(h[1], ChatMessage::Assistant { .. }), "{h:?}");
+    assert_eq!(h[2], ChatMessage::User("what about tomorrow".into()));
+}
+
+#[test]
+fn too_many_audio_messages_waiting_are_refused() {
+    let mut sim = Sim::new();
+    sim.asr_ms = 1000;
+    for _ in 0..=MAX_TRANSCRIBING {
+        sim.s.handle_user_audio(sim.now, &vec![0; 8_000]);
+        sim.drain();
+    }
+    assert_eq!(
+        rejections(&sim),
+        [Rejection::TranscriptionsBusy {
+            max: MAX_TRANSCRIBING
+        }]
+    );
+    sim.settle();
+    assert_eq!(final_transcripts(&sim).len(), MAX_TRANSCRIBING);
+}
+
+#[test]
+fn speech_that_does_not_interrupt_is_answered_after_the_answer_it_was_spoken_over() {
+    let mut sim = Sim::with(SessionConfig {
+        vad: None,
+        interrupt_on_speech: false,
+        ..SessionConfig::default()
+    });
+    sim.text("tell me a story");
+    sim.run_ms(1500);
+    sim.say(1000);
+    sim.settle();
+    assert!(!sim.has(|e| matches!(e, Event::PlaybackPaused { .. } | Event::Interrupted { .. })));
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Completed);
+    assert_eq!(sim.audio_of(TurnId(1)).len(), expected_samples(STORY) * 2);
+    // Its words follow the story in the history, and are answered once the story is over.
+    let story_done = sim.done_of(TurnId(1)).1.done.unwrap();
+    let (status, timings, _) = sim.done_of(TurnId(3));
+    assert_eq!(status, ResponseStatus::Completed);
+    assert_eq!(timings.speech_end, Some(story_done));
+    assert!(sim.texts().concat().contains("Tomorrow it rains."));
+    let h = sim.s.history();
+    assert_eq!(
+        h[2],
+        ChatMessage::User("what about tomorrow".into()),
+        "{h:?}"
+    );
+    sim.assert_all_done();
+}
+
+#[test]
+fn an_idle_timeout_speaks_again_after_the_answer_played_out_and_speech_resets_it() {
+    let mut sim = Sim::with(SessionConfig {
+        vad: None,
+        idle_timeout: Some(Duration::from_secs(5)),
+        ..SessionConfig::default()
+    });
+    sim.run_ms(10_000);
+    assert!(sim.started.is_empty(), "no timer before a first answer");
+    sim.text("what about tomorrow");
+    sim.run_ms(5_000);
+    let done = sim.done_of(TurnId(1)).1.done.unwrap();
+    // Speech before the timeout resets it: that turn is answered instead.
+    sim.run_until(done + Duration::from_secs(4));
+    sim.say(1000);
+    sim.run_ms(3_000);
+    assert!(!sim.has(|e| matches!(e, Event::IdleTimeout { .. })));
+    let done = sim.done_of(TurnId(2)).1.done.unwrap();
+    sim.run_until(done + Duration::from_millis(4_999));
+    assert!(!sim.has(|e| matches!(e, Event::IdleTimeout { .. })));
+    sim.run_until(done + Duration::from_secs(6));
+    let idle: Vec<_> = sim
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::IdleTimeout { turn, since, at } => {
+                assert_eq!(*at, *since + Duration::from_secs(5));
+                Some((*turn, *since))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(idle, [(TurnId(3), done)]);
+    assert!(sim.started.contains(&TurnId(3)));
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(3)).0, ResponseStatus::Completed);
 }

@@ -240,7 +240,10 @@ impl Session {
             u.audio = audio;
             u.carried_voiced = j.voiced;
         }
-        self.user = if self.response.is_some() {
+        self.idle_since = None;
+        // Speech during a response is a barge-in candidate, unless the client asked that
+        // speech never interrupt: then it is a turn of its own, and the response plays on.
+        self.user = if self.response.is_some() && self.cfg.interrupt_on_speech {
             User::Candidate(u)
         } else {
             User::Speaking(u)
@@ -295,12 +298,22 @@ impl Session {
                 });
             }
         } else {
-            // Speech that began while idle supersedes anything started meanwhile (a `text` turn).
-            self.interrupt_response(now);
+            // Speech that began while idle supersedes anything started meanwhile (a `text`
+            // turn), unless speech does not interrupt.
+            if self.cfg.interrupt_on_speech {
+                self.interrupt_response(now);
+            }
             let mut audio = std::mem::take(&mut self.carry_audio);
             let carried = audio.len();
             audio.extend_from_slice(&u.audio);
-            self.start_asr_response(now, u.turn, audio, carried);
+            if self.cfg.answer_turns && self.response.is_none() {
+                self.start_asr_response(now, u.turn, audio, carried);
+            } else {
+                // Into the history only: the client asks for an answer, or the response
+                // playing on is followed by one.
+                self.answer_pending |= self.cfg.answer_turns;
+                self.start_transcription(u.turn, audio, carried);
+            }
         }
         self.sync_hold(now);
     }

@@ -78,6 +78,16 @@ pub struct SessionConfig {
     pub voice: Option<Arc<str>>,
     /// The language asked of the ASR (a BCP-47 or ISO 639-1 code); `None`: the provider's own.
     pub language: Option<Arc<str>>,
+    /// A finished user turn is answered. Off, it is transcribed into the history only (its
+    /// final `Transcript` says when), and the client asks for an answer (`handle_respond`).
+    pub answer_turns: bool,
+    /// Speech during a response is a barge-in candidate (it holds the response, and may
+    /// interrupt it). Off, the response plays on: the speech is a turn of its own, transcribed
+    /// into the history, and answered (with `answer_turns`) once the response has ended.
+    pub interrupt_on_speech: bool,
+    /// After a response has played out, this long with no speech from the user: the bot speaks
+    /// again, unasked (`Event::IdleTimeout`, then a response from the history). `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -115,6 +125,9 @@ impl Default for SessionConfig {
             client_tools: Arc::from([]),
             voice: None,
             language: None,
+            answer_turns: true,
+            interrupt_on_speech: true,
+            idle_timeout: None,
         }
     }
 }
@@ -354,6 +367,12 @@ pub enum Event {
         voice: Option<Arc<str>>,
         /// The language asked of the ASR, if the client chose one.
         language: Option<Arc<str>>,
+        /// `SessionConfig::answer_turns`.
+        answer_turns: bool,
+        /// `SessionConfig::interrupt_on_speech`.
+        interrupt_on_speech: bool,
+        /// `SessionConfig::idle_timeout`.
+        idle_timeout: Option<Duration>,
     },
     /// A client's request was refused; the session goes on unchanged.
     Rejected(Rejection),
@@ -381,6 +400,24 @@ pub enum Event {
         turn: TurnId,
         /// Which part.
         part: HistoryPart,
+    },
+    /// A user's audio message (`Session::handle_user_audio`) is turn `turn`: it is transcribed
+    /// into the history, and its final `Transcript` follows.
+    AudioMessage {
+        /// The turn.
+        turn: TurnId,
+        /// The audio's length.
+        duration: Duration,
+    },
+    /// The user said nothing for `SessionConfig::idle_timeout` after the last response played
+    /// out: the bot speaks again, as response `turn` (from the history as it stands).
+    IdleTimeout {
+        /// The response's turn.
+        turn: TurnId,
+        /// When the silence began (the last response ended).
+        since: Time,
+        /// Now: when it timed out.
+        at: Time,
     },
     /// A barge-in candidate (of turn `turn`) was judged a false alarm: the response goes on.
     /// Internal: for metrics and logs; the client sees `playback_resumed` when audio had started.
@@ -500,6 +537,12 @@ pub struct SessionUpdate {
     pub language: Option<String>,
     /// The server VAD's settings.
     pub vad: Option<VadTuning>,
+    /// `SessionConfig::answer_turns`.
+    pub answer_turns: Option<bool>,
+    /// `SessionConfig::interrupt_on_speech`.
+    pub interrupt_on_speech: Option<bool>,
+    /// `SessionConfig::idle_timeout` (`Some(None)` turns it off).
+    pub idle_timeout: Option<Option<Duration>>,
 }
 
 /// Settings of one response only (`Session::handle_respond_with`): each field that is `Some`
@@ -599,5 +642,10 @@ pub enum Rejection {
     InProgress {
         /// The turn.
         turn: TurnId,
+    },
+    /// An audio message while `max` user turns are still being transcribed: it was dropped.
+    TranscriptionsBusy {
+        /// How many may wait at once (`MAX_TRANSCRIBING`).
+        max: usize,
     },
 }
