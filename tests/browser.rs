@@ -10,6 +10,9 @@
 //!   microphone plays `fixtures/browser_talk.wav` (a question, then, while the long answer plays,
 //!   "wait stop"), and the test checks the page, the server's metrics and the browser's console.
 //! - With auth on, the page without a token says it needs one, and with `?token=` it connects.
+//! - A dropped connection: a proxy in front of the server resets the page's session connection
+//!   while the answer plays, and the page comes back to its session (`/voxd.js` resumes on 1006)
+//!   and hears the whole answer once.
 //!
 //! Chromium, chromedriver, Python with selenium and Node are found on the machine (README,
 //! "Test it"); without them these tests say SKIPPED, unless `VOXD_REQUIRE_PEERS=1` (CI) makes
@@ -17,8 +20,15 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use common::{TestServer, PATIENCE};
 use serde_json::Value;
@@ -112,9 +122,10 @@ fn browser(test: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
     Some((chromium, driver, python))
 }
 
-/// Runs `tests/peers/browser.py MODE ARGS...` against `server` and returns its report.
+/// Runs `tests/peers/browser.py MODE ARGS...` against the server at `addr` and returns its
+/// report.
 async fn drive(
-    server: &TestServer,
+    addr: SocketAddr,
     tools: &(PathBuf, PathBuf, PathBuf),
     mode: &str,
     args: &[&str],
@@ -125,7 +136,7 @@ async fn drive(
         .arg(&script)
         .arg(mode)
         .arg("--base")
-        .arg(format!("http://{}", server.addr))
+        .arg(format!("http://{addr}"))
         .arg("--chromium")
         .arg(chromium)
         .arg("--chromedriver")
@@ -315,7 +326,7 @@ async fn a_spoken_conversation_with_a_barge_in_in_chromium() {
     let wav = root().join("fixtures/browser_talk.wav");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
     let report = drive(
-        &server,
+        server.addr,
         &tools,
         "talk",
         &[
@@ -477,7 +488,7 @@ async fn with_auth_on_the_page_asks_for_a_token_and_connects_with_one() {
     const KEY: &str = "vk_browser_page_test_key_1";
     let Some(tools) = browser(TEST) else { return };
     let server = TestServer::start_with(&format!("[auth]\napi_keys = [\"{KEY}\"]\n")).await;
-    let report = drive(&server, &tools, "refused", &["--token", KEY]).await;
+    let report = drive(server.addr, &tools, "refused", &["--token", KEY]).await;
     let refused = &report["without_token"];
     assert_eq!(refused["connection"], "closed");
     let notice = refused["notice"].as_str().unwrap();
@@ -498,5 +509,143 @@ async fn with_auth_on_the_page_asks_for_a_token_and_connects_with_one() {
         let refusal = e.contains("401") || e.contains("HTTP Authentication failed");
         assert!(refusal, "an unexpected console error: {e}");
     }
+    server.stop().await;
+}
+
+/// A TCP proxy in front of `target` that cuts the first `/ws` session connection (a reset both
+/// ways, no close frame: what a network blip looks like to both ends) once `after` bytes went
+/// from the server to the page. Every other connection, the resume included, passes whole.
+async fn cutting_proxy(target: SocketAddr, after: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(forward(client, target, after, Arc::clone(&cut)));
+        }
+    });
+    addr
+}
+
+async fn forward(mut client: TcpStream, target: SocketAddr, after: usize, cut: Arc<AtomicBool>) {
+    let Ok(mut server) = TcpStream::connect(target).await else {
+        return;
+    };
+    // The request line comes in the first read on loopback.
+    let mut head = vec![0u8; 4096];
+    let Ok(n) = client.read(&mut head).await else {
+        return;
+    };
+    let request = String::from_utf8_lossy(&head[..n]);
+    let watched = !cut.load(Ordering::SeqCst)
+        && request.starts_with("GET /ws")
+        && !request
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("resume=");
+    if server.write_all(&head[..n]).await.is_err() {
+        return;
+    }
+    let (mut client_in, mut client_out) = client.into_split();
+    let (mut server_in, mut server_out) = server.into_split();
+    let up = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_in, &mut server_out).await;
+        let _ = server_out.shutdown().await;
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0;
+    loop {
+        let n = match server_in.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if client_out.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        total += n;
+        if watched && total >= after && !cut.swap(true, Ordering::SeqCst) {
+            // A zero linger: closing resets the connection at once, on both sides.
+            for socket in [client_out.as_ref(), server_in.as_ref()] {
+                let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+            }
+            up.abort();
+            let _ = up.await;
+            return;
+        }
+    }
+    let _ = client_out.shutdown().await;
+}
+
+/// Silence as a 16 kHz mono WAV: Chromium's fake microphone plays it, so that the only turn is
+/// the typed one.
+fn silent_wav(path: &Path, seconds: u32) {
+    let data = 16_000 * 2 * seconds;
+    let mut wav = Vec::with_capacity(44 + data as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&32_000u32.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data.to_le_bytes());
+    wav.resize(44 + data as usize, 0);
+    std::fs::write(path, wav).unwrap();
+}
+
+/// The page's connection is reset while the answer plays: `/voxd.js` resumes the session (the
+/// server counts one resume), the answer completes, and the speaker played all of it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_resumes_in_chromium_and_the_answer_is_heard_once() {
+    const TEST: &str = "a_dropped_connection_resumes_in_chromium_and_the_answer_is_heard_once";
+    let Some(tools) = browser(TEST) else { return };
+    let config = Config::from_toml(CONFIG, root()).expect("the test config is valid");
+    let server = TestServer::start_config(config).await;
+    // 2 s of the answer's audio (16 kHz PCM16), then the reset.
+    let proxy = cutting_proxy(server.addr, 64_000).await;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("silence.wav");
+    silent_wav(&wav, 2);
+    let report = drive(proxy, &tools, "resume", &["--wav", wav.to_str().unwrap()]).await;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_vec_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    let dump = || serde_json::to_string_pretty(&report).unwrap();
+    let last = &report["final"];
+    assert_eq!(last["resumes"], 1, "{}", dump());
+    assert_eq!(last["connection"], "open", "{}", dump());
+    let done = last["done"].as_array().unwrap();
+    assert_eq!(done.len(), 1, "{}", dump());
+    assert_eq!(done[0]["status"], "completed", "{}", dump());
+    // Every sample of the answer was played, none twice: what the server sent is what the
+    // speaker played (within a frame either way, for the speaker counts at its own rate).
+    let sent_ms = done[0]["audio_ms"].as_f64().unwrap();
+    let played_ms = last["speaker"]["played_ms"].as_f64().unwrap();
+    assert!(sent_ms > 5_000.0, "{}", dump());
+    assert!(
+        (played_ms - sent_ms).abs() <= 40.0,
+        "played {played_ms} ms of {sent_ms} ms: {}",
+        dump()
+    );
+    assert_eq!(last["speaker"]["dropped_ms"], 0.0, "{}", dump());
+    let (_, metrics) = server.get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "voxd_resumes_total{result=\"resumed\"}"),
+        1.0
+    );
+    // The console shows the drop (the browser logs a failed WebSocket) and nothing else.
+    let errors: Vec<String> = console_errors(&report)
+        .into_iter()
+        .filter(|e| !e.contains("WebSocket connection to"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
     server.stop().await;
 }

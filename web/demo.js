@@ -67,18 +67,25 @@ const CONNECTION_TEXT = {
   idle: 'Not connected',
   connecting: 'Connecting…',
   open: 'Connected',
+  resuming: 'Reconnecting…',
   closed: 'Disconnected',
 };
 
 function showConnection(c) {
   ui.connection.dataset.state = c.state;
   ui.connection.textContent = CONNECTION_TEXT[c.state] || c.state;
+  if (c.state === 'open' && c.resumed) {
+    // Back in the same session after a dropped connection: nothing of the answer is lost.
+    ui.connection.dataset.resumes = String(Number(ui.connection.dataset.resumes || 0) + 1);
+  }
   const open = c.state === 'open';
   ui.textInput.disabled = !open;
   ui.send.disabled = !open;
   ui.cancel.disabled = !open;
   if (c.state === 'closed') {
-    if (c.error) {
+    if (c.error && c.error.code === 'resume_failed') {
+      notify(`${c.error.message} Press Start to begin a new one.`);
+    } else if (c.error) {
       notify(`Could not connect: ${c.error.message}`);
     } else if (running && c.code !== 1000) {
       const why = c.reason ? `: ${c.reason}` : '';

@@ -7,6 +7,8 @@
 //   - Pcm16Framer: cuts a stream of samples into fixed PCM16 frames (20 ms for the socket);
 //   - JitterBuffer: the speaker's buffer, with the barge-in rules of docs/protocol.md §7;
 //   - PlaybackRules: which server event does what to the speaker, and which audio it takes.
+//   - ResumeTracker: what a dropped connection needs to come back to its session (the session's
+//     id and resume token, and how much of the answer's audio arrived), and when to retry.
 // Nothing here allocates per call once its buffers have grown to the sizes in use.
 
 /** Clamps a float sample to [-1, 1] and scales it to a signed 16-bit integer. NaN gives 0. */
@@ -348,3 +350,65 @@ export class PlaybackRules {
     return this.open;
   }
 }
+
+/**
+ * When to try to resume after a dropped connection, in ms after the drop and after each failed
+ * try: a few seconds with backoff (docs/protocol.md §11.2: the server may notice a vanished
+ * connection only after a write times out, and refuses the resume until then).
+ */
+export const RESUME_DELAYS_MS = Object.freeze([250, 500, 1000, 2000, 4000]);
+
+/**
+ * What a client needs to resume its session after a dropped connection (docs/protocol.md §11.2):
+ * the `session_id` and `resume_token` of its `ready`, and how many bytes of the current answer's
+ * audio arrived (the turn of the latest `audio_start`), so that the server sends the rest from the
+ * first byte that did not.
+ */
+export class ResumeTracker {
+  constructor() {
+    this.sessionId = null;
+    this.token = null;
+    this.turn = null; // the turn of the latest audio_start
+    this.bytes = 0; // bytes of its audio received
+  }
+
+  /** A server event (a parsed JSON object). */
+  onEvent(event) {
+    if (event.type === 'ready') {
+      this.sessionId = event.session_id || null;
+      this.token = event.resume_token || null;
+      if (!event.resumed) {
+        this.turn = null;
+        this.bytes = 0;
+      }
+    } else if (event.type === 'audio_start') {
+      this.turn = event.turn_id;
+      this.bytes = 0;
+    }
+  }
+
+  /** A binary frame of `byteLength` bytes arrived. */
+  onAudio(byteLength) {
+    if (this.turn !== null) this.bytes += byteLength;
+  }
+
+  /**
+   * Whether a close with `code` may be resumed: only a connection that dropped without a close
+   * frame (1006), of a session that gave a resume token. A close frame ends the session (1000,
+   * 1001 at a drain, 1008 and 1009 for a client's fault).
+   */
+  canResume(code) {
+    return code === 1006 && this.sessionId !== null && this.token !== null;
+  }
+
+  /** `url` (a URL) with the resume query: `resume`, `resume_token`, and `received` once audio began. */
+  resumeUrl(url) {
+    const u = new URL(url);
+    u.searchParams.set('resume', this.sessionId);
+    u.searchParams.set('resume_token', this.token);
+    if (this.turn !== null) u.searchParams.set('received', `${this.turn}:${this.bytes}`);
+    else u.searchParams.delete('received');
+    return u;
+  }
+}
+

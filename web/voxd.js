@@ -21,13 +21,16 @@
 //   - events as callbacks: every server event by its `type` (and '*' for all of them), plus
 //     three of the client's own: 'connection', 'speaker' and 'microphone';
 //   - a refused connection explained: a browser does not show a WebSocket's HTTP status, so on a
-//     refusal the client asks the server why (the same URL over plain HTTP, then /health/ready).
+//     refusal the client asks the server why (the same URL over plain HTTP, then /health/ready);
+//   - a dropped connection resumed: on a close without a close frame (1006: a network blip) it
+//     comes back to the same session for a few seconds (docs/protocol.md §11.2), the answer goes
+//     on from the first byte that had not arrived, and the microphone keeps running.
 //
 // It needs voxd-audio.js and voxd-worklets.js next to it (the server serves all three). The
 // worklets are a module of their own, loaded from this module's URL, so the page's
 // Content-Security-Policy needs no `blob:`.
 
-import { PlaybackRules, SpeakerCommand } from './voxd-audio.js';
+import { PlaybackRules, RESUME_DELAYS_MS, ResumeTracker, SpeakerCommand } from './voxd-audio.js';
 
 /** A failure the client reports: a stable `code` and a message for people. */
 export class VoxdError extends Error {
@@ -43,6 +46,7 @@ export const ConnectionState = Object.freeze({
   IDLE: 'idle',
   CONNECTING: 'connecting',
   OPEN: 'open', // `ready` received
+  RESUMING: 'resuming', // the connection dropped; coming back to the same session
   CLOSED: 'closed',
 });
 
@@ -71,6 +75,8 @@ export class VoxdClient {
     this.ws = null;
     this.ready = null;
     this.rules = new PlaybackRules();
+    this.resume = new ResumeTracker();
+    this.closing = false; // close() was called: a drop is not resumed
     this.context = null;
     this.worklets = null;
     this.player = null;
@@ -127,18 +133,31 @@ export class VoxdClient {
    * `unreachable`, ...).
    */
   connect() {
-    if (this.ws) return Promise.reject(new VoxdError('already_connected', 'already connected'));
-    const url = this.socketUrl();
-    this.setState(ConnectionState.CONNECTING);
+    if (this.ws || this.state === ConnectionState.RESUMING) {
+      return Promise.reject(new VoxdError('already_connected', 'already connected'));
+    }
+    this.closing = false;
     this.rules = new PlaybackRules();
+    this.resume = new ResumeTracker();
+    this.setState(ConnectionState.CONNECTING);
+    return this.openSocket(this.socketUrl()).catch((error) => {
+      this.setState(ConnectionState.CLOSED, { code: error.closeCode, reason: error.closeReason, error });
+      throw error;
+    });
+  }
+
+  /**
+   * Opens a socket at `url`. Resolves with its `ready`; rejects with a VoxdError (why the server
+   * refused, `closeCode`/`closeReason` set) when it closes before. Once open, a close is
+   * `onClosed`'s.
+   */
+  openSocket(url) {
     return new Promise((resolve, reject) => {
       let ws;
       try {
         ws = new WebSocket(url);
       } catch (err) {
-        const error = new VoxdError('bad_url', `cannot open ${url.origin}: ${err.message}`);
-        this.setState(ConnectionState.CLOSED, { error });
-        reject(error);
+        reject(new VoxdError('bad_url', `cannot open ${url.origin}: ${err.message}`));
         return;
       }
       ws.binaryType = 'arraybuffer';
@@ -146,6 +165,7 @@ export class VoxdClient {
       let opened = false;
       ws.onmessage = (msg) => {
         if (typeof msg.data !== 'string') {
+          this.resume.onAudio(msg.data.byteLength);
           this.onAudio(msg.data);
           return;
         }
@@ -155,27 +175,66 @@ export class VoxdClient {
         } catch {
           return; // the server sends JSON only
         }
+        this.resume.onEvent(event);
         if (event.type === 'ready' && !opened) {
           opened = true;
           this.ready = event;
-          this.setState(ConnectionState.OPEN, { ready: event });
+          this.setState(ConnectionState.OPEN, { ready: event, resumed: !!event.resumed });
           resolve(event);
         }
         this.onEvent(event);
       };
       ws.onclose = async (e) => {
-        this.ws = null;
-        this.stopMicrophone();
-        this.speaker(SpeakerCommand.CLEAR);
+        if (this.ws === ws) this.ws = null;
         if (opened) {
-          this.setState(ConnectionState.CLOSED, { code: e.code, reason: e.reason });
+          this.onClosed(e);
           return;
         }
         const error = await explainRefusal(url);
-        this.setState(ConnectionState.CLOSED, { code: e.code, reason: e.reason, error });
+        error.closeCode = e.code;
+        error.closeReason = e.reason;
         reject(error);
       };
     });
+  }
+
+  /** An open session's socket closed: resumed if it dropped, else the session is over. */
+  onClosed(e) {
+    if (!this.closing && this.resume.canResume(e.code)) {
+      this.resumeSession(e);
+      return;
+    }
+    this.stopMicrophone();
+    this.speaker(SpeakerCommand.CLEAR);
+    this.setState(ConnectionState.CLOSED, { code: e.code, reason: e.reason });
+  }
+
+  /**
+   * Comes back to the session after a drop: tries `RESUME_DELAYS_MS` apart, each with what has
+   * arrived of the answer. The microphone keeps running (its frames are dropped meanwhile) and the
+   * speaker keeps its buffer: the answer goes on from the first byte that had not arrived. When
+   * every try fails, the session is over (`resume_failed`): connect() starts a new one.
+   */
+  async resumeSession(drop) {
+    for (const [i, delay] of RESUME_DELAYS_MS.entries()) {
+      this.setState(ConnectionState.RESUMING, { attempt: i + 1, code: drop.code });
+      await new Promise((r) => setTimeout(r, delay));
+      if (this.closing) break;
+      try {
+        await this.openSocket(this.resume.resumeUrl(this.socketUrl()));
+        if (this.closing && this.ws) this.ws.close(1000, 'client closed');
+        return;
+      } catch {
+        // refused (the server has not noticed the drop yet, or the session is gone) or
+        // unreachable: try again until the tries run out
+      }
+    }
+    this.stopMicrophone();
+    this.speaker(SpeakerCommand.CLEAR);
+    const error = this.closing
+      ? undefined
+      : new VoxdError('resume_failed', 'The connection dropped and the session could not be resumed.');
+    this.setState(ConnectionState.CLOSED, { code: drop.code, reason: drop.reason, error });
   }
 
   onEvent(event) {
@@ -331,6 +390,7 @@ export class VoxdClient {
 
   /** Closes the session and the microphone. The speaker stays ready for a next `connect`. */
   close() {
+    this.closing = true;
     this.stopMicrophone();
     if (this.ws) this.ws.close(1000, 'client closed');
   }

@@ -10,6 +10,9 @@ Modes:
            browser's console.
   refused  The server needs a key: opens /?autostart=1 (no token), waits for the page's refusal
            message, then /?autostart=1&token=--token and waits for the session to open.
+  resume   Opens /?autostart=1 (--base is a proxy that cuts the session's connection once the
+           answer's audio flows), types a question with a long answer, and waits until the page
+           came back to its session and the answer played to its end.
 
 Waits are polls with a generous deadline (a hang guard, never a timing assertion).
 """
@@ -38,6 +41,10 @@ for (const li of document.querySelectorAll('#events li')) {
 return {
   url: location.href,
   connection: document.getElementById('connection').dataset.state,
+  resumes: Number(document.getElementById('connection').dataset.resumes || 0),
+  done: [...document.querySelectorAll('#events li[data-type="response_done"]')].map((li) =>
+    JSON.parse(li.textContent),
+  ),
   notice: notice.hidden ? null : notice.textContent,
   speaker: {
     state: speaker.dataset.state,
@@ -178,9 +185,28 @@ def refused(args):
     return report
 
 
+def resume(args):
+    driver = browser(args, wav=args.wav)
+    report = {}
+    try:
+        driver.get(f"{args.base}/?autostart=1")
+        wait(driver, "the session opens", lambda s: s["connection"] == "open")
+        driver.find_element(By.ID, "text-input").send_keys("tell me a long story about the sea", Keys.ENTER)
+        report["resumed"] = wait(driver, "the dropped connection resumes", lambda s: s["resumes"] >= 1)
+        report["final"] = wait(
+            driver,
+            "the answer plays to its end",
+            lambda s: s["done"] and s["speaker"]["state"] == "idle",
+        )
+        report["console"] = console(driver)
+    finally:
+        driver.quit()
+    return report
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["talk", "refused"])
+    p.add_argument("mode", choices=["talk", "refused", "resume"])
     p.add_argument("--base", required=True)
     p.add_argument("--chromium", required=True)
     p.add_argument("--chromedriver", required=True)
@@ -188,7 +214,7 @@ def main():
     p.add_argument("--out")
     p.add_argument("--token")
     args = p.parse_args()
-    report = talk(args) if args.mode == "talk" else refused(args)
+    report = {"talk": talk, "refused": refused, "resume": resume}[args.mode](args)
     print(json.dumps(report))
     sys.stdout.flush()
 

@@ -14,6 +14,8 @@ import {
   floatToInt16,
   floatToPcm16le,
   pcm16leToFloat,
+  RESUME_DELAYS_MS,
+  ResumeTracker,
 } from '../voxd-audio.js';
 
 /** `n` samples 0, 1, 2, ... (distinct, so a lost or repeated sample shows). */
@@ -267,3 +269,41 @@ test('the protocol events map to the speaker rules of docs/protocol.md', () => {
   r.onEvent({ type: 'audio_start', turn_id: 5 });
   assert.equal(r.onEvent({ type: 'response_done', turn_id: 5, status: 'failed' }), SpeakerCommand.END);
 });
+
+test('a dropped connection resumes with the session, its token and the audio that arrived', () => {
+  const r = new ResumeTracker();
+  assert.equal(r.canResume(1006), false, 'nothing to resume before ready');
+  r.onEvent({ type: 'ready', session_id: 's1', resume_token: 'ab12' });
+  const base = new URL('ws://voxd.test/ws?sample_rate=16000&token=t');
+  let u = r.resumeUrl(base);
+  assert.equal(u.searchParams.get('resume'), 's1');
+  assert.equal(u.searchParams.get('resume_token'), 'ab12');
+  assert.equal(u.searchParams.get('received'), null, 'no audio yet: no received');
+  assert.equal(u.searchParams.get('token'), 't', 'the credentials stay');
+  assert.equal(base.searchParams.get('resume'), null, 'the base URL is left alone');
+
+  r.onAudio(640); // before any audio_start: not an answer's
+  r.onEvent({ type: 'audio_start', turn_id: 3 });
+  r.onAudio(640);
+  r.onAudio(320);
+  assert.equal(r.resumeUrl(base).searchParams.get('received'), '3:960');
+  // Back in the same session: the count goes on; a new answer counts from zero.
+  r.onEvent({ type: 'ready', session_id: 's1', resume_token: 'ab12', resumed: true });
+  r.onAudio(640);
+  assert.equal(r.resumeUrl(base).searchParams.get('received'), '3:1600');
+  r.onEvent({ type: 'audio_start', turn_id: 5 });
+  assert.equal(r.resumeUrl(base).searchParams.get('received'), '5:0');
+
+  // Only a drop without a close frame is resumed.
+  assert.equal(r.canResume(1006), true);
+  for (const code of [1000, 1001, 1008, 1009, 1011]) assert.equal(r.canResume(code), false, `${code}`);
+  // A new session (not resumed) forgets the old answer; one without a token cannot resume.
+  r.onEvent({ type: 'ready', session_id: 's2' });
+  assert.equal(r.canResume(1006), false);
+  assert.equal(r.turn, null);
+
+  const total = RESUME_DELAYS_MS.reduce((a, b) => a + b, 0);
+  assert.ok(total >= 5000 && total <= 10000, `retries span a few seconds: ${total} ms`);
+  assert.ok(RESUME_DELAYS_MS.every((d, i) => i === 0 || d >= RESUME_DELAYS_MS[i - 1]), 'backoff');
+});
+
