@@ -1,7 +1,8 @@
 //! Reconnect-resume over real sockets: a client whose TCP connection is cut mid-answer comes back
 //! with `?resume=` and its `resume_token`, gets the same session (turn ids go on), and hears the
 //! rest of the answer exactly once; a wrong token, an unknown session and an expired window are
-//! refused plainly.
+//! refused plainly. A client may come back before voxd noticed its old connection was gone: the
+//! resume takes the session over, and the old connection is let go.
 
 mod common;
 
@@ -51,10 +52,8 @@ async fn wait_for_metric(server: &TestServer, line: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_connection_resumes_the_same_session_and_hears_the_rest_exactly_once() {
-    let server = server("").await;
-    // The answer as an uninterrupted session hears it.
+/// The story's audio, as an uninterrupted session hears it.
+async fn whole_story(server: &TestServer) -> Vec<u8> {
     let mut reference = server.connect().await;
     reference
         .send(json!({"type": "text", "text": "tell me a story"}))
@@ -65,7 +64,15 @@ async fn a_cut_connection_resumes_the_same_session_and_hears_the_rest_exactly_on
     assert_eq!(done["status"], "completed");
     let full = reference.audio_from(from);
     assert!(full.len() > 16_000 * 2 * 4, "a long answer");
-    drop(reference);
+    // Closed properly: not parked.
+    reference.close().await;
+    full
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_resumes_the_same_session_and_hears_the_rest_exactly_once() {
+    let server = server("").await;
+    let full = whole_story(&server).await;
 
     let mut client = server.connect().await;
     let id = client.ready["session_id"].as_str().unwrap().to_owned();
@@ -160,5 +167,62 @@ async fn a_client_that_closes_properly_is_not_parked() {
     client.ws.close(None).await.unwrap();
     wait_for_metric(&server, "voxd_sessions_active 0").await;
     assert!(metric(&server, "voxd_sessions_parked 0").await);
+    server.stop().await;
+}
+
+/// A connection that vanished without a reset is noticed only when a write times out. The
+/// client that comes back sooner takes its session over: it hears the rest of the answer once,
+/// and the old connection gets a close frame saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_takes_over_a_connection_not_yet_seen_to_drop() {
+    let server = server("").await;
+    let full = whole_story(&server).await;
+    let mut old = server.connect().await;
+    let id = old.ready["session_id"].as_str().unwrap().to_owned();
+    let token = old.ready["resume_token"].as_str().unwrap().to_owned();
+    old.send(json!({"type": "text", "text": "tell me a story"}))
+        .await;
+    let turn = old.until("audio_start").await["turn_id"].as_u64().unwrap();
+    let from = old.log.len();
+    old.until_audio(from, 16_000 * 2).await;
+    let before = old.audio_from(from);
+    // The old connection is still up: nothing parked it.
+    assert!(!metric(&server, "voxd_sessions_parked 1").await);
+    let url = format!(
+        "ws://{}/ws?resume={id}&resume_token={token}&received={turn}:{}",
+        server.addr,
+        before.len()
+    );
+    let mut back = Client::connect(&url).await;
+    assert_eq!(back.ready["session_id"], id.as_str());
+    assert_eq!(back.ready["resumed"], true);
+    let done = back.until("response_done").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let mut heard = before;
+    heard.extend_from_slice(&back.audio_from(0));
+    assert_eq!(heard.len(), full.len(), "every sample, once");
+    assert!(heard == full, "the uninterrupted answer's bytes");
+    assert!(metric(&server, "voxd_resumes_total{result=\"resumed\"} 1").await);
+    assert!(!metric(&server, "voxd_sessions_parked 1").await);
+
+    // The old connection was let go with a close frame.
+    let close = tokio::time::timeout(PATIENCE, async {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        while let Some(msg) = old.ws.next().await {
+            if let Ok(Message::Close(frame)) = msg {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("the old connection is closed");
+    let frame = close.expect("with a close frame");
+    assert_eq!(u16::from(frame.code), 1000);
+    assert_eq!(frame.reason.as_str(), "resumed on another connection");
+    // And the session is the new connection's: it can be resumed again from there.
+    back.send(json!({"type": "text", "text": "thanks"})).await;
+    assert_eq!(back.until("response_done").await["turn_id"], turn + 1);
     server.stop().await;
 }

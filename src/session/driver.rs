@@ -25,6 +25,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{Stream, StreamExt};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -102,6 +103,9 @@ impl Exit {
 /// How long a close handshake may take.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long the close frame to a connection the client replaced may take to write.
+const SUPERSEDED_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Most frames a parked session keeps for its client (the events of a response going on while
 /// it is away; no audio is made then). Beyond, the session ends.
 const MAX_PARKED_FRAMES: usize = 4096;
@@ -112,6 +116,8 @@ enum End {
     Over(&'static str),
     /// The connection dropped; the session may be resumed.
     Dropped(&'static str),
+    /// The client came back on a new connection before this one was seen to drop.
+    Superseded(Box<Resumed>),
 }
 
 /// Runs one session until its socket closes or the server shuts down. `codec` speaks the client's
@@ -136,18 +142,30 @@ pub(crate) async fn run<C: Codec>(
         let mut socket = socket;
         let mut resumed = false;
         let reason = loop {
+            if let (Some(token), Some(parked)) = (&token, &driver.parked) {
+                // The client may come back to this session from now on, even before this
+                // connection is seen to drop.
+                driver.handoff = Some(parked.register(id, token));
+            }
             match driver
                 .run(socket, &session_id, token.as_deref(), resumed)
                 .await
             {
                 End::Over(reason) => break reason,
+                End::Superseded(back) => {
+                    info!("the client came back on a new connection; the old one is let go");
+                    let now = driver.now();
+                    driver.core.handle_disconnect(now);
+                    driver.core.handle_reconnect(now, back.received);
+                    socket = back.socket;
+                    resumed = true;
+                }
                 End::Dropped(reason) => {
-                    let token = token.as_deref().unwrap_or_default();
                     info!(
                         reason,
                         "connection dropped; waiting for the client to resume"
                     );
-                    match driver.park(id, token).await {
+                    match driver.park(id).await {
                         Some(back) => {
                             info!("session resumed");
                             let now = driver.now();
@@ -163,6 +181,9 @@ pub(crate) async fn run<C: Codec>(
                 }
             }
         };
+        if let Some(parked) = &driver.parked {
+            parked.unregister(id);
+        }
         app.metrics.add_wire(&mut driver.wire);
         app.metrics.sessions_active.decrement(1.0);
         info!(reason, "session ended");
@@ -201,6 +222,9 @@ struct Driver<C> {
     /// A dropped connection parks the session here for `server.resume_window_s` (`/ws` only).
     parked: Option<Arc<ParkedSessions>>,
     resumable: bool,
+    /// Where a client's claim on this session arrives (`ParkedSessions::register`), connected or
+    /// parked.
+    handoff: Option<oneshot::Receiver<Resumed>>,
 }
 
 /// One utterance's recognition stream, opened when the core asked (`Output::OpenAsrStream`). The
@@ -275,6 +299,7 @@ impl<C: Codec> Driver<C> {
             draining: false,
             parked,
             resumable,
+            handoff: None,
             output_rate: cfg.output_rate,
             core: Session::new(cfg),
             app,
@@ -427,6 +452,7 @@ impl<C: Codec> Driver<C> {
         let mut last_message = Instant::now();
         let idle = tokio::time::sleep_until(last_message + idle_timeout);
         tokio::pin!(idle);
+        let mut taken = None;
         let exit = 'session: loop {
             let deadline = self.core.poll_timeout();
             if deadline != armed {
@@ -452,6 +478,10 @@ impl<C: Codec> Driver<C> {
                         let deadline_ms = self.app.sessions.drain_remaining().as_millis() as u64;
                         self.codec.notice(Notice::Shutdown { deadline_ms }, &mut self.outbox);
                     }
+                }
+                back = claimed(&mut self.handoff) => {
+                    taken = Some(back);
+                    break Exit::quiet("superseded", "resumed on a new connection");
                 }
                 msg = tx.recv() => {
                     // One clock read per message: the idle timer's and the core's.
@@ -570,6 +600,12 @@ impl<C: Codec> Driver<C> {
                             biased;
                             written = &mut write => break Some(written),
                             () = &mut send_deadline => break None,
+                            // A write that waits on a vanished connection: the client is back
+                            // on a new one.
+                            back = claimed(&mut self.handoff) => {
+                                taken = Some(back);
+                                break 'session Exit::quiet("superseded", "resumed on a new connection");
+                            }
                             Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
                                 let now = self.now();
                                 self.core.handle_provider(now, turn, event);
@@ -605,6 +641,16 @@ impl<C: Codec> Driver<C> {
                 break Exit::close("drained", 1001, "server shutting down");
             }
         };
+        if let Some(back) = taken {
+            // The old connection is let go with a close frame, best effort and without waiting
+            // for an answer: it has most likely vanished.
+            let close = Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: Utf8Bytes::from_static("resumed on another connection"),
+            }));
+            let _ = tokio::time::timeout(SUPERSEDED_CLOSE_TIMEOUT, tx.send(close)).await;
+            return End::Superseded(Box::new(back));
+        }
         if exit.dropped && self.resumable && !self.draining {
             // The session goes on without a connection, for now: `park`.
             return End::Dropped(exit.reason);
@@ -655,11 +701,11 @@ impl<C: Codec> Driver<C> {
     /// core's `handle_disconnect`), its provider calls go on, and what the session has to say
     /// is kept for the client. Returns the client's new connection, or `None` once the resume
     /// window passes, the server drains, or too much piled up.
-    async fn park(&mut self, id: crate::registry::SessionId, token: &str) -> Option<Resumed> {
+    async fn park(&mut self, id: crate::registry::SessionId) -> Option<Resumed> {
         let now = self.now();
         self.core.handle_disconnect(now);
         let parked = Arc::clone(self.parked.as_ref()?);
-        let mut back = parked.park(id, token);
+        let mut back = self.handoff.take()?;
         self.app.metrics.sessions_parked.increment(1.0);
         let window = tokio::time::sleep(self.app.config.server.resume_window);
         tokio::pin!(window);
@@ -704,7 +750,7 @@ impl<C: Codec> Driver<C> {
         let outcome = match outcome {
             Some(r) => Some(r),
             // A client that claimed the session just now is handing its socket over.
-            None if !parked.unpark(id) => {
+            None if !parked.unregister(id) => {
                 tokio::time::timeout(std::time::Duration::from_secs(10), back)
                     .await
                     .ok()
@@ -933,4 +979,17 @@ fn message(frame: Frame) -> Message {
         Frame::Text(text) => Message::Text(text.into()),
         Frame::Binary(bytes) => Message::Binary(bytes),
     }
+}
+
+/// A client's claim on this session (its resume), connected or not: pending while there is none
+/// to wait for.
+async fn claimed(handoff: &mut Option<oneshot::Receiver<Resumed>>) -> Resumed {
+    if let Some(rx) = handoff {
+        let got = rx.await;
+        *handoff = None;
+        if let Ok(back) = got {
+            return back;
+        }
+    }
+    std::future::pending().await
 }

@@ -5,6 +5,12 @@
 //! it the new socket, and the same driver goes on with the same core: history, settings, turn
 //! ids, and a response in progress continuing from what the client received.
 //!
+//! A claim may also come before voxd noticed the drop: a connection that vanished silently (a
+//! phone that changed networks sends no reset) is noticed only when a write times out. So a
+//! resumable session is registered here for as long as it lives, with or without a connection:
+//! a claim for a session still connected takes it over, and the old connection is let go. Only
+//! the holder of the token can do that: the client the session gave it to.
+//!
 //! The token is 244 random bits (two v4 UUIDs from the OS's generator), never derived from the
 //! session id, and compared in constant time. A claim with a wrong token leaves the session
 //! parked; one for a session that is not waiting here (it ended, its window passed, or it lives
@@ -29,9 +35,9 @@ pub(crate) struct Resumed {
 /// Why a resume was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ResumeRefusal {
-    /// No session with that id is waiting here.
+    /// No session with that id is here.
     Unknown,
-    /// The session is waiting, but the token is not its.
+    /// The session is here, but the token is not its.
     Denied,
 }
 
@@ -40,7 +46,7 @@ struct Parked {
     handoff: oneshot::Sender<Resumed>,
 }
 
-/// The parked sessions of this process.
+/// The sessions of this process a client may come back to: connected or parked.
 #[derive(Default)]
 pub(crate) struct ParkedSessions {
     parked: DashMap<SessionId, Parked>,
@@ -71,8 +77,9 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl ParkedSessions {
-    /// Parks session `id`: a claim with `token` hands its new socket to the receiver.
-    pub(crate) fn park(&self, id: SessionId, token: &str) -> oneshot::Receiver<Resumed> {
+    /// Registers session `id` (again, after each claim): a claim with `token` hands its new
+    /// socket to the receiver.
+    pub(crate) fn register(&self, id: SessionId, token: &str) -> oneshot::Receiver<Resumed> {
         let (handoff, rx) = oneshot::channel();
         self.parked.insert(
             id,
@@ -84,9 +91,9 @@ impl ParkedSessions {
         rx
     }
 
-    /// The session gives up waiting (its window passed, or the server drains). `false`: a
-    /// client claimed it first, and its socket is on the way.
-    pub(crate) fn unpark(&self, id: SessionId) -> bool {
+    /// The session can no longer be resumed (it ended, its window passed, or the server
+    /// drains). `false`: a client claimed it first, and its socket is on the way.
+    pub(crate) fn unregister(&self, id: SessionId) -> bool {
         self.parked.remove(&id).is_some()
     }
 
@@ -130,7 +137,7 @@ mod tests {
         let parked = ParkedSessions::default();
         let id = SessionId(uuid::Uuid::new_v4());
         let token = new_token();
-        let _rx = parked.park(id, &token);
+        let _rx = parked.register(id, &token);
         assert_eq!(
             parked.claim(id, "wrong").err(),
             Some(ResumeRefusal::Denied),
@@ -138,7 +145,7 @@ mod tests {
         );
         assert!(parked.claim(id, &token).is_ok());
         assert_eq!(parked.claim(id, &token).err(), Some(ResumeRefusal::Unknown));
-        assert!(!parked.unpark(id), "claimed: its socket is on the way");
+        assert!(!parked.unregister(id), "claimed: its socket is on the way");
         assert_eq!(
             parked.claim(SessionId(uuid::Uuid::new_v4()), &token).err(),
             Some(ResumeRefusal::Unknown)
