@@ -25,23 +25,8 @@ mkdir -p "$OUT"
 cargo build --release --quiet
 BIN=./target/release/voxd
 
-server_pid=""
-start_server() {
-  RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$CONFIG" --listen "127.0.0.1:$PORT" \
-    --max-sessions 20000 > "$OUT/server.out" 2> "$OUT/server.err" &
-  server_pid=$!
-  until grep -q "voxd listening" "$OUT/server.out" 2>/dev/null; do
-    kill -0 "$server_pid" 2>/dev/null || { cat "$OUT/server.err"; exit 1; }
-    sleep 0.01
-  done
-}
-stop_server() {
-  [ -n "$server_pid" ] || return 0
-  kill -TERM "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
-}
+source scripts/lib.sh
 trap stop_server EXIT
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 url() {
   case $1 in
     ws) echo "ws://127.0.0.1:$PORT/ws" ;;
@@ -56,22 +41,17 @@ bench() { # name, protocol, then voxd bench arguments
   grep -E "^==|^ttft |overhead \(server\)" "$OUT/$name.txt" | sed "s/^/$name: /"
 }
 
-{ nproc; grep -m1 "model name" /proc/cpuinfo; date -u; git rev-parse --short HEAD; } | tee "$OUT/machine.txt"
+describe_machine
 for round in $(seq "$ROUNDS"); do
   for p in $PROTOCOLS; do
     if [ -n "$IDLE" ]; then
-      start_server
-      base=$(rss_kib "$server_pid")
-      bench "idle-$p-$round" "$p" -c "$IDLE" --idle --duration 15 --ramp-up 10 &
-      b=$!
-      sleep 20
-      loaded=$(rss_kib "$server_pid")
-      wait "$b"
-      echo "idle-$p-$round: rss_base_kib=$base rss_loaded_kib=$loaded per_session_kib=$(( (loaded - base) / IDLE ))" | tee "$OUT/idle-rss-$p-$round.txt"
+      start_server "$CONFIG"
+      idle_rss "idle-$p-$round" "$IDLE" \
+        bench "idle-$p-$round" "$p" -c "$IDLE" --idle --duration 15 --ramp-up 10
       stop_server
     fi
     for n in $SPEECH; do
-      start_server
+      start_server "$CONFIG"
       # Simple turns for every protocol, as BENCHMARKS.md's table was measured.
       bench "speech-$p-$n-$round" "$p" -c "$n" --duration "$DURATION" --ramp-up 10 \
         --tools 0 --interruptions 0 --false-alarms 0

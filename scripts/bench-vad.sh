@@ -26,23 +26,9 @@ for e in $ENGINES; do
   sed "s/^engine = \"silero\"/engine = \"$e\"/" config.toml > ".bench-vad-$e.toml"
 done
 
-server_pid=""
-start_server() {
-  RUST_LOG=warn taskset -c 0 "$BIN" serve --config "$1" --listen "127.0.0.1:$PORT" \
-    --max-sessions 20000 > "$OUT/server.out" 2> "$OUT/server.err" &
-  server_pid=$!
-  until grep -q "voxd listening" "$OUT/server.out" 2>/dev/null; do
-    kill -0 "$server_pid" 2>/dev/null || { cat "$OUT/server.err"; exit 1; }
-    sleep 0.01
-  done
-}
-stop_server() {
-  kill -TERM "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
-}
+source scripts/lib.sh
 cleanup() { stop_server; rm -f .bench-vad-*.toml; }
 trap cleanup EXIT
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 bench() { # name, config, then voxd bench arguments
   local name=$1 cfg=$2; shift 2
   taskset -c 1 "$BIN" bench --server "$URL" --server-pid "$server_pid" --mock-config "$cfg" \
@@ -50,18 +36,12 @@ bench() { # name, config, then voxd bench arguments
   grep -E "^==|overhead \(server\)|barge-in reaction" "$OUT/$name.txt" | sed "s/^/$name: /"
 }
 
-{ nproc; grep -m1 "model name" /proc/cpuinfo; date -u; git rev-parse --short HEAD; } | tee "$OUT/machine.txt"
+describe_machine
 for e in $ENGINES; do
   cfg=".bench-vad-$e.toml"
   if [ -n "$IDLE" ]; then
     start_server "$cfg"
-    base=$(rss_kib "$server_pid")
-    bench "idle-$e" "$cfg" -c "$IDLE" --idle --duration 15 --ramp-up 10 &
-    b=$!
-    sleep 20
-    loaded=$(rss_kib "$server_pid")
-    wait "$b"
-    echo "idle-$e: rss_base_kib=$base rss_loaded_kib=$loaded per_session_kib=$(( (loaded - base) / IDLE ))" | tee "$OUT/idle-rss-$e.txt"
+    idle_rss "idle-$e" "$IDLE" bench "idle-$e" "$cfg" -c "$IDLE" --idle --duration 15 --ramp-up 10
     stop_server
   fi
   for n in $SPEECH; do

@@ -367,14 +367,12 @@ async fn a_cut_connection_resumes_on_its_own_instance_behind_haproxy() {
         })
     };
     let (server, mut c) = call(&url).await;
-    let id = c.ready["session_id"].as_str().unwrap().to_owned();
-    let token = c.ready["resume_token"].as_str().unwrap().to_owned();
-    c.send(json!({"type": "text", "text": "tell me a story"}))
-        .await;
-    let turn = c.until("audio_start").await["turn_id"].as_u64().unwrap();
-    let from = c.log.len();
-    c.until_audio(from, 16_000 * 2).await;
-    let before = c.audio_from(from);
+    let common::MidAnswer {
+        id,
+        token,
+        turn,
+        received: before,
+    } = c.mid_answer("tell me a story", 16_000 * 2).await;
     c.cut();
 
     let resume = |token: &str, received: usize| {

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Client, TestServer, FAST_CLIENT_LIMITS, PATIENCE};
+use common::{Client, MidAnswer, TestServer, FAST_CLIENT_LIMITS, PATIENCE};
 use serde_json::{json, Value};
 use voxd::Config;
 
@@ -75,21 +75,14 @@ async fn a_cut_connection_resumes_the_same_session_and_hears_the_rest_exactly_on
     let full = whole_story(&server).await;
 
     let mut client = server.connect().await;
-    let id = client.ready["session_id"].as_str().unwrap().to_owned();
-    let token = client.ready["resume_token"]
-        .as_str()
-        .expect("ready carries a resume_token")
-        .to_owned();
+    let MidAnswer {
+        id,
+        token,
+        turn,
+        received: before,
+    } = client.mid_answer("tell me a story", 16_000 * 2).await;
     assert_eq!(token.len(), 64);
     assert!(!token.contains(&id));
-    client
-        .send(json!({"type": "text", "text": "tell me a story"}))
-        .await;
-    let start = client.until("audio_start").await;
-    let turn = start["turn_id"].as_u64().unwrap();
-    let from = client.log.len();
-    client.until_audio(from, 16_000 * 2).await;
-    let before = client.audio_from(from);
     client.cut();
     wait_for_metric(&server, "voxd_sessions_parked 1").await;
 
@@ -178,14 +171,12 @@ async fn a_resume_takes_over_a_connection_not_yet_seen_to_drop() {
     let server = server("").await;
     let full = whole_story(&server).await;
     let mut old = server.connect().await;
-    let id = old.ready["session_id"].as_str().unwrap().to_owned();
-    let token = old.ready["resume_token"].as_str().unwrap().to_owned();
-    old.send(json!({"type": "text", "text": "tell me a story"}))
-        .await;
-    let turn = old.until("audio_start").await["turn_id"].as_u64().unwrap();
-    let from = old.log.len();
-    old.until_audio(from, 16_000 * 2).await;
-    let before = old.audio_from(from);
+    let MidAnswer {
+        id,
+        token,
+        turn,
+        received: before,
+    } = old.mid_answer("tell me a story", 16_000 * 2).await;
     // The old connection is still up: nothing parked it.
     assert!(!metric(&server, "voxd_sessions_parked 1").await);
     let url = format!(

@@ -258,6 +258,16 @@ impl Item {
     }
 }
 
+/// A session in the middle of an answer (`Client::mid_answer`).
+pub(crate) struct MidAnswer {
+    /// The session's id and resume token, from its `ready`.
+    pub id: String,
+    pub token: String,
+    /// The answer's turn, and its audio received so far.
+    pub turn: u64,
+    pub received: Vec<u8>,
+}
+
 pub(crate) struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub ready: Value,
@@ -389,6 +399,26 @@ impl Client {
 
     pub(crate) async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+
+    /// Asks for an answer with `text` and reads until `bytes` of its audio arrived: what the
+    /// client would resume with if its connection dropped now.
+    pub(crate) async fn mid_answer(&mut self, text: &str, bytes: usize) -> MidAnswer {
+        let id = self.ready["session_id"].as_str().unwrap().to_owned();
+        let token = self.ready["resume_token"]
+            .as_str()
+            .expect("ready carries a resume_token")
+            .to_owned();
+        self.send(json!({"type": "text", "text": text})).await;
+        let turn = self.until("audio_start").await["turn_id"].as_u64().unwrap();
+        let from = self.log.len();
+        self.until_audio(from, bytes).await;
+        MidAnswer {
+            id,
+            token,
+            turn,
+            received: self.audio_from(from),
+        }
     }
 
     /// Cuts the TCP connection: a reset, no close frame (what a network blip looks like to the
