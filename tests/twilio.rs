@@ -315,6 +315,27 @@ async fn a_call_is_greeted_answered_and_barged_in_on() {
     server.stop().await;
 }
 
+/// `<Parameter name="idle_timeout_ms">`: after the greeting, a caller who says nothing hears the
+/// bot speak again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_caller_is_spoken_to_again_after_the_idle_timeout() {
+    let server = server("").await;
+    let call = Twilio::connect(&server, None).await.expect("upgrade");
+    call.start(json!({"greeting": "Hello, this is voxd.", "idle_timeout_ms": "3000"}));
+    call.listen_to_the_end().await;
+    let greeting = call.heard().len();
+    assert!(greeting > 4000, "{greeting} samples of greeting");
+    // Only silence from the caller; the bot speaks again.
+    call.listen_until(|p| p.heard.len() > greeting + 4000).await;
+    call.listen_to_the_end().await;
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("voxd_turns_total{status=\"completed\"} 2"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
 /// A cough during the answer: Twilio drops its buffer, and after the false alarm the caller
 /// hears the rest from where they were: no sample missed, none but the frame that was playing
 /// heard twice.

@@ -217,6 +217,7 @@ export class VoxdClient {
    */
   async resumeSession(drop) {
     for (const [i, delay] of RESUME_DELAYS_MS.entries()) {
+      if (this.closing) break;
       this.setState(ConnectionState.RESUMING, { attempt: i + 1, code: drop.code });
       await new Promise((r) => setTimeout(r, delay));
       if (this.closing) break;
@@ -229,11 +230,13 @@ export class VoxdClient {
         // unreachable: try again until the tries run out
       }
     }
+    if (this.closing) return; // close() said so already
     this.stopMicrophone();
     this.speaker(SpeakerCommand.CLEAR);
-    const error = this.closing
-      ? undefined
-      : new VoxdError('resume_failed', 'The connection dropped and the session could not be resumed.');
+    const error = new VoxdError(
+      'resume_failed',
+      'The connection dropped and the session could not be resumed.',
+    );
     this.setState(ConnectionState.CLOSED, { code: drop.code, reason: drop.reason, error });
   }
 
@@ -392,6 +395,11 @@ export class VoxdClient {
   close() {
     this.closing = true;
     this.stopMicrophone();
+    if (this.state === ConnectionState.RESUMING) {
+      // No socket is open: the session ends here (a resume under way is closed when it opens).
+      this.speaker(SpeakerCommand.CLEAR);
+      this.setState(ConnectionState.CLOSED, { code: 1000, reason: 'client closed' });
+    }
     if (this.ws) this.ws.close(1000, 'client closed');
   }
 }

@@ -104,8 +104,8 @@ pub(crate) struct TwilioSection {
     /// when a proxy in front changes the scheme or host. Default: `wss://` + the `Host` header +
     /// the request's path and query.
     pub(crate) public_url: Option<String>,
-    /// The `<Parameter>`s of the TwiML `<Stream>` that shape the session. Default
-    /// `["instructions", "greeting", "voice", "language"]`.
+    /// The `<Parameter>`s of the TwiML `<Stream>` that shape the session. Default: all of
+    /// `TWILIO_PARAMETERS`.
     pub(crate) parameters: Vec<String>,
 }
 
@@ -114,15 +114,19 @@ impl Default for TwilioSection {
         TwilioSection {
             auth_token_env: None,
             public_url: None,
-            parameters: ["instructions", "greeting", "voice", "language"]
-                .map(String::from)
-                .to_vec(),
+            parameters: TWILIO_PARAMETERS.map(String::from).to_vec(),
         }
     }
 }
 
 /// What the session parameters a `<Stream>` may set, checked.
-pub(crate) const TWILIO_PARAMETERS: [&str; 4] = ["instructions", "greeting", "voice", "language"];
+pub(crate) const TWILIO_PARAMETERS: [&str; 5] = [
+    "instructions",
+    "greeting",
+    "voice",
+    "language",
+    "idle_timeout_ms",
+];
 
 /// `[twilio]`, loaded.
 #[derive(Debug, Clone, Default)]

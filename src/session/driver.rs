@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{Stream, StreamExt};
@@ -141,12 +142,11 @@ pub(crate) async fn run<C: Codec>(
         let session_id = id.to_string();
         let mut socket = socket;
         let mut resumed = false;
+        driver.claim_key = token.clone().map(|t| (id, t));
         let reason = loop {
-            if let (Some(token), Some(parked)) = (&token, &driver.parked) {
-                // The client may come back to this session from now on, even before this
-                // connection is seen to drop.
-                driver.handoff = Some(parked.register(id, token));
-            }
+            // The client may come back to this session from now on, even before this
+            // connection is seen to drop.
+            driver.listen_for_claim();
             match driver
                 .run(socket, &session_id, token.as_deref(), resumed)
                 .await
@@ -165,7 +165,7 @@ pub(crate) async fn run<C: Codec>(
                         reason,
                         "connection dropped; waiting for the client to resume"
                     );
-                    match driver.park(id).await {
+                    match driver.park().await {
                         Some(back) => {
                             info!("session resumed");
                             let now = driver.now();
@@ -181,9 +181,7 @@ pub(crate) async fn run<C: Codec>(
                 }
             }
         };
-        if let Some(parked) = &driver.parked {
-            parked.unregister(id);
-        }
+        driver.stop_listening_for_claims();
         app.metrics.add_wire(&mut driver.wire);
         app.metrics.sessions_active.decrement(1.0);
         info!(reason, "session ended");
@@ -225,6 +223,8 @@ struct Driver<C> {
     /// Where a client's claim on this session arrives (`ParkedSessions::register`), connected or
     /// parked.
     handoff: Option<oneshot::Receiver<Resumed>>,
+    /// The session's id and resume token, when it can be resumed.
+    claim_key: Option<(crate::registry::SessionId, String)>,
 }
 
 /// One utterance's recognition stream, opened when the core asked (`Output::OpenAsrStream`). The
@@ -300,6 +300,7 @@ impl<C: Codec> Driver<C> {
             parked,
             resumable,
             handoff: None,
+            claim_key: None,
             output_rate: cfg.output_rate,
             core: Session::new(cfg),
             app,
@@ -479,10 +480,14 @@ impl<C: Codec> Driver<C> {
                         self.codec.notice(Notice::Shutdown { deadline_ms }, &mut self.outbox);
                     }
                 }
-                back = claimed(&mut self.handoff) => {
-                    taken = Some(back);
-                    break Exit::quiet("superseded", "resumed on a new connection");
-                }
+                back = claimed(&mut self.handoff) => match back {
+                    Some(back) => {
+                        taken = Some(back);
+                        break Exit::quiet("superseded", "resumed on a new connection");
+                    }
+                    // The claimer vanished before its upgrade: the session waits for another.
+                    None => self.listen_for_claim(),
+                },
                 msg = tx.recv() => {
                     // One clock read per message: the idle timer's and the core's.
                     let at = Instant::now();
@@ -587,10 +592,15 @@ impl<C: Codec> Driver<C> {
                         Frame::Binary(_) => self.wire.out_binary += 1,
                     }
                 }
+                // How many frames the socket took: a connection the client leaves keeps the rest
+                // for its next one.
+                let mut fed = 0;
                 let written = {
                     let write = async {
-                        for frame in outbox.drain(..) {
+                        for slot in outbox.iter_mut() {
+                            let frame = std::mem::replace(slot, Frame::Binary(Bytes::new()));
                             tx.feed(message(frame)).await?;
+                            fed += 1;
                         }
                         tx.flush().await
                     };
@@ -598,14 +608,14 @@ impl<C: Codec> Driver<C> {
                     loop {
                         tokio::select! {
                             biased;
-                            written = &mut write => break Some(written),
-                            () = &mut send_deadline => break None,
+                            written = &mut write => break Written::Done(written),
+                            () = &mut send_deadline => break Written::TimedOut,
                             // A write that waits on a vanished connection: the client is back
                             // on a new one.
-                            back = claimed(&mut self.handoff) => {
-                                taken = Some(back);
-                                break 'session Exit::quiet("superseded", "resumed on a new connection");
-                            }
+                            back = claimed(&mut self.handoff) => match back {
+                                Some(back) => break Written::Claimed(Box::new(back)),
+                                None => self.listen_for_claim(),
+                            },
                             Some((turn, event)) = self.calls.next(), if !self.calls.is_empty() => {
                                 let now = self.now();
                                 self.core.handle_provider(now, turn, event);
@@ -618,6 +628,10 @@ impl<C: Codec> Driver<C> {
                         }
                     }
                 };
+                if !matches!(written, Written::Done(Ok(()))) && self.resumable {
+                    // The client may resume: what the socket did not take waits for it.
+                    self.keep_for_next_connection(outbox.drain(fed..));
+                }
                 // The next write's messages, collected meanwhile, if any; else the emptied
                 // buffer is reused.
                 outbox.clear();
@@ -625,12 +639,20 @@ impl<C: Codec> Driver<C> {
                     self.outbox = outbox;
                 }
                 match written {
-                    Some(Ok(())) => {}
-                    Some(Err(_)) => break 'session Exit::dropped("send_failed", "send failed"),
+                    Written::Done(Ok(())) => {}
+                    Written::Claimed(back) => {
+                        taken = Some(*back);
+                        break 'session Exit::quiet("superseded", "resumed on a new connection");
+                    }
+                    Written::Done(Err(_)) => {
+                        break 'session Exit::dropped("send_failed", "send failed")
+                    }
                     // The client stopped reading: its socket buffer stayed full. The close frame
                     // is best effort (bounded by CLOSE_TIMEOUT): it reaches a client that reads
                     // again.
-                    None => break 'session Exit::close("slow_consumer", 1008, "slow consumer"),
+                    Written::TimedOut => {
+                        break 'session Exit::close("slow_consumer", 1008, "slow consumer")
+                    }
                 }
             }
             if self.wire.messages() >= WIRE_FLUSH_MESSAGES {
@@ -655,6 +677,9 @@ impl<C: Codec> Driver<C> {
             // The session goes on without a connection, for now: `park`.
             return End::Dropped(exit.reason);
         }
+        // The session ends here: a claim from now on is refused, rather than handed a socket
+        // nobody will serve.
+        self.stop_listening_for_claims();
         if exit.label == "shutdown" {
             // The drain deadline: a response still going ends first (`response_done`,
             // interrupted, reason `shutdown`), so the client knows it was cut. Best effort.
@@ -696,15 +721,45 @@ impl<C: Codec> Driver<C> {
         End::Over(exit.reason)
     }
 
+    /// Lets the client come back to this session (`ParkedSessions::register`), from now on,
+    /// connected or parked.
+    fn listen_for_claim(&mut self) {
+        if let (Some(parked), Some((id, token))) = (&self.parked, &self.claim_key) {
+            self.handoff = Some(parked.register(*id, token));
+        }
+    }
+
+    /// The session can no longer be resumed.
+    fn stop_listening_for_claims(&mut self) {
+        if let (Some(parked), Some((id, _))) = (&self.parked, &self.claim_key) {
+            parked.unregister(*id);
+        }
+        self.handoff = None;
+    }
+
+    /// The frames a connection did not take, for the client's next one: its events, in order,
+    /// before those collected since. Audio is not kept: the core sends it again from what the
+    /// client says it received (`handle_reconnect`).
+    fn keep_for_next_connection(&mut self, unsent: impl Iterator<Item = Frame>) {
+        let mut kept: Vec<Frame> = unsent.filter(|f| matches!(f, Frame::Text(_))).collect();
+        kept.extend(
+            self.outbox
+                .drain(..)
+                .filter(|f| matches!(f, Frame::Text(_))),
+        );
+        self.outbox = kept;
+    }
+
     /// The connection dropped: the session waits, parked, for its client to come back with a
     /// new one (`resume`). Meanwhile the response in progress is held (nothing is sent; the
     /// core's `handle_disconnect`), its provider calls go on, and what the session has to say
     /// is kept for the client. Returns the client's new connection, or `None` once the resume
     /// window passes, the server drains, or too much piled up.
-    async fn park(&mut self, id: crate::registry::SessionId) -> Option<Resumed> {
+    async fn park(&mut self) -> Option<Resumed> {
         let now = self.now();
         self.core.handle_disconnect(now);
         let parked = Arc::clone(self.parked.as_ref()?);
+        let id = self.claim_key.as_ref()?.0;
         let mut back = self.handoff.take()?;
         self.app.metrics.sessions_parked.increment(1.0);
         let window = tokio::time::sleep(self.app.config.server.resume_window);
@@ -732,7 +787,17 @@ impl<C: Codec> Driver<C> {
                     // The server is going away: nobody would be here to resume to.
                     break None;
                 }
-                r = &mut back => break r.ok(),
+                r = &mut back => match r {
+                    Ok(r) => break Some(r),
+                    // The claimer vanished before its upgrade: wait for another.
+                    Err(_) => {
+                        self.listen_for_claim();
+                        match self.handoff.take() {
+                            Some(again) => back = again,
+                            None => break None,
+                        }
+                    }
+                },
                 () = &mut window => break None,
                 () = &mut sleep => {
                     let now = self.now();
@@ -982,14 +1047,22 @@ fn message(frame: Frame) -> Message {
 }
 
 /// A client's claim on this session (its resume), connected or not: pending while there is none
-/// to wait for.
-async fn claimed(handoff: &mut Option<oneshot::Receiver<Resumed>>) -> Resumed {
+/// to wait for; `None` when the claimer vanished before its upgrade (the session is no longer
+/// registered: `listen_for_claim` again).
+async fn claimed(handoff: &mut Option<oneshot::Receiver<Resumed>>) -> Option<Resumed> {
     if let Some(rx) = handoff {
         let got = rx.await;
         *handoff = None;
-        if let Ok(back) = got {
-            return back;
-        }
+        return got.ok();
     }
     std::future::pending().await
+}
+
+/// How a write of the outbox ended.
+enum Written {
+    Done(Result<(), tungstenite::Error>),
+    /// The send timeout passed.
+    TimedOut,
+    /// The client came back on a new connection meanwhile.
+    Claimed(Box<Resumed>),
 }

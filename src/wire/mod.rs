@@ -31,6 +31,10 @@ pub use voxd::fuzz::client_message;
 pub(crate) use voxd::VoxdCodec;
 pub use voxd::{encode_event, parse_client, ClientMessage, ProtocolError};
 
+/// The idle timeout a client may set, in ms, whatever its protocol (`/ws`'s
+/// `turn.idle_timeout_ms`, the Realtime `idle_timeout_ms`, a Twilio `<Parameter>`).
+pub(crate) const IDLE_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1000..=600_000;
+
 /// A WebSocket message, as a codec reads or writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Frame {

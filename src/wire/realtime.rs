@@ -1398,7 +1398,13 @@ fn parse_turn_detection(
                 "an idle timeout is for server_vad only".into(),
             ))
         }
-        Some(_) => td.idle_timeout_ms = ms("idle_timeout_ms", 1000, 600_000)?,
+        Some(_) => {
+            let (lo, hi) = (
+                *super::IDLE_TIMEOUT_MS.start(),
+                *super::IDLE_TIMEOUT_MS.end(),
+            );
+            td.idle_timeout_ms = ms("idle_timeout_ms", lo, hi)?;
+        }
     }
     if td.semantic {
         td.idle_timeout_ms = None;

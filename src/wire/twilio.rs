@@ -180,6 +180,13 @@ impl TwilioCodec {
                 "greeting" => u.greeting.replace(text.to_owned()).is_none(),
                 "voice" => token(64).map(|v| u.voice = Some(v)).is_some(),
                 "language" => token(16).map(|l| u.language = Some(l)).is_some(),
+                // A phone bot's "are you still there?" after this long of silence.
+                "idle_timeout_ms" => text
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| super::IDLE_TIMEOUT_MS.contains(ms))
+                    .map(|ms| u.idle_timeout = Some(Some(std::time::Duration::from_millis(ms))))
+                    .is_some(),
                 _ => false,
             };
             if !set {
@@ -374,6 +381,28 @@ mod tests {
         // `voice` is not allowed by this config; `extra` is no setting.
         assert!(inputs[0].contains("voice: None"), "{inputs:?}");
         c
+    }
+
+    #[test]
+    fn an_idle_timeout_parameter_is_taken_within_its_range() {
+        let start = |value: &str| {
+            let mut c = TwilioCodec::new(vec!["idle_timeout_ms".into()]);
+            let start = format!(
+                r#"{{"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{{
+                "streamSid":"MZ1","accountSid":"AC1","callSid":"CA1","tracks":["inbound"],
+                "customParameters":{{"idle_timeout_ms":"{value}"}},
+                "mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}}}}"#
+            );
+            feed(&mut c, &start)
+        };
+        let inputs = start("8000");
+        assert!(
+            inputs[0].contains("idle_timeout: Some(Some(8s))"),
+            "{inputs:?}"
+        );
+        for bad in ["soon", "10", "9999999"] {
+            assert!(start(bad).is_empty(), "{bad}: ignored, nothing to update");
+        }
     }
 
     #[test]

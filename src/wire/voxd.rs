@@ -85,9 +85,6 @@ const TURN_FIELDS: &str = "min_interruption_ms, false_interruption_timeout_ms, b
 const MAX_INSTRUCTIONS_CHARS: usize = 16_000;
 const MAX_HISTORY_MESSAGES: usize = 200;
 const MAX_BACKCHANNELS: usize = 64;
-/// `turn.idle_timeout_ms`'s range (as the Realtime protocol's `idle_timeout_ms`).
-const MIN_IDLE_TIMEOUT_MS: u64 = 1000;
-const MAX_IDLE_TIMEOUT_MS: u64 = 600_000;
 const MAX_BACKCHANNEL_CHARS: usize = 64;
 
 /// Parses a text frame.
@@ -218,12 +215,14 @@ fn session_update(map: &serde_json::Map<String, Value>) -> Result<SessionUpdate,
                             u.idle_timeout = Some(if v.is_null() {
                                 None
                             } else {
-                                let range = MIN_IDLE_TIMEOUT_MS..=MAX_IDLE_TIMEOUT_MS;
+                                let range = super::IDLE_TIMEOUT_MS;
                                 let n =
                                     v.as_u64().filter(|n| range.contains(n)).ok_or_else(|| {
                                         invalid(format!(
                                             "\"turn.idle_timeout_ms\" must be null or an integer \
-                                         from {MIN_IDLE_TIMEOUT_MS} to {MAX_IDLE_TIMEOUT_MS}"
+                                         from {} to {}",
+                                            range.start(),
+                                            range.end()
                                         ))
                                     })?;
                                 Some(std::time::Duration::from_millis(n))

@@ -244,6 +244,7 @@ impl Session {
     /// response, nothing being said or transcribed, and nothing waiting to be answered.
     fn idle_deadline(&self) -> Option<Time> {
         let quiet = self.response.is_none()
+            && !self.disconnected
             && matches!(self.user, User::Silent)
             && self.transcribing.is_empty()
             && !self.answer_pending;
@@ -406,12 +407,14 @@ impl Session {
         if !text.is_empty() {
             self.idle_since = None;
             let turn = self.new_turn();
-            self.history.push_user(text, Some(turn));
             self.emit(Event::Transcript {
                 turn,
                 text: text.to_owned(),
                 is_final: true,
             });
+            // After any words still being transcribed, in the order the user gave them.
+            self.queue_told_words(turn, text.to_owned());
+            self.flush_transcriptions(now);
         }
         self.pump(now);
     }
@@ -513,6 +516,10 @@ impl Session {
     pub fn handle_reconnect(&mut self, now: Time, received: Option<(TurnId, u64)>) {
         if !std::mem::take(&mut self.disconnected) {
             return;
+        }
+        // The user's silence counts from their return, not from before they were away.
+        if self.idle_since.is_some() {
+            self.idle_since = Some(now);
         }
         if let Some(r) = self.response.as_mut() {
             let got = received.filter(|(t, _)| *t == r.turn).map_or(0, |(_, n)| n);
@@ -754,6 +761,7 @@ impl Session {
                     at: now,
                 });
                 self.start_llm_response(turn, now, ResponseOverrides::default());
+                self.sync_hold(now);
             }
         }
         self.pump(now);

@@ -536,7 +536,7 @@ impl Session {
         r.timings.asr_done = Some(now);
         self.idle_since = None;
         self.response = Some(r);
-        self.commit_user_text(text);
+        self.commit_user_text(now, text);
     }
 
     /// A bot turn whose words are given (`say`, a greeting): its sentences go to TTS as they are,
@@ -595,15 +595,31 @@ impl Session {
         }
     }
 
-    /// Adds the user's words to the history and asks the LLM (→ `Generating`).
-    fn commit_user_text(&mut self, text: &str) {
-        let turn = self.response.as_ref().map(|r| r.turn);
-        self.history.push_user(text, turn);
-        self.ask_llm();
+    /// Adds the user's words to the history and asks the LLM (→ `Generating`); after words
+    /// still being transcribed, they wait their turn in the queue (→ `Waiting`).
+    fn commit_user_text(&mut self, now: Time, text: &str) {
+        let Some(turn) = self.response.as_ref().map(|r| r.turn) else {
+            return;
+        };
+        if self.transcribing.is_empty() {
+            self.history.push_user(text, Some(turn));
+            self.ask_llm();
+        } else {
+            self.queue_told_words(turn, text.to_owned());
+            if let Some(r) = &mut self.response {
+                r.reply = Reply::Waiting;
+            }
+            // Those already known go in now, these words with them if none is still missing.
+            self.flush_transcriptions(now);
+        }
     }
 
     /// Asks the LLM for the response's reply, from the history as it stands (→ `Generating`).
     fn ask_llm(&mut self) {
+        if self.transcribing.is_empty() {
+            // Every word the user said is in the history: this reply answers it all.
+            self.answer_pending = false;
+        }
         let messages = self.llm_messages();
         let Some(r) = &mut self.response else { return };
         r.reply = Reply::Generating { tools: Vec::new() };
@@ -669,7 +685,7 @@ impl Session {
                 self.finish(now, r, ResponseStatus::Completed, Some("no_speech"));
             }
         } else {
-            self.commit_user_text(&text);
+            self.commit_user_text(now, &text);
         }
     }
 
@@ -999,6 +1015,7 @@ impl Session {
             self.answer_pending = false;
             let turn = self.new_turn();
             self.start_llm_response(turn, now, ResponseOverrides::default());
+            self.sync_hold(now);
         }
     }
 

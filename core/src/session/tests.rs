@@ -2815,3 +2815,89 @@ fn an_idle_timeout_speaks_again_after_the_answer_played_out_and_speech_resets_it
     sim.settle();
     assert_eq!(sim.done_of(TurnId(3)).0, ResponseStatus::Completed);
 }
+
+#[test]
+fn the_idle_timeout_waits_while_the_client_is_away() {
+    let mut sim = Sim::with(SessionConfig {
+        vad: None,
+        resumable: true,
+        idle_timeout: Some(Duration::from_secs(2)),
+        ..SessionConfig::default()
+    });
+    sim.text("what about tomorrow");
+    while !sim.has(|e| matches!(e, Event::ResponseDone { .. })) {
+        sim.run_ms(20);
+    }
+    sim.s.handle_disconnect(sim.now);
+    sim.drain();
+    sim.run_ms(20_000);
+    assert!(
+        !sim.has(|e| matches!(e, Event::IdleTimeout { .. })),
+        "nobody to speak to"
+    );
+    // Back: the silence counts again, from the return.
+    let back = sim.now;
+    sim.s.handle_reconnect(sim.now, None);
+    sim.drain();
+    sim.run_ms(2_100);
+    assert!(sim.has(
+        |e| matches!(e, Event::IdleTimeout { since, at, .. } if *since == back && *at == back + Duration::from_secs(2))
+    ));
+}
+
+#[test]
+fn words_spoken_over_an_answer_are_answered_once() {
+    let mut sim = Sim::with(SessionConfig {
+        vad: None,
+        interrupt_on_speech: false,
+        ..SessionConfig::default()
+    });
+    sim.text("tell me a story");
+    sim.run_ms(1500);
+    sim.say(1000); // over the story: to be answered after it
+    sim.run_ms(500);
+    // The client asks for an answer now: it answers those words, and nothing is left to answer.
+    sim.s.handle_respond(sim.now);
+    sim.drain();
+    sim.settle();
+    assert_eq!(sim.done_of(TurnId(1)).0, ResponseStatus::Interrupted);
+    assert_eq!(
+        sim.started.len(),
+        2,
+        "the story and one answer: the bot does not speak again unasked"
+    );
+    let h = sim.s.history();
+    assert_eq!(
+        h[2],
+        ChatMessage::User("what about tomorrow".into()),
+        "{h:?}"
+    );
+    sim.assert_all_done();
+}
+
+#[test]
+fn a_text_message_after_an_audio_message_follows_it_in_the_history() {
+    let mut sim = Sim::new();
+    sim.asr_ms = 300;
+    sim.s.handle_user_audio(sim.now, &vec![0; 32_000]);
+    sim.s.handle_user_message(sim.now, "and tomorrow");
+    sim.drain();
+    sim.settle();
+    assert_eq!(
+        sim.s.history(),
+        [ChatMessage::User(
+            "what's the weather like today and tomorrow".into()
+        )]
+    );
+    // A text turn waits for them too, and its answer reads them all.
+    sim.s.handle_user_audio(sim.now, &vec![0; 16_000]);
+    sim.drain();
+    sim.text("tell me a story");
+    sim.settle();
+    let h = sim.s.history();
+    assert!(
+        matches!(&h[h.len() - 2], ChatMessage::User(u) if u.ends_with("what about tomorrow tell me a story")),
+        "{h:?}"
+    );
+    sim.assert_all_done();
+}

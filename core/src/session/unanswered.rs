@@ -62,12 +62,19 @@ impl Session {
     /// The words of `turn`, already known and told (a judged barge-in's), for the history only.
     /// The turn was released with its judgement.
     pub(super) fn add_unanswered_words(&mut self, now: Time, turn: TurnId, text: String) {
+        self.queue_told_words(turn, text);
+        self.flush_transcriptions(now);
+    }
+
+    /// Words already known and told (a text message, a judged barge-in's), queued behind any
+    /// still being transcribed so that the history keeps the order they were said in. Needs
+    /// nothing from a provider: nothing to release.
+    pub(super) fn queue_told_words(&mut self, turn: TurnId, text: String) {
         self.transcribing.push_back(Unanswered {
             turn,
             text: Some(text),
             told: true,
         });
-        self.flush_transcriptions(now);
     }
 
     /// Whether `turn` is being transcribed for the history.

@@ -299,8 +299,9 @@ impl Session {
             }
         } else {
             // Speech that began while idle supersedes anything started meanwhile (a `text`
-            // turn), unless speech does not interrupt.
-            if self.cfg.interrupt_on_speech {
+            // turn), when turns are answered and speech interrupts. Otherwise a response the
+            // client asked for while the user spoke is the client's to cancel.
+            if self.cfg.interrupt_on_speech && self.cfg.answer_turns {
                 self.interrupt_response(now);
             }
             let mut audio = std::mem::take(&mut self.carry_audio);
