@@ -108,14 +108,8 @@ async fn a_cut_connection_resumes_the_same_session_and_hears_the_rest_exactly_on
         before.len()
     )))
     .await;
-    assert_eq!(back.ready["session_id"], id.as_str(), "the same session");
-    assert_eq!(back.ready["resumed"], true);
-    let done = back.until("response_done").await;
-    assert_eq!(done["status"], "completed", "{done}");
+    let (done, heard) = back.hear_the_rest(&id, &before).await;
     assert_eq!(done["turn_id"], turn);
-    let after = back.audio_from(0);
-    let mut heard = before.clone();
-    heard.extend_from_slice(&after);
     assert_eq!(heard.len(), full.len(), "every sample, once");
     assert!(heard == full, "the uninterrupted answer's bytes");
     assert!(metric(&server, "voxd_sessions_parked 0").await);
@@ -185,12 +179,7 @@ async fn a_resume_takes_over_a_connection_not_yet_seen_to_drop() {
         before.len()
     );
     let mut back = Client::connect(&url).await;
-    assert_eq!(back.ready["session_id"], id.as_str());
-    assert_eq!(back.ready["resumed"], true);
-    let done = back.until("response_done").await;
-    assert_eq!(done["status"], "completed", "{done}");
-    let mut heard = before;
-    heard.extend_from_slice(&back.audio_from(0));
+    let (_, heard) = back.hear_the_rest(&id, &before).await;
     assert_eq!(heard.len(), full.len(), "every sample, once");
     assert!(heard == full, "the uninterrupted answer's bytes");
     assert!(metric(&server, "voxd_resumes_total{result=\"resumed\"} 1").await);

@@ -421,6 +421,19 @@ impl Client {
         }
     }
 
+    /// On a connection that resumed session `id` after `before` of the answer's audio had
+    /// arrived: checks its `ready`, reads to the answer's `response_done` (completed), and returns
+    /// it with all that was heard of the answer, `before` then the rest.
+    pub(crate) async fn hear_the_rest(&mut self, id: &str, before: &[u8]) -> (Value, Vec<u8>) {
+        assert_eq!(self.ready["session_id"], id, "the same session");
+        assert_eq!(self.ready["resumed"], true);
+        let done = self.until("response_done").await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let mut heard = before.to_vec();
+        heard.extend_from_slice(&self.audio_from(0));
+        (done, heard)
+    }
+
     /// Cuts the TCP connection: a reset, no close frame (what a network blip looks like to the
     /// server: 1006).
     pub(crate) fn cut(self) {
